@@ -1,0 +1,224 @@
+"""The converted-dataset format: sharded TFRecords of (16 kHz audio, NoteSequence, id) plus a JSON manifest per split.
+
+Every converter writes through `ShardWriter`, so all datasets share one format the seqio tasks read. Shards are written
+under a temporary name and renamed only when complete: an interrupted run never leaves a partial shard that looks
+finished, and a re-run can skip splits whose manifest already exists (`split_is_complete`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FEATURE_KEYS = ("id", "audio", "sample_rate", "sequence", "dataset")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """Opens a temporary file beside `path`; on success renames it over `path`, on error removes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+@dataclass
+class TrackRecord:
+    """One converted track. `audio` is mono float32 at 16 kHz; `sequence` a note_seq.NoteSequence."""
+
+    id: str
+    audio: np.ndarray
+    sequence: object  # note_seq.NoteSequence (kept untyped so this module imports without note_seq)
+    dataset: str
+    sample_rate: int = SAMPLE_RATE
+
+    def to_example_bytes(self) -> bytes:
+        import tensorflow as tf
+
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"{self.id}: records hold {SAMPLE_RATE} Hz audio, got {self.sample_rate}")
+        audio = np.asarray(self.audio, dtype="<f4")
+        if audio.ndim != 1:
+            raise ValueError(f"{self.id}: audio must be mono, got shape {audio.shape}")
+
+        def _bytes(v: bytes) -> tf.train.Feature:
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+        feature = {
+            "id": _bytes(self.id.encode()),
+            "audio": _bytes(audio.tobytes()),
+            "sample_rate": tf.train.Feature(int64_list=tf.train.Int64List(value=[self.sample_rate])),
+            "sequence": _bytes(self.sequence.SerializeToString()),
+            "dataset": _bytes(self.dataset.encode()),
+        }
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example_bytes(data: bytes) -> TrackRecord:
+    """Inverse of `TrackRecord.to_example_bytes` (used by tests and tools; seqio uses `feature_description`)."""
+    import note_seq
+    import tensorflow as tf
+
+    ex = tf.train.Example.FromString(data)
+    f = ex.features.feature
+    rate = int(f["sample_rate"].int64_list.value[0])
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"record {f['id'].bytes_list.value[0]!r}: sample_rate {rate} != {SAMPLE_RATE}")
+    return TrackRecord(
+        id=f["id"].bytes_list.value[0].decode(),
+        audio=np.frombuffer(f["audio"].bytes_list.value[0], dtype="<f4").astype(np.float32),
+        sequence=note_seq.NoteSequence.FromString(f["sequence"].bytes_list.value[0]),
+        dataset=f["dataset"].bytes_list.value[0].decode(),
+        sample_rate=rate,
+    )
+
+
+def feature_description():
+    """tf.io feature spec for `tf.io.parse_single_example` (what seqio's TFExampleDataSource needs)."""
+    import tensorflow as tf
+
+    return {
+        "id": tf.io.FixedLenFeature([], tf.string),
+        "audio": tf.io.FixedLenFeature([], tf.string),
+        "sample_rate": tf.io.FixedLenFeature([], tf.int64),
+        "sequence": tf.io.FixedLenFeature([], tf.string),
+        "dataset": tf.io.FixedLenFeature([], tf.string),
+    }
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def manifest_path(out_dir: str | os.PathLike, split: str) -> Path:
+    return Path(out_dir) / f"{split}.manifest.json"
+
+
+def split_is_complete(out_dir: str | os.PathLike, split: str) -> bool:
+    """True when a previous run finished this split (manifest written last, and all its shards exist)."""
+    path = manifest_path(out_dir, split)
+    if not path.exists():
+        return False
+    try:
+        shards = json.loads(path.read_text())["shards"]
+    except (ValueError, KeyError):
+        return False
+    return all((Path(out_dir) / s).exists() for s in shards)
+
+
+def read_manifest(out_dir: str | os.PathLike, split: str) -> dict:
+    return json.loads(manifest_path(out_dir, split).read_text())
+
+
+def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
+    """Shard files of a finished split, in order (from its manifest)."""
+    return [str(Path(out_dir) / s) for s in read_manifest(out_dir, split)["shards"]]
+
+
+@dataclass
+class _Stats:
+    tracks: list = field(default_factory=list)
+    programs: Counter = field(default_factory=Counter)
+    drum_notes: int = 0
+    seconds: float = 0.0
+
+
+class ShardWriter:
+    """Writes the tracks of one split into `num_shards` TFRecord shards (round-robin) and a manifest.
+
+    Use as a context manager; on a clean exit the shards are renamed into place and the manifest is written last, so
+    the manifest's presence means the split is complete. On an exception nothing that looks finished is left behind.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, dataset: str, num_shards: int = 1):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.out_dir = Path(out_dir)
+        self.split = split
+        self.dataset = dataset
+        self.num_shards = num_shards
+        self._writers: list = []
+        self._tmp_paths: list[Path] = []
+        self._count = 0
+        self._stats = _Stats()
+
+    def __enter__(self) -> ShardWriter:
+        import tensorflow as tf
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(self.num_shards):
+            tmp = self.out_dir / f".{shard_name(self.split, i, self.num_shards)}.tmp"
+            self._tmp_paths.append(tmp)
+            self._writers.append(tf.io.TFRecordWriter(str(tmp)))
+        return self
+
+    def write(self, record: TrackRecord) -> None:
+        self._writers[self._count % self.num_shards].write(record.to_example_bytes())
+        self._count += 1
+        seconds = len(record.audio) / record.sample_rate
+        notes = list(record.sequence.notes)
+        self._stats.tracks.append({"id": record.id, "seconds": round(seconds, 3), "notes": len(notes)})
+        self._stats.seconds += seconds
+        for n in notes:
+            if n.is_drum:
+                self._stats.drum_notes += 1
+            else:
+                self._stats.programs[int(n.program)] += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for w in self._writers:
+            w.close()
+        if exc_type is not None:
+            for tmp in self._tmp_paths:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            return
+        names = [shard_name(self.split, i, self.num_shards) for i in range(self.num_shards)]
+        for tmp, name in zip(self._tmp_paths, names):
+            os.replace(tmp, self.out_dir / name)
+        s = self._stats
+        atomic_write_json(
+            manifest_path(self.out_dir, self.split),
+            {
+                "dataset": self.dataset,
+                "split": self.split,
+                "num_tracks": len(s.tracks),
+                "hours": round(s.seconds / 3600, 4),
+                "num_notes": sum(t["notes"] for t in s.tracks),
+                "num_drum_notes": s.drum_notes,
+                "programs": {str(k): v for k, v in sorted(s.programs.items())},
+                "tracks": s.tracks,
+                "shards": names,
+            },
+        )
+
+
+def read_records(paths: list[str]) -> Iterator[TrackRecord]:
+    """Iterates the records of the given shards (eager; for tests and small tools)."""
+    import tensorflow as tf
+
+    for path in paths:
+        for raw in tf.data.TFRecordDataset([path]).as_numpy_iterator():
+            yield parse_example_bytes(raw)

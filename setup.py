@@ -1,0 +1,17 @@
+"""Installable `mt3`: `pip install -e .` (pinned versions live in requirements.txt)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mt3",
+    version="0.1.0",
+    description="Multi-task multitrack music transcription (MT3) in JAX/Flax, seqio and gin.",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["mt3", "mt3.*"]),
+    install_requires=[
+        "jax", "flax", "optax", "orbax-checkpoint", "gin-config", "seqio", "note-seq", "pretty_midi",
+        "mir_eval", "soundfile", "librosa", "soxr", "music21", "tqdm", "rich", "matplotlib", "pyyaml", "jams",
+        "fastapi", "uvicorn", "python-multipart", "tensorboardX",
+    ],
+    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    entry_points={"console_scripts": ["mt3=mt3.cli:main"]},
+)
