@@ -1,0 +1,61 @@
+"""`mt3 prepare-data DATASET --root DIR --out DIR`: a native dataset tree -> sharded TFRecords + manifests.
+
+Thin: parses flags, calls `mt3.converters.base.prepare_dataset`, prints a summary table. Re-running is safe: finished
+splits are skipped, unfinished ones are redone from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mt3.converters import CONVERTERS
+
+MAX_PROGRAMS_SHOWN = 12
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=sorted(CONVERTERS), help="dataset whose native layout is under --root")
+    parser.add_argument("--root", required=True, help="the dataset as its publisher ships it (e.g. maestro-v3.0.0/)")
+    parser.add_argument("--out", required=True, help="output folder, e.g. $MT3_DATA_DIR/slakh")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="log and skip tracks with missing/corrupt files (listed in SPLIT.skipped.json)")
+    parser.add_argument("--workers", type=int, default=1, help="processes loading tracks in parallel (default 1)")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help="shards per split (default: one per ~64 tracks)")
+    parser.add_argument("--splits", default=None,
+                        help="comma-separated splits to convert (default: all found). On a tree without split "
+                             "folders (babyslakh) a single split name sets the split its tracks go to")
+
+
+def format_summary(results: dict[str, dict]) -> str:
+    """A plain-text table: one row per split (tracks, hours, notes, drum notes, programs, skipped)."""
+    header = ("split", "tracks", "hours", "notes", "drum notes", "programs", "skipped", "status")
+    rows = [header]
+    for split, m in results.items():
+        programs = sorted(int(p) for p in m.get("programs", {}))
+        shown = ",".join(str(p) for p in programs[:MAX_PROGRAMS_SHOWN]) + (",..." if len(programs) > 12 else "")
+        rows.append((
+            split, str(m["num_tracks"]), f"{m['hours']:.3f}", str(m["num_notes"]), str(m.get("num_drum_notes", 0)),
+            f"{len(programs)}: {shown}" if programs else "0", str(len(m.get("skipped", []))),
+            "already complete" if m.get("resumed") else "written",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mt3.converters.base import prepare_dataset
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    results = prepare_dataset(args.dataset, args.root, args.out, skip_bad=args.skip_bad, workers=args.workers,
+                              num_shards=args.num_shards, splits=splits)
+    print(f"{args.dataset} -> {args.out}")
+    print(format_summary(results))
+    for split, manifest in results.items():
+        for item in manifest.get("skipped", []):
+            print(f"skipped ({split}) {item['id']}: {item['path']}: {item['problem']}")
+    return 0

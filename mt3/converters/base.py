@@ -1,0 +1,236 @@
+"""The `mt3 prepare-data` driver and the helpers every converter shares.
+
+`prepare_dataset` runs one converter (protocol in `mt3.converters`) over a native dataset tree: it lists the tracks,
+loads them in a process pool (ordered `imap`, so shards are byte-for-byte deterministic for any worker count), and
+writes each split through `records.ShardWriter`. That gives every dataset the same guarantees for free:
+
+- atomic splits: a split's shards appear only together with its manifest; a failure removes the temporary shards;
+- resume: a split whose manifest says it is complete is skipped, so a re-run after a crash only redoes what is missing;
+- `skip_bad`: a track whose files are broken (`InputError`) is logged, listed in `{split}.skipped.json` and left out,
+  instead of aborting the whole split.
+
+Optional protocol extension: a converter whose `list_tracks` accepts a `flat_split` keyword (Slakh, Cerberus4) can put
+a layout that has no split folders (babyslakh) into a split the user chose: `--splits validation` on such a tree calls
+`list_tracks(root, flat_split="validation")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mt3.converters import CONVERTERS
+from mt3.errors import InputError
+from mt3.records import SAMPLE_RATE, TrackRecord, atomic_write_json, read_manifest, split_is_complete
+
+logger = logging.getLogger("mt3.converters")
+
+# Default shard size: about 64 tracks per shard (MAESTRO train -> 16 shards, Slakh redux train -> 21).
+TRACKS_PER_SHARD = 64
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers shared by converters
+
+
+def load_audio(path: str | os.PathLike, *, allow_silence: bool = False) -> np.ndarray:
+    """Any audio file -> mono float32 at 16 kHz (`InputError` naming the file if missing, unreadable or empty).
+
+    `mt3.audio.load_audio` (librosa's steps: average channels, soxr HQ); `allow_silence` for stems, which may
+    legitimately be digital silence, whereas a silent mix means a broken file.
+    """
+    from mt3.audio import load_audio as _load_audio
+
+    return _load_audio(path, sample_rate=SAMPLE_RATE, allow_silence=allow_silence)
+
+
+def mix_audio(signals: Iterable[np.ndarray]) -> np.ndarray:
+    """Sums mono signals of possibly different lengths (shorter ones are zero-padded at the end)."""
+    signals = list(signals)
+    if not signals:
+        raise ValueError("mix_audio needs at least one signal")
+    out = np.zeros(max(len(s) for s in signals), dtype=np.float32)
+    for s in signals:
+        out[: len(s)] += s
+    return out
+
+
+def apply_sustain_and_clear(ns):
+    """Extends offsets by the sustain pedal (CC 64, as MT3 does before tokenising) and drops all control changes.
+
+    After this the NoteSequence holds what MT3's references hold: pedal-extended notes and no pedal events, so a
+    later `apply_sustain_control_changes` is a no-op. Pitch bends are dropped too (MT3 ignores them for every dataset
+    our converters produce). Returns a new NoteSequence; `total_time` covers the extended notes.
+    """
+    import note_seq
+
+    out = note_seq.apply_sustain_control_changes(ns)
+    del out.control_changes[:]
+    del out.pitch_bends[:]
+    out.total_time = max([out.total_time] + [n.end_time for n in out.notes])
+    return out
+
+
+def count_notes(ns) -> tuple[int, int]:
+    """(pitched notes, drum notes) of a NoteSequence."""
+    drums = sum(1 for n in ns.notes if n.is_drum)
+    return len(ns.notes) - drums, drums
+
+
+def load_converter(name: str):
+    """The converter module of dataset `name` (as typed on the command line)."""
+    if name not in CONVERTERS:
+        raise InputError(None, f"unknown dataset {name!r}; choose one of: {', '.join(sorted(CONVERTERS))}")
+    return importlib.import_module(CONVERTERS[name])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The driver
+
+
+def default_num_shards(num_sources: int) -> int:
+    return max(1, math.ceil(num_sources / TRACKS_PER_SHARD))
+
+
+def skipped_path(out_dir: str | os.PathLike, split: str) -> Path:
+    return Path(out_dir) / f"{split}.skipped.json"
+
+
+def _load_one(job: tuple[str, object]) -> tuple[list[TrackRecord] | None, tuple[str | None, str] | None]:
+    """Worker body: never raises `InputError` across the process boundary (its pickling would lose the message)."""
+    module_name, source = job
+    module = importlib.import_module(module_name)
+    try:
+        return module.load_track(source), None
+    except InputError as err:
+        return None, (err.path, err.problem)
+
+
+def _list_tracks(module, root: Path, splits: list[str] | None) -> dict[str, list]:
+    params = inspect.signature(module.list_tracks).parameters
+    if splits and len(splits) == 1 and "flat_split" in params:
+        return module.list_tracks(root, flat_split=splits[0])
+    return module.list_tracks(root)
+
+
+def prepare_dataset(
+    name: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    skip_bad: bool = False,
+    workers: int = 1,
+    num_shards: int | None = None,
+    splits: Iterable[str] | None = None,
+) -> dict[str, dict]:
+    """Converts dataset `name` from its native tree at `root` into shards + manifests under `out`.
+
+    Returns {split: manifest} for every split handled (also those already complete). Each manifest returned carries two
+    extra in-memory keys: `skipped` (list of {"id", "path", "problem"}) and `resumed` (True if the split was complete
+    before this run). Raises InputError for a bad tree, or for a bad track unless `skip_bad` is set.
+    """
+    module = load_converter(name)
+    root, out = Path(root), Path(out)
+    if not root.exists():
+        raise InputError(root, "dataset root not found")
+    if workers < 1:
+        raise InputError(None, f"--workers must be >= 1, got {workers}")
+    if num_shards is not None and num_shards < 1:
+        raise InputError(None, f"--num-shards must be >= 1, got {num_shards}")
+    wanted = list(splits) if splits is not None else None
+    listing = _list_tracks(module, root, wanted)
+    if wanted is None:
+        wanted = [s for s in listing if listing[s]]
+    for split in wanted:
+        if not listing.get(split):
+            found = ", ".join(f"{s} ({len(v)})" for s, v in listing.items() if v) or "none"
+            raise InputError(root, f"no {name} tracks for split {split!r} (splits found: {found})")
+
+    results: dict[str, dict] = {}
+    pool = None
+    try:
+        for split in wanted:
+            if split_is_complete(out, split):
+                logger.info("%s %s: already complete in %s, skipping (delete its manifest to redo)", name, split, out)
+                manifest = read_manifest(out, split)
+                manifest["skipped"] = _read_skipped(skipped_path(out, split))
+                manifest["resumed"] = True
+                results[split] = manifest
+                continue
+            if workers > 1 and pool is None:
+                # spawn, not fork: the parent may hold TensorFlow's threads (ShardWriter), which fork can deadlock
+                pool = multiprocessing.get_context("spawn").Pool(workers)
+            results[split] = _convert_split(
+                module, split, listing[split], out, skip_bad=skip_bad, pool=pool,
+                num_shards=num_shards or default_num_shards(len(listing[split])),
+            )
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return results
+
+
+def _read_skipped(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())["skipped"]
+    except (ValueError, KeyError):
+        return []
+
+
+def _convert_split(module, split: str, sources: list, out: Path, *, skip_bad: bool, pool, num_shards: int) -> dict:
+    from tqdm import tqdm
+
+    from mt3.records import ShardWriter
+
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise InputError(None, f"{module.NAME} {split}: duplicate track ids {dup[:5]}")
+    jobs = [(module.__name__, s) for s in sources]
+    results: Iterator = pool.imap(_load_one, jobs) if pool is not None else map(_load_one, jobs)
+    skipped: list[dict] = []
+    empty_sources = 0
+    seen_ids: set[str] = set()
+    with ShardWriter(out, split, module.NAME, num_shards=num_shards) as writer:
+        for source, (records, error) in tqdm(zip(sources, results), total=len(sources), desc=f"{module.NAME} {split}",
+                                             unit="track", dynamic_ncols=True):
+            if error is not None:
+                path, problem = error
+                if not skip_bad:
+                    raise InputError(path, problem)
+                logger.warning("skipping %s: %s: %s", source.id, path, problem)
+                skipped.append({"id": source.id, "path": path, "problem": problem})
+                continue
+            if not records:
+                empty_sources += 1
+                continue
+            for record in records:
+                if record.id in seen_ids:
+                    raise InputError(None, f"{module.NAME} {split}: duplicate record id {record.id!r}")
+                seen_ids.add(record.id)
+                writer.write(record)
+        # Written before the manifest (ShardWriter's exit), so a complete split always has its skip list beside it.
+        path = skipped_path(out, split)
+        if skipped:
+            atomic_write_json(path, {"dataset": module.NAME, "split": split, "skipped": skipped})
+        elif path.exists():
+            path.unlink()
+    if empty_sources:
+        logger.info("%s %s: %d of %d sources gave no records", module.NAME, split, empty_sources, len(sources))
+    manifest = read_manifest(out, split)
+    manifest["skipped"] = skipped
+    manifest["resumed"] = False
+    manifest["sources_without_records"] = empty_sources
+    return manifest

@@ -1,0 +1,157 @@
+"""Dataset configurations: where each prepared dataset lives, its splits, and how MT3 uses them.
+
+Same shape as magenta/mt3's `datasets.py` (DatasetConfig, InferEvalSplit, TrackSpec), but paths point at the output of
+`mt3 prepare-data` under one data root instead of cloud buckets. The root is resolved when a dataset is read, not when
+tasks are registered, so `MT3_DATA_DIR` / the gin macro `DATA_DIR` can be set after import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "data/prepared"
+DATA_DIR_ENV = "MT3_DATA_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class InferEvalSplit:
+    """A split evaluated by inference (consecutive segments + full-track references)."""
+
+    name: str  # split of the prepared data
+    suffix: str  # task name suffix
+    include_in_mixture: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSpec:
+    """A named instrument track used for per-instrument metrics (Cerberus4's bass/drums/guitar/piano)."""
+
+    name: str
+    program: int = 0
+    is_drum: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One prepared dataset. `folder` is its directory under the data root (written by `mt3 prepare-data`)."""
+
+    name: str
+    folder: str
+    splits: tuple[str, ...]
+    train_split: str
+    train_eval_split: str
+    infer_eval_splits: tuple[InferEvalSplit, ...]
+    track_specs: tuple[TrackSpec, ...] = ()
+    converter: str = ""  # `mt3 prepare-data` dataset name that produces it
+
+    def __post_init__(self):
+        for split in (self.train_split, self.train_eval_split, *(s.name for s in self.infer_eval_splits)):
+            if split not in self.splits:
+                raise ValueError(f"DatasetConfig {self.name}: split {split!r} not in {self.splits}")
+
+    def path(self, data_dir: str | os.PathLike | None = None) -> Path:
+        return Path(resolve_data_dir(data_dir)) / self.folder
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
+    """Explicit argument > $MT3_DATA_DIR > ./data/prepared."""
+    return os.fspath(data_dir) if data_dir else os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)
+
+
+_VAL_TEST = (InferEvalSplit("validation", "validation"), InferEvalSplit("test", "test"))
+_VAL_ONLY = (InferEvalSplit("validation", "validation"),)
+
+MAESTROV3_CONFIG = DatasetConfig(
+    name="maestrov3", folder="maestrov3", converter="maestro", splits=("train", "validation", "test"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+
+SLAKH_CONFIG = DatasetConfig(
+    name="slakh", folder="slakh", converter="slakh", splits=("train", "validation", "test"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+
+CERBERUS4_CONFIG = DatasetConfig(
+    name="cerberus4", folder="cerberus4", converter="cerberus4", splits=("train", "validation", "test"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST,
+    track_specs=(TrackSpec("bass", program=32), TrackSpec("drums", is_drum=True), TrackSpec("guitar", program=24),
+                 TrackSpec("piano", program=0)))
+
+GUITARSET_CONFIG = DatasetConfig(
+    name="guitarset", folder="guitarset", converter="guitarset", splits=("train", "validation"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_ONLY)
+
+URMP_CONFIG = DatasetConfig(
+    name="urmp", folder="urmp", converter="urmp", splits=("train", "validation"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_ONLY)
+
+MUSICNET_CONFIG = DatasetConfig(
+    name="musicnet", folder="musicnet", converter="musicnet", splits=("train", "validation", "test"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+
+# The local corpus (`mt3 build-corpus`) is in Slakh2100's layout and prepared with the Slakh converter.
+LOCAL_CONFIG = DatasetConfig(
+    name="local", folder="local", converter="slakh", splits=("train", "validation", "test"),
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+
+ALL_CONFIGS: tuple[DatasetConfig, ...] = (
+    MAESTROV3_CONFIG, SLAKH_CONFIG, CERBERUS4_CONFIG, GUITARSET_CONFIG, URMP_CONFIG, MUSICNET_CONFIG, LOCAL_CONFIG)
+
+
+def prepared_hours(config: DatasetConfig, split: str, data_dir=None) -> float | None:
+    """Hours of audio in a prepared split (from its manifest), or None if it is not prepared."""
+    from mt3 import records
+
+    path = config.path(data_dir)
+    if not records.manifest_path(path, split).exists():
+        return None
+    return float(records.read_manifest(path, split)["hours"])
+
+
+def make_data_source(config: DatasetConfig):
+    """A seqio DataSource over the shards of a prepared dataset, resolved lazily at read time.
+
+    Unlike seqio's FileDataSource it supports any number of hosts (sharding by file when there are enough shards,
+    else by record) and takes file lists from the manifest, so a half-written split is never read. Built in a
+    function so seqio and TensorFlow are imported only by the data layer.
+    """
+    import seqio
+    import tensorflow as tf
+
+    from mt3 import records
+    from mt3.errors import InputError
+
+    class PreparedDataSource(seqio.DataSource):
+        def __init__(self):
+            super().__init__(splits=config.splits, num_input_examples=None, caching_permitted=True)
+
+        @property
+        def supports_arbitrary_sharding(self) -> bool:
+            return True
+
+        def list_shards(self, split: str) -> list[str]:
+            path = config.path()
+            if not records.split_is_complete(path, split):
+                raise InputError(path, f"split {split!r} of dataset {config.name!r} is not prepared (no complete "
+                                       f"{split}.manifest.json); run `mt3 prepare-data {config.converter} --root ... "
+                                       f"--out {path}` or set ${DATA_DIR_ENV}")
+            return records.shard_paths(path, split)
+
+        def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None,
+                        use_cached=False, num_epochs=1):
+            files = self.list_shards(split)
+            files_ds = tf.data.Dataset.from_tensor_slices(files)
+            by_file = shard_info is not None and len(files) >= shard_info.num_shards > 1
+            if by_file:
+                files_ds = files_ds.shard(shard_info.num_shards, shard_info.index)
+            if shuffle:
+                files_ds = files_ds.shuffle(len(files), seed=seed)
+            ds = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=1,
+                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            if shard_info is not None and shard_info.num_shards > 1 and not by_file:
+                ds = ds.shard(shard_info.num_shards, shard_info.index)
+            spec = records.feature_description()
+            return ds.map(lambda x: tf.io.parse_single_example(x, spec), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+
+    return PreparedDataSource()

@@ -1,0 +1,240 @@
+"""Transcription preprocessing: converted track records -> model examples (frames + target tokens).
+
+The logic is plain numpy (`tokenize_track`, `training_examples`, `eval_segments`) so it can be tested and reused
+without TensorFlow; the `*_fn` seqio preprocessors at the bottom only wrap it in `tf.numpy_function`, as seqio tasks
+need `tf.data.Dataset -> tf.data.Dataset` functions. The steps follow MT3 (REFERENCE §4.1/4.2):
+
+  train: tokenize the whole track -> split into 2000-frame chunks (MT3's cache chunks) -> one random crop of the input
+         length per chunk (`uniform_random_start`: crops at chunk edges may be shorter) -> targets of the crop with the
+         tie section, program granularity, shift RLE and redundant-state removal -> ids + EOS.
+  eval:  tokenize the whole track -> consecutive non-overlapping segments of the input length (last one shorter);
+         segment 0 carries the full-track reference NoteSequence for metrics.
+
+Inputs stay raw 128-sample frames here; the model computes the log-mel (`spectrograms.compute_spectrogram`) as its
+first stage, so training and inference share one frontend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, vocabularies
+
+MAX_NUM_CACHED_FRAMES = 2000  # MT3's cache chunk (16 s); a training crop never crosses one
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizeConfig:
+    """Everything that decides how a track becomes examples. Frozen, so it can key caches and be logged."""
+
+    vocab_config: vocabularies.VocabularyConfig = vocabularies.MT3_VOCAB_CONFIG
+    spectrogram_config: spectrograms.SpectrogramConfig = spectrograms.SpectrogramConfig()
+    onsets_only: bool = False
+    include_ties: bool = True
+    program_granularity: str = "full"  # "flat" | "midi_class" | "full"
+    trim_overlapping_notes: bool = True  # MT3 trims same-pitch overlaps in training data (eval refs keep them)
+
+    def __post_init__(self):
+        if self.program_granularity not in ("flat", "midi_class", "full"):
+            raise ValueError(f"program_granularity must be flat, midi_class or full, got {self.program_granularity!r}")
+        if self.onsets_only and self.include_ties:
+            raise ValueError("onsets-only encoding has no ties (MT3 registers no such task)")
+
+    @property
+    def encoding_spec(self):
+        if self.onsets_only:
+            return note_sequences.NoteOnsetEncodingSpec
+        return note_sequences.NoteEncodingWithTiesSpec if self.include_ties else note_sequences.NoteEncodingSpec
+
+    @property
+    def codec(self) -> event_codec.Codec:
+        return _codec(self.vocab_config)
+
+
+_CODECS: dict = {}
+
+
+def _codec(vocab_config) -> event_codec.Codec:
+    if vocab_config not in _CODECS:
+        _CODECS[vocab_config] = vocabularies.build_codec(vocab_config)
+    return _CODECS[vocab_config]
+
+
+@dataclasses.dataclass
+class Track:
+    """One tokenized track: its audio frames and the whole-track event tokens."""
+
+    frames: np.ndarray  # [n, hop] float32
+    frame_times: np.ndarray  # [n] float64 seconds
+    tokens: object  # note_sequences.TrackTokens
+    sequence: object  # the (reference) NoteSequence as stored in the record
+
+
+def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
+    """Frames the audio and tokenizes the NoteSequence against those frame times (MT3's tokenize step)."""
+    frames, frame_times = spectrograms.split_audio(np.asarray(audio, np.float32), config.spectrogram_config)
+    labels = ns
+    if config.trim_overlapping_notes and not config.onsets_only:
+        labels = note_sequences.trim_overlapping_notes(ns)
+    tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec)
+    return Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=ns)
+
+
+def segment_ids(track: Track, start: int, end: int, config: TokenizeConfig) -> np.ndarray:
+    """Vocabulary ids (with EOS) of the targets for frames [start, end)."""
+    codec = config.codec
+    targets = note_sequences.segment_targets(track.tokens, start, end, codec, config.include_ties)
+    if config.program_granularity != "full":
+        targets = note_sequences.map_midi_programs(targets, codec, config.program_granularity)
+        targets = run_length_encoding.remove_redundant_state_changes(targets, codec)
+    ids = vocabularies.encode_tokens(np.asarray(targets, np.int32))
+    return np.concatenate([ids, [vocabularies.EOS_ID]]).astype(np.int32)
+
+
+def random_crop_bounds(num_frames: int, length: int, rng: np.random.Generator) -> tuple[int, int]:
+    """MT3's `select_random_chunk(uniform_random_start=True)`: start ~ U[-(L-1), n), then clip to [0, n]."""
+    start = int(rng.integers(-(length - 1), max(num_frames, 1)))
+    return max(start, 0), min(start + length, num_frames)
+
+
+def training_examples(track: Track, config: TokenizeConfig, input_length: int,
+                      rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields (inputs [<=L, hop], target ids) — one random crop per 2000-frame chunk of the track."""
+    n = len(track.frames)
+    for chunk_start in range(0, n, MAX_NUM_CACHED_FRAMES):
+        chunk_len = min(MAX_NUM_CACHED_FRAMES, n - chunk_start)
+        start, end = random_crop_bounds(chunk_len, input_length, rng)
+        start, end = chunk_start + start, chunk_start + end
+        if end <= start:
+            continue
+        yield track.frames[start:end], segment_ids(track, start, end, config)
+
+
+def eval_segments(track: Track, config: TokenizeConfig, input_length: int) -> Iterator[dict]:
+    """Yields consecutive non-overlapping segments with their targets and start times (MT3's eval/infer split)."""
+    n = len(track.frames)
+    for index, start in enumerate(range(0, n, input_length)):
+        end = min(start + input_length, n)
+        yield {
+            "inputs": track.frames[start:end],
+            "targets": segment_ids(track, start, end, config),
+            "input_times": track.frame_times[start:end],
+            "segment_index": index,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seqio wrappers (TensorFlow lives only below this line, imported lazily)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _parse(record_bytes_audio, record_bytes_sequence):
+    import note_seq
+
+    audio = np.frombuffer(record_bytes_audio, dtype="<f4").astype(np.float32)
+    return audio, note_seq.NoteSequence.FromString(record_bytes_sequence)
+
+
+def _stack_padded(arrays: list[np.ndarray], dtype, trailing: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(a) for a in arrays], np.int32)
+    out = np.zeros((len(arrays), int(lengths.max(initial=0)), *trailing), dtype)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return out, lengths
+
+
+def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train"):
+    """seqio preprocessor: parsed track records -> examples {'inputs': [L', hop] f32, 'targets': [T'] i32, ...}.
+
+    `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments; adds 'id',
+    'start_time' and, on segment 0, the full-track reference 'sequence').
+    """
+    import tensorflow as tf
+
+    hop = config.spectrogram_config.hop_width
+    input_length = int(sequence_length["inputs"])
+
+    def _train_np(audio_bytes, seq_bytes, element_seed):
+        audio, ns = _parse(audio_bytes, seq_bytes)
+        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)])
+        examples = list(training_examples(tokenize_track(audio, ns, config), config, input_length, rng))
+        inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
+        targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
+        return inputs, in_len, targets, tgt_len
+
+    def _eval_np(audio_bytes, seq_bytes):
+        audio, ns = _parse(audio_bytes, seq_bytes)
+        segments = list(eval_segments(tokenize_track(audio, ns, config), config, input_length))
+        inputs, in_len = _stack_padded([s["inputs"] for s in segments], np.float32, (hop,))
+        targets, tgt_len = _stack_padded([s["targets"] for s in segments], np.int32)
+        start_times = np.array([s["input_times"][0] for s in segments], np.float64)
+        return inputs, in_len, targets, tgt_len, start_times
+
+    def _unpad(ex):
+        out = dict(ex)
+        out["inputs"] = ex["inputs"][: ex.pop("inputs_length")]
+        out["targets"] = ex["targets"][: ex.pop("targets_length")]
+        out.pop("inputs_length", None)
+        out.pop("targets_length", None)
+        return out
+
+    if split_kind == "train":
+        import seqio
+
+        # seqio hands each element its own stateless seed, different every epoch (the repeat happens before this
+        # post-cache step), yet reproducible for a given task seed: crops vary across epochs, resumes are exact.
+        @seqio.map_over_dataset(num_seeds=1)
+        def _map(ex, seed):
+            inputs, in_len, targets, tgt_len = tf.numpy_function(
+                _train_np, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32],
+                stateful=False)
+            k = tf.shape(in_len)[0]
+            return {
+                "inputs": tf.ensure_shape(inputs, [None, None, hop]),
+                "inputs_length": in_len,
+                "targets": tf.ensure_shape(targets, [None, None]),
+                "targets_length": tgt_len,
+                "id": tf.fill([k], ex["id"]),
+            }
+
+        ds = _map(dataset)
+    elif split_kind == "eval":
+        def _map(ex):
+            inputs, in_len, targets, tgt_len, start_times = tf.numpy_function(
+                _eval_np, [ex["audio"], ex["sequence"]], [tf.float32, tf.int32, tf.int32, tf.int32, tf.float64],
+                stateful=False)
+            k = tf.shape(in_len)[0]
+            sequence = tf.concat([[ex["sequence"]], tf.fill([k - 1], tf.constant(b""))], axis=0)
+            return {
+                "inputs": tf.ensure_shape(inputs, [None, None, hop]),
+                "inputs_length": in_len,
+                "targets": tf.ensure_shape(targets, [None, None]),
+                "targets_length": tgt_len,
+                "id": tf.fill([k], ex["id"]),
+                "start_time": start_times,
+                "sequence": sequence,
+            }
+
+        ds = dataset.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        raise ValueError(f"split_kind must be 'train' or 'eval', got {split_kind!r}")
+
+    return ds.unbatch().map(_unpad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def handle_too_long(dataset, *, sequence_length, skip: bool = False):
+    """MT3 asserts targets fit; we either drop examples whose targets exceed the length (skip=True) or leave them to
+    the feature converter, which truncates (and `mt3 data-stats` reports how often that happens)."""
+    if not skip:
+        return dataset
+    limit = int(sequence_length["targets"])
+    return dataset.filter(lambda ex: _len_le(ex["targets"], limit))
+
+
+def _len_le(t, limit):
+    import tensorflow as tf
+
+    return tf.shape(t)[0] <= limit

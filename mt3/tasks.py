@@ -1,0 +1,202 @@
+"""The seqio Task and Mixture registry: MT3's task names and mixtures over prepared datasets.
+
+Adding a dataset is a `DatasetConfig` (mt3/datasets.py) plus one `add_transcription_task_to_registry` call (and a gin
+file that names its task). Task names follow MT3: `{dataset}_{notes|onsets}[_ties][_{vocab abbrev}]_{suffix}`, e.g.
+`slakh_notes_ties_vb1_train`, `maestrov3_notes_validation`. Every prefix gets:
+
+  `{prefix}_train`          splits 'train' (random crops, MT3's training stream) and 'eval' (the dataset's
+                            train-eval split, same preprocessing, for teacher-forced eval during training);
+  `{prefix}_{suffix}`       one per inference-eval split (split 'eval': consecutive segments, full-track references);
+  `{prefix}_eval`           a mixture of the inference-eval tasks.
+
+Mixtures: `mega_notes_ties_vb1_train` (MT3's six datasets, temperature-scaled rates), `piano_notes_train` (piano-only,
+ismir2021 vocabulary), `local_mix_notes_ties_vb1_train` (the local corpus; what the CPU quickstart trains on).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import seqio
+
+from mt3 import datasets, preprocessors, spectrograms, vocabularies
+from mt3.feature_converters import ContinuousInputsEncDecFeatureConverter
+
+MIXING_TEMPERATURE = 10 / 3  # MT3 / paper §3.3: rate ∝ n^(1/T) = n^0.3
+
+
+def task_prefix(dataset_name: str, *, vocab_config: vocabularies.VocabularyConfig, onsets_only: bool,
+                include_ties: bool, spectrogram_config: spectrograms.SpectrogramConfig) -> str:
+    parts = [dataset_name, "onsets" if onsets_only else "notes"]
+    if include_ties:
+        parts.append("ties")
+    for abbrev in (spectrogram_config.abbrev, vocab_config.abbrev):
+        if abbrev:
+            parts.append(abbrev)
+    return "_".join(parts)
+
+
+def _output_features(vocab_config: vocabularies.VocabularyConfig):
+    import tensorflow as tf
+
+    vocab = vocabularies.vocabulary_from_codec(vocabularies.build_codec(vocab_config))
+    return {
+        "inputs": seqio.ContinuousFeature(dtype=tf.float32, rank=2),
+        # EOS is appended by the preprocessor (as an id) so numpy code and seqio agree on the target layout.
+        "targets": seqio.Feature(vocabulary=vocab, add_eos=False),
+    }
+
+
+def add_transcription_task_to_registry(
+    dataset_config: datasets.DatasetConfig,
+    spectrogram_config: spectrograms.SpectrogramConfig,
+    vocab_config: vocabularies.VocabularyConfig,
+    tokenize_fn=preprocessors.tokenize_transcription_example,
+    onsets_only: bool = False,
+    include_ties: bool = True,
+    skip_too_long: bool = False,
+    program_granularity: str | None = None,
+) -> str:
+    """Registers the train task, the inference-eval tasks and the `_eval` mixture of one dataset; returns the prefix.
+
+    `program_granularity` defaults as MT3 trains: 'full' with multi-instrument vocabularies, 'flat' (program tokens
+    dropped) for the 127-velocity-bin piano vocabulary.
+    """
+    if program_granularity is None:
+        program_granularity = "flat" if vocab_config.num_velocity_bins > 1 else "full"
+    prefix = task_prefix(dataset_config.name, vocab_config=vocab_config, onsets_only=onsets_only,
+                         include_ties=include_ties, spectrogram_config=spectrogram_config)
+    config = preprocessors.TokenizeConfig(
+        vocab_config=vocab_config, spectrogram_config=spectrogram_config, onsets_only=onsets_only,
+        include_ties=include_ties, program_granularity=program_granularity)
+    output_features = _output_features(vocab_config)
+    source = datasets.make_data_source(dataset_config)
+    too_long = functools.partial(preprocessors.handle_too_long, skip=skip_too_long)
+
+    def _split_mapped_source(split_map: dict[str, str]):
+        return _RenamedSplitSource(source, split_map)
+
+    train_preprocessors = [
+        seqio.CacheDatasetPlaceholder(),  # random crops run after it, so repeats draw new crops each epoch
+        functools.partial(tokenize_fn, config=config, split_kind="train"),
+        too_long,
+    ]
+    eval_preprocessors = [
+        seqio.CacheDatasetPlaceholder(),
+        functools.partial(tokenize_fn, config=config, split_kind="eval"),
+    ]
+
+    # As in MT3, the train task's 'eval' split is the train-eval split under the same (random-crop) preprocessing:
+    # teacher-forced eval during training sees crops like training does, deterministic for a seed.
+    seqio.TaskRegistry.add(
+        f"{prefix}_train",
+        source=_split_mapped_source({"train": dataset_config.train_split, "eval": dataset_config.train_eval_split}),
+        output_features=output_features,
+        preprocessors=train_preprocessors,
+        shuffle_buffer_size=256,
+    )
+    eval_task_names = []
+    for split in dataset_config.infer_eval_splits:
+        name = f"{prefix}_{split.suffix}"
+        seqio.TaskRegistry.add(
+            name,
+            source=_split_mapped_source({"eval": split.name}),
+            output_features=output_features,
+            preprocessors=eval_preprocessors,
+        )
+        if split.include_in_mixture:
+            eval_task_names.append(name)
+    if eval_task_names:
+        seqio.MixtureRegistry.add(f"{prefix}_eval", [(n, 1.0) for n in eval_task_names])
+    return prefix
+
+
+class _RenamedSplitSource(seqio.DataSource):
+    """Exposes a source's splits under task split names ('train'/'eval' -> the dataset's own split names)."""
+
+    def __init__(self, source, split_map: dict[str, str]):
+        self._source = source
+        self._split_map = dict(split_map)
+        super().__init__(splits=tuple(split_map), num_input_examples=None, caching_permitted=True)
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def list_shards(self, split):
+        return self._source.list_shards(self._split_map[split])
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+        return self._source.get_dataset(self._split_map[split], shuffle=shuffle, seed=seed, shard_info=shard_info)
+
+    def dataset_split(self, split: str) -> str:
+        return self._split_map[split]
+
+
+def _temperature_rate(dataset_config: datasets.DatasetConfig, temperature: float = MIXING_TEMPERATURE):
+    """MT3 weights tasks by (number of 16 s cached examples)^(1/T); we count them from the manifest's hours."""
+
+    def rate(task) -> float:
+        hours = datasets.prepared_hours(dataset_config, dataset_config.train_split) or 0.0
+        examples = max(hours * 3600.0 / 16.0, 1.0)
+        return examples ** (1.0 / temperature)
+
+    return rate
+
+
+def _add_mixture(name: str, entries: Sequence[tuple[datasets.DatasetConfig, str]]) -> None:
+    seqio.MixtureRegistry.add(name, [(task, _temperature_rate(cfg)) for cfg, task in entries])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registrations (MT3's choices)
+# ---------------------------------------------------------------------------------------------------------------
+
+SPECTROGRAM_CONFIG = spectrograms.SpectrogramConfig()
+MT3_VOCAB = vocabularies.MT3_VOCAB_CONFIG  # 1 velocity bin
+PIANO_VOCAB = vocabularies.ISMIR2021_VOCAB_CONFIG  # 127 velocity bins
+
+# ismir2021: MAESTRO v3 with velocities, no ties, programs dropped.
+_MAESTRO_PIANO = add_transcription_task_to_registry(
+    datasets.MAESTROV3_CONFIG, SPECTROGRAM_CONFIG, PIANO_VOCAB, include_ties=False)
+_MT3_PREFIXES = {
+    cfg.name: add_transcription_task_to_registry(cfg, SPECTROGRAM_CONFIG, MT3_VOCAB, include_ties=True)
+    for cfg in datasets.ALL_CONFIGS
+}
+_MEGA = [datasets.MAESTROV3_CONFIG, datasets.GUITARSET_CONFIG, datasets.URMP_CONFIG, datasets.MUSICNET_CONFIG,
+         datasets.CERBERUS4_CONFIG, datasets.SLAKH_CONFIG]
+
+_add_mixture("mega_notes_ties_vb1_train", [(c, f"{_MT3_PREFIXES[c.name]}_train") for c in _MEGA])
+seqio.MixtureRegistry.add(
+    "mega_notes_ties_vb1_eval",
+    [(f"{_MT3_PREFIXES[c.name]}_validation", _temperature_rate(c)) for c in _MEGA])
+_add_mixture("piano_notes_train", [(datasets.MAESTROV3_CONFIG, f"{_MAESTRO_PIANO}_train")])
+_add_mixture("local_mix_notes_ties_vb1_train", [(datasets.LOCAL_CONFIG, f"{_MT3_PREFIXES['local']}_train")])
+
+
+def get_dataset(mixture_or_task_name: str, *, task_feature_lengths: dict[str, int], split: str, batch_size: int,
+                shuffle: bool = True, seed: int | None = 0, shard_id: int = 0, num_shards: int = 1,
+                num_epochs: int | None = None, data_dir: str | None = None, drop_remainder: bool = True):
+    """Batched model features for the trainer: deterministic for a seed, so exact resume = rebuild + `.skip(n)`."""
+    import os
+
+    import tensorflow as tf
+
+    if data_dir:
+        os.environ[datasets.DATA_DIR_ENV] = str(data_dir)
+    ds = seqio.get_dataset(
+        mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths,
+        feature_converter=ContinuousInputsEncDecFeatureConverter(pack=False),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None,
+        seed=seed,
+        use_cached=False,
+        verbose=False,
+    )
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
