@@ -149,8 +149,8 @@ def _stack_padded(arrays: list[np.ndarray], dtype, trailing: tuple = ()) -> tupl
 def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train"):
     """seqio preprocessor: parsed track records -> examples {'inputs': [L', hop] f32, 'targets': [T'] i32, ...}.
 
-    `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments; adds 'id',
-    'start_time' and, on segment 0, the full-track reference 'sequence').
+    `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments;
+    adds 'id', 'start_time' and, on segment 0, the full-track reference 'sequence').
     """
     import tensorflow as tf
 
