@@ -199,3 +199,19 @@ def test_prepare_data_cli_end_to_end(guitarset_root, tmp_path, capsys):
     assert cli.main(["prepare-data", "guitarset", "--root", str(bad_root), "--out", str(bad_out), "--skip-bad"]) == 0
     assert [t["id"] for t in read_manifest(bad_out, "train")["tracks"]] == ["00_Rock1-130-A_comp_mic"]
     assert "01_SS2-107-Ab_solo.jams" in capsys.readouterr().out
+
+
+def test_prepare_data_option_selects_audio_sources(guitarset_root, tmp_path, capsys):
+    from mt3 import cli
+    from mt3.records import read_manifest
+
+    out = tmp_path / "both"
+    assert cli.main(["prepare-data", "guitarset", "--root", str(guitarset_root), "--out", str(out),
+                     "--option", "audio_sources=mic,mix"]) == 0
+    ids = sorted(t["id"] for t in read_manifest(out, "validation")["tracks"])
+    expected = sorted(f"{e}_{src}" for e, s in EXCERPTS.items() if s == "validation" for src in ("mic", "mix"))
+    assert ids == expected
+    capsys.readouterr()
+    assert cli.main(["prepare-data", "guitarset", "--root", str(guitarset_root), "--out", str(tmp_path / "x"),
+                     "--option", "no_such=1"]) == 2
+    assert "no_such" in capsys.readouterr().err

@@ -26,6 +26,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits", default=None,
                         help="comma-separated splits to convert (default: all found). On a tree without split "
                              "folders (babyslakh) a single split name sets the split its tracks go to")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="converter option, repeatable: e.g. guitarset audio_sources=mic,mix; "
+                             "slakh program_mapping=slakh_class")
+
+
+def parse_options(items: list[str]) -> dict:
+    """KEY=VALUE pairs; a VALUE with commas becomes a tuple of strings (GuitarSet's audio_sources=mic,mix)."""
+    from mt3.errors import InputError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(None, f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = tuple(v.strip() for v in value.split(",")) if "," in value else value.strip()
+    return options
 
 
 def format_summary(results: dict[str, dict]) -> str:
@@ -52,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
     results = prepare_dataset(args.dataset, args.root, args.out, skip_bad=args.skip_bad, workers=args.workers,
-                              num_shards=args.num_shards, splits=splits)
+                              num_shards=args.num_shards, splits=splits, options=parse_options(args.option))
     print(f"{args.dataset} -> {args.out}")
     print(format_summary(results))
     for split, manifest in results.items():

@@ -115,11 +115,16 @@ def _load_one(job: tuple[str, object]) -> tuple[list[TrackRecord] | None, tuple[
         return None, (err.path, err.problem)
 
 
-def _list_tracks(module, root: Path, splits: list[str] | None) -> dict[str, list]:
+def _list_tracks(module, root: Path, splits: list[str] | None, options: dict | None = None) -> dict[str, list]:
     params = inspect.signature(module.list_tracks).parameters
+    kwargs = dict(options or {})
+    for key in kwargs:
+        if key not in params or key == "root":
+            accepted = sorted(k for k in params if k != "root") or ["none"]
+            raise InputError(None, f"{module.NAME} takes no option {key!r} (accepted: {', '.join(accepted)})")
     if splits and len(splits) == 1 and "flat_split" in params:
-        return module.list_tracks(root, flat_split=splits[0])
-    return module.list_tracks(root)
+        kwargs.setdefault("flat_split", splits[0])
+    return module.list_tracks(root, **kwargs)
 
 
 def prepare_dataset(
@@ -131,12 +136,15 @@ def prepare_dataset(
     workers: int = 1,
     num_shards: int | None = None,
     splits: Iterable[str] | None = None,
+    options: dict | None = None,
 ) -> dict[str, dict]:
     """Converts dataset `name` from its native tree at `root` into shards + manifests under `out`.
 
     Returns {split: manifest} for every split handled (also those already complete). Each manifest returned carries two
     extra in-memory keys: `skipped` (list of {"id", "path", "problem"}) and `resumed` (True if the split was complete
-    before this run). Raises InputError for a bad tree, or for a bad track unless `skip_bad` is set.
+    before this run). `options` are converter-specific keyword arguments of its `list_tracks` (e.g. GuitarSet's
+    `audio_sources=("mic", "mix")`, Slakh's `program_mapping="slakh_class"`). Raises InputError for a bad tree, or for
+    a bad track unless `skip_bad` is set.
     """
     module = load_converter(name)
     root, out = Path(root), Path(out)
@@ -147,7 +155,7 @@ def prepare_dataset(
     if num_shards is not None and num_shards < 1:
         raise InputError(None, f"--num-shards must be >= 1, got {num_shards}")
     wanted = list(splits) if splits is not None else None
-    listing = _list_tracks(module, root, wanted)
+    listing = _list_tracks(module, root, wanted, options)
     if wanted is None:
         wanted = [s for s in listing if listing[s]]
     for split in wanted:

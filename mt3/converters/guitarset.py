@@ -66,6 +66,8 @@ def list_tracks(root: str | os.PathLike, *, audio_sources: tuple[str, ...] = ("m
     """One source per (annotation, audio source). Audio files are not checked here: `load_track` reports a missing
     one naming it, so `--skip-bad` can skip just that excerpt."""
     root = Path(root)
+    if isinstance(audio_sources, str):  # `mt3 prepare-data guitarset --option audio_sources=mic`
+        audio_sources = tuple(audio_sources.split(","))
     unknown = [s for s in audio_sources if s not in AUDIO_SOURCES]
     if unknown or not audio_sources:
         raise InputError(None, f"audio_sources must be a non-empty subset of {sorted(AUDIO_SOURCES)}, got "
