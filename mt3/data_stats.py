@@ -49,7 +49,8 @@ def dataset_statistics(name: str, *, split: str = "train", num_examples: int = 1
         programs.update((events[(events >= program_range[0]) & (events <= program_range[1])] - program_range[0])
                         .tolist())
         drums += int(np.sum((events >= drum_range[0]) & (events <= drum_range[1])))
-        ids.append(ex.get("id", b"").decode() if isinstance(ex.get("id", b""), bytes) else "")
+        if "id" in ex:  # tasks keep the track id; mixtures pass only the output features
+            ids.append(ex["id"].decode())
     if not target_lens:
         raise InputError(None, f"{name}:{split} produced no examples")
     tl = np.array(target_lens)
@@ -57,7 +58,7 @@ def dataset_statistics(name: str, *, split: str = "train", num_examples: int = 1
         "name": name,
         "split": split,
         "num_examples": len(tl),
-        "distinct_tracks": len(set(ids)),
+        "distinct_tracks": len(set(ids)) if ids else None,
         "task_feature_lengths": lengths,
         "inputs_shape": [int(np.max(input_frames)), int(ex["inputs"].shape[1])],
         "inputs_frames_min": int(np.min(input_frames)),
@@ -84,8 +85,8 @@ def format_statistics(stats: dict) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{stats['name']} [{stats['split']}]: {stats['num_examples']} examples, "
-                        f"{stats['distinct_tracks']} tracks")
+    tracks = f", {stats['distinct_tracks']} tracks" if stats["distinct_tracks"] is not None else ""
+    table = Table(title=f"{stats['name']} [{stats['split']}]: {stats['num_examples']} examples{tracks}")
     table.add_column("statistic")
     table.add_column("value")
     table.add_row("inputs shape (max)", str(stats["inputs_shape"]))
