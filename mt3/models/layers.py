@@ -1,0 +1,282 @@
+"""T5.1.1 building blocks in Flax: RMS norm, dense and embedding with logical axes, attention with a KV cache,
+gated-GELU MLP and fixed sinusoidal position embeddings.
+
+Why these shapes: kernels are stored 2-D (e.g. attention query `[embed, joined_kv]`) exactly as T5X stores them, so
+parameter counts, initialiser fan-in and logical partitioning match MT3's network. Every parameter carries T5X logical
+axis names through `nn.with_logical_partitioning`; `mt3.partitioning` maps them onto the device mesh. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# T5X defaults: attention kernels N(0, 1/fan_in); MLP and projections truncated normal with the same variance.
+ATTENTION_KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+MLP_KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+EMBEDDING_INIT = nn.initializers.normal(stddev=1.0)
+# Additive attention bias for masked positions (large but finite, so fully masked rows stay NaN-free).
+MASK_BIAS = -1e10
+
+
+def canonical_dtype(name: str | jnp.dtype) -> jnp.dtype:
+    """'float32' / 'bfloat16' (or a dtype) -> jnp dtype; the config stays a plain hashable string."""
+    allowed = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if isinstance(name, str):
+        if name not in allowed:
+            raise ValueError(f"dtype must be one of {sorted(allowed)}, got {name!r}")
+        return allowed[name]
+    return jnp.dtype(name)
+
+
+def _normalize_axes(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return tuple(a % ndim for a in axes)
+
+
+class DenseGeneral(nn.Module):
+    """Bias-free dense layer over arbitrary input axes, producing arbitrary output feature axes.
+
+    The kernel parameter is 2-D `[prod(in), prod(features)]` (as T5X), so `fan_in` for the initialiser is the flattened
+    input size and `kernel_axes` names exactly two logical axes. Compute happens in `dtype`; params stay float32.
+    """
+
+    features: int | Sequence[int]
+    kernel_axes: tuple[str, str]
+    axis: int | Sequence[int] = -1
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = MLP_KERNEL_INIT
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axis = _normalize_axes(self.axis, inputs.ndim)
+        in_shape = tuple(inputs.shape[a] for a in axis)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+            (int(np.prod(in_shape)), int(np.prod(features))),
+            jnp.float32,
+        )
+        kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+        inputs = jnp.asarray(inputs, self.dtype)
+        contract = (axis, tuple(range(len(axis))))
+        return jax.lax.dot_general(inputs, kernel, (contract, ((), ())))
+
+
+class Embed(nn.Module):
+    """Token embedding table `[num_embeddings, features]` with N(0, 1) init (T5X `Embed`)."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Array:
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        table = self.param(
+            "embedding",
+            nn.with_logical_partitioning(EMBEDDING_INIT, ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            jnp.float32,
+        )
+        return jnp.take(jnp.asarray(table, self.dtype), ids, axis=0)
+
+
+def sinusoid_table(max_length: int, features: int) -> np.ndarray:
+    """Fixed position table `[max_length, features]`: first half sin, second half cos (concatenated, as MT3).
+
+    Inverse timescales are exp(-i * ln(10000) / (features/2 - 1)) for i = 0 .. features/2 - 1.
+    """
+    if features % 2 or features < 4:
+        raise ValueError(f"sinusoidal embeddings need an even feature size >= 4, got {features}")
+    half = features // 2
+    inv_timescales = np.exp(-np.arange(half, dtype=np.float64) * math.log(10000.0) / (half - 1))
+    scaled = np.arange(max_length, dtype=np.float64)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+class FixedEmbed(nn.Module):
+    """Look up fixed sinusoidal position embeddings (no parameters)."""
+
+    features: int
+    max_length: int = 2048
+
+    def __call__(self, positions: Array) -> Array:
+        table = jnp.asarray(sinusoid_table(self.max_length, self.features))
+        return jnp.take(table, positions, axis=0)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias; statistics in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                           jnp.float32)
+        x32 = jnp.asarray(x, jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = jnp.asarray(x32 * jax.lax.rsqrt(var + self.epsilon), self.dtype)
+        return y * jnp.asarray(scale, self.dtype)
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    """Logical AND of the given (broadcastable) masks; None entries are ignored."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def make_attention_mask(query_valid: Array, key_valid: Array) -> Array:
+    """[B, Lq] x [B, Lk] booleans -> [B, 1, Lq, Lk] mask (True = may attend)."""
+    return jnp.logical_and(query_valid[:, None, :, None], key_valid[:, None, None, :])
+
+
+def make_causal_mask(length: int) -> Array:
+    """[1, 1, L, L] lower-triangular mask."""
+    idx = jnp.arange(length)
+    return (idx[None, :] <= idx[:, None])[None, None]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, *, dropout_rate: float,
+                          deterministic: bool, dropout_rng: Array | None, dtype: jnp.dtype) -> Array:
+    """softmax(q k^T + bias) v with [B, L, H, D] inputs; logits and softmax in float32.
+
+    There is no 1/sqrt(D) factor here: T5 folds it into the query kernel init. Attention-probability dropout shares
+    its mask across the query axis (T5X `broadcast_dropout`).
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if mask is not None:
+        logits = logits + jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if not deterministic and dropout_rate > 0.0:
+        keep_shape = list(weights.shape)
+        keep_shape[-2] = 1  # broadcast over queries
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
+        weights = weights * keep / (1.0 - dropout_rate)
+    weights = weights.astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Bias-free multi-head attention with T5X parameter layout (query/key/value/out, 2-D kernels).
+
+    `decode=True` switches to autoregressive mode and uses the 'cache' collection:
+    - self-attention (`is_cross_attention=False`): keys/values `[B, max_decode_length, H, D]` plus `cache_index`.
+      When the cache does not exist yet, it is created (zeros) and the call runs uncached without writing, which is
+      how `decoding.init_cache` builds it; later calls take one token, write it at `cache_index` and attend to
+      positions <= cache_index.
+    - cross-attention (`is_cross_attention=True`): the projected encoder keys/values are computed on the first
+      (cache-creating) call and reused afterwards, so the encoder output is projected once per decode.
+    """
+
+    num_heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+    dropout_rate: float = 0.0
+    is_cross_attention: bool = False
+    kernel_init: Initializer = ATTENTION_KERNEL_INIT
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, *, deterministic: bool = True,
+                 decode: bool = False, max_decode_length: int | None = None) -> Array:
+        heads = (self.num_heads, self.head_dim)
+        depth_scaling = math.sqrt(self.head_dim)
+
+        def query_init(*args):
+            return self.kernel_init(*args) / depth_scaling
+
+        dense = lambda name, init: DenseGeneral(heads, ("embed", "joined_kv"), dtype=self.dtype, kernel_init=init,
+                                                name=name)
+        query = dense("query", query_init)(inputs_q)
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+
+        if decode and self.is_cross_attention:
+            key, value = self._cached_cross_kv(dense, inputs_kv)
+        else:
+            key = dense("key", self.kernel_init)(inputs_kv)
+            value = dense("value", self.kernel_init)(inputs_kv)
+        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+
+        if decode and not self.is_cross_attention:
+            key, value, mask = self._update_self_cache(key, value, mask, max_decode_length)
+
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
+                                    deterministic=deterministic, dropout_rng=dropout_rng, dtype=self.dtype)
+        out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
+                           kernel_init=self.kernel_init, name="out")(out)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+    def _cached_cross_kv(self, dense, inputs_kv: Array) -> tuple[Array, Array]:
+        if self.has_variable("cache", "cross_key"):
+            return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+        key = dense("key", self.kernel_init)(inputs_kv)
+        value = dense("value", self.kernel_init)(inputs_kv)
+        self.put_variable("cache", "cross_key", key)
+        self.put_variable("cache", "cross_value", value)
+        return key, value
+
+    def _update_self_cache(self, key: Array, value: Array, mask: Array | None,
+                           max_decode_length: int | None) -> tuple[Array, Array, Array | None]:
+        batch = key.shape[0]
+        if not self.has_variable("cache", "cached_key"):
+            if max_decode_length is None:
+                raise ValueError("max_decode_length is required to create the decoder self-attention cache")
+            shape = (batch, max_decode_length, self.num_heads, self.head_dim)
+            self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+            self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+            self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+            return key, value, mask  # cache-creating pass: plain attention, nothing written
+        if key.shape[1] != 1:
+            raise ValueError(f"cached decoding takes one token per call, got length {key.shape[1]}")
+        cached_key = self.variable("cache", "cached_key")
+        cached_value = self.variable("cache", "cached_value")
+        cache_index = self.variable("cache", "cache_index")
+        index = cache_index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                                        (0, index, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                          (0, index, 0, 0))
+        cache_index.value = index + 1
+        length = cached_key.value.shape[1]
+        step_mask = (jnp.arange(length) <= index)[None, None, None, :]  # [1, 1, 1, L]
+        return cached_key.value, cached_value.value, combine_masks(step_mask, mask)
+
+
+class MlpBlock(nn.Module):
+    """Gated-GELU MLP: (gelu(x W_0) * (x W_1)) -> dropout -> W_o. GELU is JAX's default tanh approximation."""
+
+    mlp_dim: int
+    dtype: jnp.dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        emb_dim = x.shape[-1]
+        gate = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_0")(x)
+        linear = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_1")(x)
+        h = jax.nn.gelu(gate, approximate=True) * linear
+        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        out = DenseGeneral(emb_dim, ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
+        return nn.with_logical_constraint(out, ("batch", "length", "embed"))

@@ -1,0 +1,132 @@
+"""Tests for mt3.models.decoding: the KV cache reproduces teacher forcing, cached == uncached decoding, EOS stopping."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mt3.models import decoding, models, network
+
+
+def tiny_config(**overrides) -> network.T5Config:
+    kwargs = dict(vocab_size=40, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48, num_encoder_layers=1,
+                  num_decoder_layers=2, dropout_rate=0.0, input_depth=24, input_frontend="features")
+    kwargs.update(overrides)
+    return network.T5Config(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    config = tiny_config()
+    module = network.Transformer(config)
+    params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(0))
+    enc = jnp.asarray(np.random.default_rng(0).normal(size=(3, 6, 24)), jnp.float32)
+    return module, params, enc
+
+
+def test_cached_step_logits_equal_teacher_forced_logits(random_model):
+    module, params, enc = random_model
+    batch, length = 3, 9
+    targets = jnp.asarray(np.random.default_rng(1).integers(2, 40, size=(batch, length)), jnp.int32)
+    inputs = jnp.concatenate([jnp.zeros((batch, 1), jnp.int32), targets[:, :-1]], axis=1)
+    full = jax.jit(lambda p: module.apply({"params": p}, enc, inputs, targets, enable_dropout=False))(params)
+
+    @jax.jit
+    def stepwise(params):
+        encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
+        cache = decoding.init_cache(module, params, encoded, length)
+
+        def step(cache, i):
+            token = jax.lax.dynamic_slice_in_dim(inputs, i, 1, axis=1)
+            logits, variables = module.apply({"params": params, "cache": cache}, encoded, token,
+                                             decoder_positions=jnp.full((batch, 1), i), enable_dropout=False,
+                                             decode=True, mutable=["cache"], method=module.decode)
+            return variables["cache"], logits[:, 0]
+
+        return jnp.swapaxes(jax.lax.scan(step, cache, jnp.arange(length))[1], 0, 1)
+
+    np.testing.assert_allclose(np.asarray(stepwise(params)), np.asarray(full), atol=1e-4)
+
+
+def test_cached_greedy_equals_uncached_greedy(random_model):
+    module, params, enc = random_model
+    cached = decoding.decode(module, params, enc, max_decode_len=12)
+    uncached = decoding.decode_uncached(module, params, enc, max_decode_len=12)
+    assert cached.dtype == jnp.int32 and cached.shape == (3, 12)
+    np.testing.assert_array_equal(np.asarray(cached), np.asarray(uncached))
+    assert len(set(np.asarray(cached).ravel().tolist())) > 2  # a real token sequence, not a constant
+
+
+def test_sampling(random_model):
+    module, params, enc = random_model
+    greedy = np.asarray(decoding.decode(module, params, enc, max_decode_len=10))
+    key = jax.random.PRNGKey(7)
+    top1 = decoding.decode(module, params, enc, max_decode_len=10, temperature=0.7, top_k=1, rng=key)
+    np.testing.assert_array_equal(np.asarray(top1), greedy)  # top-1 sampling is greedy
+    sampled = decoding.decode(module, params, enc, max_decode_len=10, temperature=2.0, rng=key)
+    sampled_uncached = decoding.decode_uncached(module, params, enc, max_decode_len=10, temperature=2.0, rng=key)
+    np.testing.assert_array_equal(np.asarray(sampled), np.asarray(sampled_uncached))
+    other = decoding.decode(module, params, enc, max_decode_len=10, temperature=2.0, rng=jax.random.PRNGKey(8))
+    assert (np.asarray(sampled) != np.asarray(other)).any()
+    assert (np.asarray(sampled) != greedy).any()
+    with pytest.raises(ValueError, match="rng"):
+        decoding.decode(module, params, enc, max_decode_len=10, temperature=1.0)
+
+
+# Targets of different lengths (EOS = 1 included), padded with 0: a memorised model must stop each row at its EOS.
+MEMORISED_TARGETS = np.array([[5, 9, 7, 3, 1, 0, 0, 0],
+                              [8, 1, 0, 0, 0, 0, 0, 0],
+                              [4, 4, 6, 1, 0, 0, 0, 0]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def memorised_model():
+    """A tiny model trained (a few hundred Adam steps) until it reproduces three fixed target sequences."""
+    config = tiny_config(vocab_size=16, num_encoder_layers=1, num_decoder_layers=1)
+    module = network.Transformer(config)
+    model = models.ContinuousInputsEncoderDecoderModel(module, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+    targets = jnp.asarray(MEMORISED_TARGETS)
+    batch = {"encoder_input_tokens": jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 24)), jnp.float32),
+             "decoder_target_tokens": targets,
+             "decoder_input_tokens": jnp.concatenate([jnp.zeros((3, 1), jnp.int32), targets[:, :-1]], axis=1),
+             "decoder_loss_weights": (targets > 0).astype(jnp.float32)}
+    params = jax.jit(model.init_params)(jax.random.PRNGKey(1))
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            params, opt_state = carry
+            grads, metrics = jax.grad(model.loss_fn, has_aux=True)(params, batch, None)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), metrics["accuracy"]
+
+        (params, _), accuracy = jax.lax.scan(step, (params, optimizer.init(params)), None, length=300)
+        return params, accuracy
+
+    params, accuracy = train(params)
+    assert float(accuracy[-1]) == 1.0
+    return model, params, batch
+
+
+def test_decoding_stops_at_eos_and_pads_after_it(memorised_model):
+    model, params, batch = memorised_model
+    ids, steps = decoding.decode(model.module, params, batch["encoder_input_tokens"], max_decode_len=8,
+                                 return_num_steps=True)
+    np.testing.assert_array_equal(np.asarray(ids), MEMORISED_TARGETS)
+    assert int(steps) == 5  # the longest row ends at step 5; the loop does not run to max_decode_len
+    uncached = decoding.decode_uncached(model.module, params, batch["encoder_input_tokens"], max_decode_len=8)
+    np.testing.assert_array_equal(np.asarray(uncached), MEMORISED_TARGETS)
+    predicted = model.predict_batch(params, batch, max_decode_len=8)
+    np.testing.assert_array_equal(np.asarray(predicted), MEMORISED_TARGETS)
+
+
+def test_max_decode_len_truncates_without_eos(memorised_model):
+    model, params, batch = memorised_model
+    ids, steps = decoding.decode(model.module, params, batch["encoder_input_tokens"], max_decode_len=3,
+                                 return_num_steps=True)
+    np.testing.assert_array_equal(np.asarray(ids), MEMORISED_TARGETS[:, :3])
+    assert int(steps) == 3
