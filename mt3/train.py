@@ -1,0 +1,409 @@
+"""The outer training loop behind `mt3 train`: mesh, model, optimizer, restore-or-init, data, steps, cadence.
+
+Cadence (summaries, checkpoints, evals, the wall-clock budget, preemption) lives in small named helpers, not in one
+long function (t5x's lesson). Exact resume: the checkpoint stores the number of batches consumed and the data pipeline
+is deterministic for its seed, so a restart rebuilds it and skips that many batches. SIGTERM/SIGINT (preemption)
+finish the current step, save a checkpoint and return normally (exit code 0). The data layer (`mt3.tasks`, which
+imports TensorFlow) is imported only when the 'seqio' source is used, so a GPU host can train on synthetic data
+without TensorFlow. Eval-by-inference hooks in through `infer_eval_fn(step, params) -> metrics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt3.checkpoints import CheckpointConfig
+from mt3.partitioning import PartitionConfig
+from mt3.trainer import OptimizerConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+DATA_SOURCES = ("seqio", "synthetic")
+InferEvalFn = Callable[[int, Any], Mapping[str, float] | None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One data stream (gin: `train/utils.DatasetConfig`, `train_eval/utils.DatasetConfig`, as T5X).
+
+    source 'seqio' reads `mt3.tasks.get_dataset(...)`; 'synthetic' makes random batches of the same features and
+    shapes (benchmarks, tests; deterministic in (seed, shard, batch index)). batch_size is the GLOBAL batch size.
+    """
+
+    mixture_or_task_name: str = "mega_notes_ties_vb1_train"
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"inputs": 256, "targets": 1024})
+    split: str = "train"
+    batch_size: int = 256
+    shuffle: bool = True
+    seed: int | None = 0
+    num_epochs: int | None = None
+    source: str = "seqio"
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"DatasetConfig.source must be one of {DATA_SOURCES}, got {self.source!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"DatasetConfig.batch_size must be a positive int, got {self.batch_size!r}")
+        missing = {"inputs", "targets"} - set(self.task_feature_lengths)
+        if missing:
+            raise ValueError(f"task_feature_lengths needs 'inputs' and 'targets', missing {sorted(missing)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLoopConfig:
+    """Loop cadence (gin: `train_script.TrainLoopConfig`). Periods are in steps; 0 turns a cadence off.
+
+    max_train_seconds bounds the wall-clock time of this run (the CPU quickstart); it stops after the step in progress,
+    with a checkpoint, like a preemption.
+    """
+
+    total_steps: int = 1_000_000
+    eval_period: int = 5000
+    eval_steps: int = 20
+    summary_period: int = 100
+    max_train_seconds: float | None = None
+    random_seed: int = 0
+    num_microbatches: int = 1
+
+    def __post_init__(self):
+        for name in ("total_steps", "eval_period", "eval_steps", "summary_period"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"TrainLoopConfig.{name} must be an int >= 0, got {value!r}")
+        if self.num_microbatches < 1:
+            raise ValueError(f"TrainLoopConfig.num_microbatches must be >= 1, got {self.num_microbatches}")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    stop_reason: str  # 'total_steps' | 'time_budget' | 'preempted' | 'end_of_data'
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------
+
+def synthetic_batches(cfg: DatasetConfig, *, host_batch_size: int, shard_id: int, vocab_size: int,
+                      input_depth: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Random batches with the contract's features: batch i depends only on (seed, shard_id, i), so skipping is free."""
+    length, target_length = cfg.task_feature_lengths["inputs"], cfg.task_feature_lengths["targets"]
+    index = start
+    while cfg.num_epochs is None or index < cfg.num_epochs:  # one "epoch" = one batch for synthetic data
+        rng = np.random.default_rng([cfg.seed or 0, shard_id, index])
+        inputs = rng.normal(scale=0.1, size=(host_batch_size, length, input_depth)).astype(np.float32)
+        lengths = rng.integers(1, target_length + 1, size=host_batch_size)
+        targets = rng.integers(3, vocab_size, size=(host_batch_size, target_length)).astype(np.int32)
+        positions = np.arange(target_length)[None]
+        targets[positions == (lengths[:, None] - 1)] = 1  # EOS
+        targets[positions >= lengths[:, None]] = 0
+        decoder_inputs = np.concatenate([np.zeros((host_batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+        yield {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
+               "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+        index += 1
+
+
+def make_batch_iterator(cfg: DatasetConfig, *, host_batch_size: int, shard_id: int, num_shards: int,
+                        skip_batches: int = 0, vocab_size: int = 1536,
+                        input_depth: int = 128) -> Iterator[dict[str, np.ndarray]]:
+    """This host's batches (numpy), starting after `skip_batches` already consumed."""
+    if cfg.source == "synthetic":
+        return synthetic_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, vocab_size=vocab_size,
+                                 input_depth=input_depth, start=skip_batches)
+    import tensorflow as tf  # lazy: only the seqio source needs TensorFlow
+
+    try:
+        tf.config.set_visible_devices([], "GPU")  # the input pipeline runs on CPU; the accelerators belong to JAX
+    except RuntimeError:  # TensorFlow's devices were initialised already (a second iterator): nothing to change
+        pass
+    from mt3 import tasks
+
+    ds = tasks.get_dataset(cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+                           split=cfg.split, batch_size=host_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                           shard_id=shard_id, num_shards=num_shards, num_epochs=cfg.num_epochs,
+                           data_dir=cfg.data_dir)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    return ({k: v for k, v in batch.items() if k in MODEL_FEATURES} for batch in ds.as_numpy_iterator())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cadence helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+def is_due(step: int, period: int) -> bool:
+    return period > 0 and step % period == 0
+
+
+class PreemptionGuard:
+    """SIGTERM / SIGINT -> "stop after this step"; a second SIGINT interrupts at once. Hosts agree on the stop step."""
+
+    def __init__(self, sync_period: int = 10):
+        self.sync_period = sync_period
+        self._requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self._requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._requested = True
+        log.warning("signal %s: finishing this step, then saving a checkpoint", signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def should_stop(self, step: int) -> bool:
+        """Single host: whether a signal arrived. Multi-host: every `sync_period` steps, whether any host got one
+        (an all-gather, so every host stops after the same step and they save one checkpoint together)."""
+        import jax
+
+        if jax.process_count() == 1:
+            return self._requested
+        if step % self.sync_period:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self._requested))))
+
+
+class Summaries:
+    """TensorBoard scalars (tensorboardX) under MODEL_DIR/{train,eval}; only process 0 writes."""
+
+    def __init__(self, model_dir: Path, enabled: bool):
+        self._writers: dict[str, Any] = {}
+        self._model_dir = model_dir
+        self._enabled = enabled
+
+    def write(self, kind: str, step: int, metrics: Mapping[str, float]) -> None:
+        if not self._enabled:
+            return
+        if kind not in self._writers:
+            from tensorboardX import SummaryWriter
+
+            self._writers[kind] = SummaryWriter(str(self._model_dir / kind))
+        for key, value in metrics.items():
+            self._writers[kind].add_scalar(key, value, step)
+        self._writers[kind].flush()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+class Throughput:
+    """steps/s and examples/s since the last report (host wall clock)."""
+
+    def __init__(self, step: int, batch_size: int):
+        self._step, self._time, self._batch = step, time.perf_counter(), batch_size
+
+    def report(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        rate = (step - self._step) / max(now - self._time, 1e-9)
+        self._step, self._time = step, now
+        return {"steps_per_sec": rate, "examples_per_sec": rate * self._batch}
+
+
+def _mean_eval_metrics(per_batch: list[dict[str, float]]) -> dict[str, float]:
+    if not per_batch:
+        return {}
+    tokens = sum(m.get("num_tokens", 0.0) for m in per_batch)
+    out = {k: float(np.mean([m[k] for m in per_batch])) for k in per_batch[0]}
+    if tokens:
+        out["accuracy"] = sum(m["accuracy"] * m["num_tokens"] for m in per_batch) / tokens
+        out["loss_per_token"] = sum(m["loss"] for m in per_batch) / tokens
+    return out
+
+
+def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict) -> dict[str, float]:
+    """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator)."""
+    from mt3 import trainer as trainer_lib
+
+    batches = make_batch_iterator(cfg, skip_batches=0, **layout)
+    per_batch = []
+    for _, batch in zip(range(steps), batches, strict=False):
+        global_batch = trainer.partitioner.make_global_batch(batch, cfg.batch_size)
+        per_batch.append(trainer_lib.metrics_to_host(trainer.eval_step(params, global_batch)))
+    return _mean_eval_metrics(per_batch)
+
+
+def _check_vocabulary(batch: Mapping[str, np.ndarray], vocab_size: int | None) -> None:
+    if vocab_size is not None and int(batch["decoder_target_tokens"].max()) >= vocab_size:
+        raise ValueError(f"target ids up to {int(batch['decoder_target_tokens'].max())} do not fit the model's "
+                         f"{vocab_size} embedding rows: set NUM_EMBEDDINGS for this vocabulary (mt3 1536, "
+                         f"ismir2021 1664)")
+
+
+def _progress_bar(start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, desc="train")
+
+
+def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries, bar) -> dict[str, float]:
+    """Device metrics -> host (the only per-period sync), TensorBoard, and the progress bar's postfix."""
+    from mt3 import trainer as trainer_lib
+
+    host = {**trainer_lib.metrics_to_host(metrics), **throughput.report(step)}
+    summaries.write("train", step, host)
+    bar.set_postfix(loss=f"{host.get('loss_per_token', host['loss']):.4g}", acc=f"{host.get('accuracy', math.nan):.3f}",
+                    refresh=False)
+    return host
+
+
+def _periodic_eval(step: int, params, trainer, cfg: DatasetConfig | None, infer_eval_fn: InferEvalFn | None, *,
+                   steps: int, layout: dict, summaries: Summaries, bar) -> dict[str, float] | None:
+    """Teacher-forced eval on `cfg`, then the inference-eval hook (decoding + transcription metrics), if any."""
+    metrics = None
+    if cfg is not None:
+        metrics = run_eval(trainer, params, cfg, steps=steps, layout=layout)
+        summaries.write("eval", step, metrics)
+        if bar is not None:
+            bar.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if infer_eval_fn is not None:
+        summaries.write("infer_eval", step, infer_eval_fn(step, params) or {})
+    return metrics
+
+
+def _out_of_time(started: float, budget_seconds: float | None) -> bool:
+    return budget_seconds is not None and time.monotonic() - started > budget_seconds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+
+def restore_or_init(trainer, checkpointer, *, seed: int, restore: bool) -> tuple[Any, int]:
+    """(state, batches consumed): the latest checkpoint in the model directory when there is one, else fresh."""
+    if restore and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(trainer.abstract_state())
+        print(f"mt3 train: restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
+              f"{checkpointer.directory}", flush=True)
+        return state, int(meta["data_position"])
+    return trainer.init_state(seed), 0
+
+
+def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
+          train_eval_dataset_cfg: DatasetConfig | None = None, loop_cfg: TrainLoopConfig = TrainLoopConfig(),
+          optimizer_cfg: OptimizerConfig = OptimizerConfig(), checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+          partition_cfg: PartitionConfig = PartitionConfig(), infer_eval_fn: InferEvalFn | None = None,
+          after_first_step: Callable[[], None] | None = None) -> TrainResult:
+    """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data)."""
+    from mt3 import partitioning
+    from mt3 import trainer as trainer_lib
+    from mt3.checkpoints import Checkpointer
+
+    partitioning.initialize_distributed()
+    import jax
+
+    model_dir_path = Path(model_dir)
+    is_chief = jax.process_index() == 0
+    partitioner = partitioning.Partitioner(partition_cfg)
+    trainer = trainer_lib.Trainer(model, optimizer_cfg, partitioner, num_microbatches=loop_cfg.num_microbatches)
+    num_params = trainer_lib.count_params(trainer.abstract_state().params)
+    if is_chief:
+        print(f"mt3 train: {num_params:,} parameters; mesh {dict(partitioner.mesh.shape)} over "
+              f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} process(es)",
+              flush=True)
+    checkpointer = Checkpointer(model_dir_path, checkpoint_cfg)
+    state, position = restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed, restore=checkpoint_cfg.restore)
+    config = getattr(model, "config", None)
+    shard_id, num_shards = partitioner.data_layout()
+    layout = {"host_batch_size": partitioner.host_batch_size(train_dataset_cfg.batch_size), "shard_id": shard_id,
+              "num_shards": num_shards, "vocab_size": getattr(config, "vocab_size", 1536),
+              "input_depth": getattr(config, "encoder_input_depth", 128)}
+    eval_layout = dict(layout)
+    if train_eval_dataset_cfg is not None:
+        eval_layout["host_batch_size"] = partitioner.host_batch_size(train_eval_dataset_cfg.batch_size)
+    batches = make_batch_iterator(train_dataset_cfg, skip_batches=position, **layout)
+
+    step = start_step = int(state.step)
+    summaries = Summaries(model_dir_path, enabled=is_chief)
+    throughput = Throughput(step, train_dataset_cfg.batch_size)
+    started = time.monotonic()
+    stop_reason, host_metrics, eval_metrics = "total_steps", {}, {}
+    with PreemptionGuard() as guard, _progress_bar(step, loop_cfg.total_steps, is_chief) as bar:
+        while step < loop_cfg.total_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                stop_reason = "end_of_data"
+                break
+            if step == start_step:  # the first batch: do its token ids fit the embedding table?
+                _check_vocabulary(batch, getattr(config, "vocab_size", None))
+            state, metrics = trainer.train_step(state, partitioner.make_global_batch(batch,
+                                                                                     train_dataset_cfg.batch_size))
+            step, position = step + 1, position + 1
+            bar.update(1)
+            if after_first_step is not None:
+                after_first_step()
+                after_first_step = None
+            if is_due(step, loop_cfg.summary_period) or step == loop_cfg.total_steps:
+                host_metrics = _summarize(step, metrics, throughput, summaries, bar)
+            if is_due(step, checkpoint_cfg.period):
+                checkpointer.save(state, data_position=position, force=True)
+            if is_due(step, loop_cfg.eval_period):
+                eval_metrics = _periodic_eval(step, state.params, trainer, train_eval_dataset_cfg, infer_eval_fn,
+                                              steps=loop_cfg.eval_steps, layout=eval_layout, summaries=summaries,
+                                              bar=bar if is_chief else None) or eval_metrics
+            if guard.should_stop(step):
+                stop_reason = "preempted"
+                break
+            if _out_of_time(started, loop_cfg.max_train_seconds):
+                stop_reason = "time_budget"
+                break
+    checkpointer.save(state, data_position=position, force=True)
+    checkpointer.close()
+    summaries.close()
+    if is_chief:
+        print(f"mt3 train: stopped at step {step} ({stop_reason}); checkpoints in {checkpointer.directory}",
+              flush=True)
+    return TrainResult(step=step, stop_reason=stop_reason, last_metrics=host_metrics, eval_metrics=eval_metrics)
+
+
+def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainResult:
+    """Runs the gin-configured `train_script.train` after writing MODEL_DIR/config.gin (parsed config + gin files);
+    `operative_config.gin` (what was actually used) follows after the first step."""
+    import gin
+    from mt3 import gin_utils
+
+    model_dir = gin_utils.query_macro(gin_utils.MODEL_DIR_MACRO)
+    if not model_dir:
+        from mt3.errors import InputError
+
+        raise InputError(None, "no model directory: pass --model_dir DIR (or --gin.MODEL_DIR='\"DIR\"')")
+    from mt3 import partitioning
+
+    partitioning.initialize_distributed()  # before anything touches devices
+    import jax
+
+    if jax.process_index() == 0:
+        gin_utils.write_operative_config(model_dir, flags)
+    after = (lambda: gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True)) \
+        if jax.process_index() == 0 else None
+    return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after)

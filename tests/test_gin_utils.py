@@ -1,0 +1,115 @@
+"""Tests for mt3.gin_utils: gin files by role, search paths, `--gin.NAME=VALUE`, bad configs failing at start-up with
+exit code 2 (before any work), and the config written into the model directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_trainer import MT3, REPO, subprocess_env
+
+import gin
+from mt3 import gin_utils
+from mt3.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    yield
+    gin.clear_config()
+
+
+def macro(name):
+    return gin_utils.query_macro(name)
+
+
+@pytest.mark.parametrize("preset, expected", [
+    # REFERENCE §0 / §5.3: MT3 and ismir2021 settings
+    ("mt3.gin", {"MIXTURE_OR_TASK_NAME": "mega_notes_ties_vb1_train", "NUM_EMBEDDINGS": 1536, "NUM_VELOCITY_BINS": 1,
+                 "PROGRAM_GRANULARITY": "full", "USE_TIES": True, "TRAIN_STEPS": 1_000_000, "BATCH_SIZE": 256,
+                 "TASK_FEATURE_LENGTHS": {"inputs": 256, "targets": 1024}}),
+    ("ismir2021.gin", {"MIXTURE_OR_TASK_NAME": "maestrov3_notes_train", "NUM_EMBEDDINGS": 1664,
+                       "NUM_VELOCITY_BINS": 127, "PROGRAM_GRANULARITY": "flat", "USE_TIES": False,
+                       "TRAIN_STEPS": 400_000, "TASK_FEATURE_LENGTHS": {"inputs": 512, "targets": 1024}}),
+    ("local.gin", {"MIXTURE_OR_TASK_NAME": "local_mix_notes_ties_vb1_train", "NUM_EMBEDDINGS": 1536}),
+    ("local_tiny.gin", {"MIXTURE_OR_TASK_NAME": "local_mix_notes_ties_vb1_train", "BATCH_SIZE": 8}),
+])
+def test_presets_parse_with_their_settings(preset, expected, tmp_path):
+    for files in ([f"gin/{preset}"], [f"gin/{preset}", "gin/train.gin"], ["gin/train.gin", f"gin/{preset}"]):
+        gin_utils.parse_gin_flags(files, [], model_dir=tmp_path)  # either order: train.gin is read once
+        assert {name: macro(name) for name in expected} == expected, files
+        assert gin.query_parameter("trainer.OptimizerConfig.decay_rate") == 0.8
+        assert macro("LEARNING_RATE") == 1e-3 and macro("LR_SCHEDULE") == "constant"
+
+
+def test_local_tiny_is_bounded_and_tiny(tmp_path):
+    gin_utils.parse_gin_flags(["local_tiny.gin"], [], model_dir=tmp_path)  # found in the package gin/ folder
+    assert 0 < macro("MAX_TRAIN_SECONDS") <= 15 * 60
+    assert gin.query_parameter("network.T5Config.emb_dim") < 512
+
+
+def test_bindings_override_files_and_model_dir_forms(tmp_path):
+    flags = gin_utils.parse_gin_flags(["gin/mt3.gin"], ["BATCH_SIZE = 64", "MODEL_DIR = /tmp/unquoted"])
+    assert macro("BATCH_SIZE") == 64 and macro("MODEL_DIR") == "/tmp/unquoted"
+    assert [p.name for p in flags.files] == ["mt3.gin", "train.gin", "model_small.gin"]
+    gin_utils.parse_gin_flags(["gin/mt3.gin"], ["MODEL_DIR = '/tmp/quoted'"], model_dir=tmp_path / "wins")
+    assert macro("MODEL_DIR") == str(tmp_path / "wins")
+
+
+def test_search_path_finds_user_gin_files(tmp_path):
+    (tmp_path / "mine.gin").write_text("include 'mt3.gin'\nBATCH_SIZE = 12\n")
+    flags = gin_utils.parse_gin_flags(["mine.gin"], [], search_paths=[tmp_path], model_dir=tmp_path)
+    assert macro("BATCH_SIZE") == 12 and flags.files[0] == tmp_path / "mine.gin"
+
+
+@pytest.mark.parametrize("files, bindings, message", [
+    (["gin/mt3.gin"], ["trainer.OptimizerConfig.decay = 0.5"], "doesn't have a parameter named 'decay'"),
+    (["gin/mt3.gin"], ["nosuch.Thing.x = 1"], "No configurable matching 'nosuch.Thing'"),
+    (["gin/mt3.gin"], ["BATCH_SIZE = (1"], "bad gin configuration"),
+    (["gin/mt3.gin"], ["train_script.train.model = %UNDEFINED"], "UNDEFINED"),
+    (["gin/no_such_file.gin"], [], "gin file not found"),
+])
+def test_bad_configs_raise_input_error(files, bindings, message, tmp_path):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        gin_utils.parse_gin_flags(files, bindings, model_dir=tmp_path)
+
+
+def test_missing_model_dir_is_explained():
+    with pytest.raises(InputError, match="--model_dir"):
+        gin_utils.parse_gin_flags(["gin/mt3.gin"], [])
+
+
+def test_write_operative_config_records_bindings_and_copies_files(tmp_path):
+    flags = gin_utils.parse_gin_flags(["gin/ismir2021.gin"], ["BATCH_SIZE = 48"], model_dir=tmp_path)
+    path = gin_utils.write_operative_config(tmp_path, flags)
+    text = path.read_text()
+    assert path == tmp_path / "config.gin"
+    assert "BATCH_SIZE = 48" in text and "NUM_EMBEDDINGS = 1664" in text and "# gin binding: BATCH_SIZE = 48" in text
+    for name in ("ismir2021.gin", "train.gin", "model_small.gin"):
+        assert (tmp_path / "gin" / name).read_bytes() == (REPO / "gin" / name).read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    gin.clear_config()  # the written config is itself a valid gin file
+    gin_utils.parse_gin_flags([path], [])
+    assert macro("BATCH_SIZE") == 48 and macro("MODEL_DIR") == str(tmp_path)
+
+
+def test_cli_bad_binding_exits_2_before_any_work(tmp_path):
+    model_dir = tmp_path / "never_created"
+    result = subprocess.run(MT3 + ["train", "--gin_file=gin/mt3.gin", "--gin.trainer.OptimizerConfig.bogus=1",
+                                   f"--model_dir={model_dir}"],
+                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("mt3 train: error: bad gin configuration:") and "bogus" in lines[-1]
+    assert not model_dir.exists()  # no config, no checkpoint, no data: it stopped at start-up
+
+
+def test_parsing_does_not_import_tensorflow_or_the_data_layer():
+    code = ("import sys; from mt3 import gin_utils; "
+            "gin_utils.parse_gin_flags(['gin/mt3.gin'], [], model_dir='/tmp/x'); "
+            "bad = [m for m in ('tensorflow', 'seqio', 'mt3.tasks') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,246 @@
+"""Tests for mt3.trainer and mt3.train: MT3's Adafactor, LR schedules, microbatching, pure steps, the `mt3 train` loop.
+
+Also home of the tiny gin configuration the other trainer-side tests (checkpoints, partitioning, multi-host) reuse:
+the real `network.Transformer` shrunk to a few thousand parameters, fed synthetic batches.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mt3 import partitioning, train, trainer
+from mt3.models import models, network
+
+REPO = Path(__file__).resolve().parents[1]
+MT3 = [sys.executable, "-m", "mt3.cli"]
+
+# The real model, shrunk; dropout on so that resume tests also check the RNG is restored.
+TINY_MODEL_BINDINGS = [
+    "network.T5Config.input_frontend = 'features'",
+    "network.T5Config.input_depth = 16",
+    "network.T5Config.emb_dim = 32",
+    "network.T5Config.num_heads = 2",
+    "network.T5Config.head_dim = 16",
+    "network.T5Config.mlp_dim = 64",
+    "network.T5Config.num_encoder_layers = 1",
+    "network.T5Config.num_decoder_layers = 1",
+    "NUM_EMBEDDINGS = 128",
+    "DROPOUT_RATE = 0.1",
+]
+TINY_RUN_BINDINGS = TINY_MODEL_BINDINGS + [
+    "DATA_SOURCE = 'synthetic'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 16}",
+    "BATCH_SIZE = 8",
+    "EVAL_BATCH_SIZE = 8",
+    "EVAL_STEPS = 1",
+    "SUMMARY_PERIOD = 5",
+]
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_"))}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
+def tiny_model(dropout_rate: float = 0.0, vocab_size: int = 128) -> models.ContinuousInputsEncoderDecoderModel:
+    config = network.T5Config(vocab_size=vocab_size, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                              num_encoder_layers=1, num_decoder_layers=1, dropout_rate=dropout_rate,
+                              input_depth=16, input_frontend="features")
+    return models.ContinuousInputsEncoderDecoderModel(network.Transformer(config))
+
+
+def synthetic_batch(batch_size: int = 8, seed: int = 0, shard_id: int = 0, index: int = 0) -> dict[str, np.ndarray]:
+    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=batch_size,
+                              source="synthetic", seed=seed)
+    batches = train.synthetic_batches(cfg, host_batch_size=batch_size, shard_id=shard_id, vocab_size=128,
+                                      input_depth=16, start=index)
+    return next(batches)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_default_optimizer_is_optax_adafactor_with_mt3_settings():
+    """Our chain must equal optax.adafactor with MT3's settings (REFERENCE §5.3) update for update."""
+    rng = np.random.default_rng(0)
+    params = {"big": jnp.asarray(rng.normal(size=(256, 130)), jnp.float32),
+              "small": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+    ours = trainer.OptimizerConfig().make()
+    reference = optax.adafactor(learning_rate=1e-3, decay_rate=0.8, decay_offset=0, multiply_by_parameter_scale=True,
+                                clipping_threshold=1.0, momentum=None, eps=1e-30, factored=True,
+                                min_dim_size_to_factor=128)
+    s1, s2 = ours.init(params), reference.init(params)
+    for step in range(3):
+        grads = jax.tree_util.tree_map(lambda p, s=step: jnp.sin(p * (s + 1)), params)
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = reference.update(grads, s2, params)
+        for a, b in zip(jax.tree_util.tree_leaves(u1), jax.tree_util.tree_leaves(u2), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+        params = optax.apply_updates(params, u1)
+    # factored second moments for the 256x130 kernel: a row and a column vector, not a full matrix
+    factored = [leaf.shape for leaf in jax.tree_util.tree_leaves(s1) if leaf.ndim == 1 and leaf.shape[0] in (256, 130)]
+    assert (256,) in factored and (130,) in factored
+
+
+@pytest.mark.parametrize("schedule, step, expected", [
+    ("constant", 0, 1e-3),
+    ("constant", 123456, 1e-3),
+    ("constant * linear_warmup", 250, 1e-3 * 250 / 1000),
+    ("constant * linear_warmup", 5000, 1e-3),
+    ("constant * rsqrt_decay", 10, 1e-3 / np.sqrt(1000)),
+    ("constant * rsqrt_decay", 40000, 1e-3 / 200.0),
+    ("constant * linear_warmup * rsqrt_normalized_decay", 4000, 1e-3 * np.sqrt(1000) / np.sqrt(4000)),
+])
+def test_learning_rate_schedules(schedule, step, expected):
+    lr = trainer.OptimizerConfig(schedule=schedule, warmup_steps=1000).learning_rate_fn()
+    assert float(lr(step)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_optimizer_config_validates():
+    with pytest.raises(ValueError, match="cosine"):
+        trainer.OptimizerConfig(schedule="constant * cosine")
+    with pytest.raises(ValueError, match="adafactor"):
+        trainer.OptimizerConfig(name="sgd")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure steps
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_microbatches_sum_to_the_full_batch_gradient():
+    model = tiny_model()
+    params = model.init_params(jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in synthetic_batch().items()}
+    deterministic = lambda p, b, rng: model.loss_fn(p, b, None)
+    grads = jax.jit(lambda p, b, n: trainer.compute_gradients(p, b, jax.random.PRNGKey(0), loss_fn=deterministic,
+                                                              num_microbatches=n), static_argnums=2)
+    (g1, m1), (g4, m4) = grads(params, batch, 1), grads(params, batch, 4)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g4), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    for key in ("loss", "num_tokens", "accuracy"):
+        assert float(m4[key]) == pytest.approx(float(m1[key]), rel=1e-4), key
+
+
+def test_train_step_is_pure_and_learns():
+    model = tiny_model()
+    tx = trainer.OptimizerConfig(base_learning_rate=1e-2).make()
+    params = model.init_params(jax.random.PRNGKey(0))
+    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                               rng=jax.random.key_data(jax.random.PRNGKey(1)))
+    batch = {k: jnp.asarray(v) for k, v in synthetic_batch().items()}
+    step = jax.jit(lambda s, b: trainer.train_step(s, b, jax.random.PRNGKey(2), loss_fn=model.loss_fn, tx=tx))
+    again, _ = step(state, batch)
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 15
+    assert losses[-1] < 0.8 * losses[0]  # one repeated batch: the loss must fall
+    first, _ = step(trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                       rng=state.rng), batch)
+    for a, b in zip(jax.tree_util.tree_leaves(first.params), jax.tree_util.tree_leaves(again.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same inputs -> same outputs
+
+
+def test_trainer_step_and_eval_on_one_device():
+    model = tiny_model(dropout_rate=0.1)
+    part = partitioning.Partitioner()
+    tr = trainer.Trainer(model, trainer.OptimizerConfig(), part)
+    state = tr.init_state(seed=0)
+    batch = part.make_global_batch(synthetic_batch(), 8)
+    before = trainer.metrics_to_host(tr.eval_step(state.params, batch))
+    state, metrics = tr.train_step(state, batch)
+    host = trainer.metrics_to_host(metrics)
+    assert int(state.step) == 1
+    assert host["num_tokens"] == float(synthetic_batch()["decoder_loss_weights"].sum())
+    assert host["learning_rate"] == pytest.approx(1e-3)
+    assert 0.0 <= host["accuracy"] <= 1.0 and np.isfinite(host["loss"]) and host["grad_norm"] > 0
+    assert before == trainer.metrics_to_host(tr.eval_step(tr.init_state(seed=0).params, batch))  # eval is deterministic
+    assert trainer.count_params(state.params) == models.expected_param_count(model.config)
+
+
+def test_heavy_modules_do_not_import_tensorflow():
+    code = ("import sys; import mt3.trainer, mt3.partitioning, mt3.checkpoints, mt3.train; "
+            "bad = [m for m in ('tensorflow', 'seqio', 'mt3.tasks') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_synthetic_batches_follow_the_feature_contract():
+    batch = synthetic_batch(batch_size=4)
+    assert batch["encoder_input_tokens"].shape == (4, 16, 16) and batch["encoder_input_tokens"].dtype == np.float32
+    targets = batch["decoder_target_tokens"]
+    assert targets.dtype == np.int32 and batch["decoder_input_tokens"].dtype == np.int32
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], targets[:, :-1])
+    assert (batch["decoder_input_tokens"][:, 0] == 0).all()
+    np.testing.assert_array_equal(batch["decoder_loss_weights"], (targets > 0).astype(np.float32))
+    for row in targets:  # ids, then one EOS, then padding
+        n = int((row > 0).sum())
+        assert row[n - 1] == 1 and (row[: n - 1] >= 3).all() and (row[n:] == 0).all()
+    np.testing.assert_array_equal(synthetic_batch(index=3)["encoder_input_tokens"],
+                                  synthetic_batch(index=3)["encoder_input_tokens"])
+    assert not np.array_equal(synthetic_batch(index=3)["decoder_target_tokens"], targets)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The `mt3 train` command end to end
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_mt3_train_cli_end_to_end(tmp_path):
+    model_dir = tmp_path / "run"
+    args = ["train", "--gin_file=gin/train.gin", f"--model_dir={model_dir}",
+            *[f"--gin.{b.replace(' = ', '=')}" for b in TINY_RUN_BINDINGS],
+            "--gin.TRAIN_STEPS=12", "--gin.CHECKPOINT_PERIOD=5", "--gin.EVAL_PERIOD=6", "--gin.CHECKPOINTS_TO_KEEP=2"]
+    result = subprocess.run(MT3 + args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parameters" in result.stdout and "stopped at step 12 (total_steps)" in result.stdout
+    assert "step 6: eval" in result.stdout and "step 12: eval" in result.stdout
+    assert "TRAIN_STEPS = 12" in (model_dir / "config.gin").read_text()
+    assert "OptimizerConfig.decay_rate = 0.8" in (model_dir / "operative_config.gin").read_text()
+    assert (model_dir / "gin" / "train.gin").read_text() == (REPO / "gin" / "train.gin").read_text()
+    assert sorted(p.name for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "12"]
+    assert list((model_dir / "train").glob("events.out.tfevents.*"))
+    assert list((model_dir / "eval").glob("events.out.tfevents.*"))
+
+
+def test_time_budget_stops_with_a_checkpoint(tmp_path):
+    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=8, source="synthetic")
+    result = train.train(model=tiny_model(), model_dir=str(tmp_path), train_dataset_cfg=cfg,
+                         loop_cfg=train.TrainLoopConfig(total_steps=1000, max_train_seconds=0.0, summary_period=1),
+                         checkpoint_cfg=train.CheckpointConfig(period=100, async_save=False))
+    assert (result.step, result.stop_reason) == (1, "time_budget")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+    assert np.isfinite(result.last_metrics["loss"]) and result.last_metrics["examples_per_sec"] > 0
+
+
+def test_local_tiny_preset_trains_on_the_real_seqio_pipeline(tmp_path, music21_sequences):
+    """The CPU quickstart path: local corpus -> seqio -> tiny real model (log-mel frontend) -> checkpoint + eval."""
+    from data_fixtures import sub_sequence, write_prepared_dataset
+
+    chorale = music21_sequences["bach_chorale"]
+    write_prepared_dataset(tmp_path / "prepared", "local", {
+        "train": [(f"chorale_{i}", sub_sequence(chorale, 4.0 * i, 4.0 * i + 5.0)) for i in range(2)],
+        "validation": [("chorale_val", sub_sequence(chorale, 12.0, 16.0))],
+    })
+    model_dir = tmp_path / "run"
+    args = ["train", "--gin_file=gin/local_tiny.gin", f"--model_dir={model_dir}", "--gin.BATCH_SIZE=2",
+            "--gin.TRAIN_STEPS=2", "--gin.EVAL_PERIOD=2", "--gin.EVAL_BATCH_SIZE=2", "--gin.EVAL_STEPS=1"]
+    result = subprocess.run(MT3 + args, cwd=REPO, capture_output=True, text=True, timeout=400,
+                            env=subprocess_env(MT3_DATA_DIR=str(tmp_path / "prepared")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stopped at step 2 (total_steps)" in result.stdout and "step 2: eval" in result.stdout
+    assert "local_mix_notes_ties_vb1_train" in (model_dir / "config.gin").read_text()
+    assert (model_dir / "checkpoints" / "2").is_dir()
