@@ -72,9 +72,9 @@ def run(args, gin_bindings: list[str]) -> dict:
     from mt3 import gin_utils
 
     gin_utils.parse_gin_flags(args.gin_file, gin_bindings, model_dir=tempfile.mkdtemp(prefix="mt3_bench_"))
+    import gin
     import jax
 
-    import gin
     from mt3 import partitioning, train, trainer
 
     model = gin.get_configurable("models.ContinuousInputsEncoderDecoderModel")()

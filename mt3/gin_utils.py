@@ -32,6 +32,7 @@ def register_configurables() -> None:
     if _REGISTERED:
         return
     import gin
+
     from mt3 import checkpoints, partitioning, train, trainer
     from mt3.models import network
 
@@ -167,6 +168,7 @@ def write_operative_config(model_dir: str | os.PathLike, flags: GinFlags | None 
     was told; `operative_config.gin` (operative=True) after the first step records what was actually used.
     """
     import gin
+
     from mt3.records import atomic_write
 
     model_dir = Path(model_dir)

@@ -390,6 +390,7 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     """Runs the gin-configured `train_script.train` after writing MODEL_DIR/config.gin (parsed config + gin files);
     `operative_config.gin` (what was actually used) follows after the first step."""
     import gin
+
     from mt3 import gin_utils
 
     model_dir = gin_utils.query_macro(gin_utils.MODEL_DIR_MACRO)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import gin
 import pytest
 from test_trainer import MT3, REPO, subprocess_env
 
-import gin
 from mt3 import gin_utils
 from mt3.errors import InputError
 
