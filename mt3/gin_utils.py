@@ -56,7 +56,8 @@ def register_configurables() -> None:
 
 
 def _search_paths(extra: Sequence[str | os.PathLike]) -> list[str]:
-    paths = [os.getcwd(), *(os.fspath(p) for p in extra), os.fspath(REPO_GIN_DIR)]
+    # The repo root too, so `--gin_file=gin/local_tiny.gin` (as the README types it) works from any directory.
+    paths = [os.getcwd(), *(os.fspath(p) for p in extra), os.fspath(REPO_GIN_DIR), os.fspath(REPO_GIN_DIR.parent)]
     return list(dict.fromkeys(paths))
 
 
