@@ -1,0 +1,44 @@
+"""`mt3 serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--max-upload-mb N] [--max-audio-seconds S]`.
+
+Thin: `mt3.server.serve` loads the model once and runs uvicorn (upload page at /, POST /transcribe, GET /healthz).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="model dir from `mt3 train` (default: the quickstart's runs/local_tiny if it exists)")
+    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                        help="extra gin file read after DIR/config.gin and gin/infer.gin (repeatable)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, metavar="N", help="larger uploads get 413")
+    parser.add_argument("--max-audio-seconds", type=float, default=600.0, metavar="S",
+                        help="longer audio gets 400 (default 600)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="segments decoded together across requests (default: INFER_BATCH_SIZE from gin, 32)")
+    parser.set_defaults(gin_bindings=[])
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mt3.errors import InputError
+    from mt3.inference import DEFAULT_CHECKPOINT_DIR
+    from mt3.server import serve
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        if not Path(DEFAULT_CHECKPOINT_DIR).is_dir():
+            raise InputError(None, f"no --checkpoint given and the quickstart's model dir {DEFAULT_CHECKPOINT_DIR} "
+                                   "does not exist")
+        checkpoint = DEFAULT_CHECKPOINT_DIR
+    if args.max_upload_mb <= 0 or args.max_audio_seconds <= 0:
+        raise InputError(None, "--max-upload-mb and --max-audio-seconds must be positive")
+    serve(checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+          max_audio_seconds=args.max_audio_seconds, batch_size=args.batch_size, gin_files=args.gin_file,
+          gin_bindings=args.gin_bindings)
+    return 0

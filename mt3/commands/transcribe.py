@@ -1,0 +1,38 @@
+"""`mt3 transcribe AUDIO_OR_DIR [...] -o OUT_DIR [--checkpoint DIR] [--png] [--json|--csv] [--overwrite]`.
+
+Thin: `mt3.inference.transcribe_files` does the work. Every file
+that cannot be read gets one error line while the others go on; the exit code is 2 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR",
+                        help="audio files (wav/flac/mp3/ogg/...) or directories (expanded to their audio files)")
+    parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where NAME.mid (etc.) go")
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="model dir from `mt3 train` (default: the quickstart's runs/local_tiny if it exists)")
+    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                        help="extra gin file read after the model dir's config.gin and gin/infer.gin (repeatable)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="segments decoded together (default: INFER_BATCH_SIZE from gin, 32)")
+    parser.add_argument("--png", action="store_true", help="also write NAME.png, a piano roll coloured by instrument")
+    parser.add_argument("--json", action="store_true", help="also write NAME.notes.json (one object per note)")
+    parser.add_argument("--csv", action="store_true", help="also write NAME.notes.csv (one row per note)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(gin_bindings=[])
+
+
+def main(args: argparse.Namespace) -> int:
+    from mt3.inference import transcribe_files
+
+    failures = transcribe_files(
+        args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
+        gin_bindings=args.gin_bindings, step=args.step, batch_size=args.batch_size, png=args.png,
+        notes_json=args.json, notes_csv=args.csv, overwrite=args.overwrite, progress=not args.no_progress)
+    return 2 if failures else 0

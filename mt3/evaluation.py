@@ -1,0 +1,515 @@
+"""`mt3 eval`: full-track inference on prepared eval splits, MT3's metrics per track and per dataset, reports, plots.
+
+For every eval task (MT3 task names such as `local_notes_ties_vb1_test`, or a `*_eval` mixture of them) the prepared
+split's FULL tracks are transcribed with `mt3.inference` (segments of several tracks share batches), each estimate is
+scored against the record's reference NoteSequence with `mt3.metrics.note_metrics`, and the dataset with
+`mt3.metrics.transcription_metrics` (mean over tracks, as MT3). Outputs under OUT: `results.json`, `results.md`,
+`midi/TASK/ID.mid` (each track's estimate), `plots/TASK/ID.png` (reference vs estimate for the first few tracks).
+`--all-checkpoints` repeats this per checkpoint step (`OUT/step_N/`) and plots each metric against step.
+
+The estimate is scored as the MIDI file we write (`inference.midi_round_trip`, exact on its 1 ms tick grid), so the
+numbers equal `mt3 score REF.mid OUT/midi/TASK/ID.mid` for a reference MIDI of the same notes.
+
+Records are read WITHOUT TensorFlow: a TFRecord file is length-prefixed frames and a `tf.train.Example` is three
+nested protobuf messages, so a few lines of wire-format parsing below replace `tf.data` (this module runs on GPU hosts
+without TF). CRCs are not verified (the shards are written atomically by `records.ShardWriter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt3 import datasets, records
+from mt3.errors import InputError
+
+EVAL_GIN = "eval.gin"
+HEADLINE_METRICS = (  # (results.md column, results.json key)
+    ("Onset F1", "onset_f1"),
+    ("Onset+offset F1", "onset_offset_f1"),
+    ("Multi-instrument F1", "multi_instrument_f1"),
+    ("Drum F1", "drum_onset_f1"),
+    ("Frame F1", "frame_f1"),
+)
+# task prefixes per dataset: MT3's vocabulary (1 velocity bin, ties) and, for MAESTRO, ismir2021's (no ties)
+_PREFIX_FORMATS = ("{name}_notes_ties_vb1", "{name}_notes")
+# mixtures of eval tasks that are not `{prefix}_eval` (tasks.py registers these names)
+_EXTRA_MIXTURES = {
+    "mega_notes_ties_vb1_eval": [f"{c}_notes_ties_vb1_validation"
+                                 for c in ("maestrov3", "guitarset", "urmp", "musicnet", "cerberus4", "slakh")],
+    "local_mix_notes_ties_vb1_eval": ["local_notes_ties_vb1_validation"],
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# TensorFlow-free record reading
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message; length-delimited values are memoryviews."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + length], pos + length
+        elif wire == 1:
+            value, pos = bytes(buf[pos:pos + 8]), pos + 8
+        elif wire == 5:
+            value, pos = bytes(buf[pos:pos + 4]), pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def parse_example(data: bytes) -> dict[str, list]:
+    """A serialized `tf.train.Example` -> {feature name: list of values} (bytes, float or int), without TensorFlow."""
+    out: dict[str, list] = {}
+    for number, _, features in _fields(memoryview(data)):
+        if number != 1:
+            continue
+        for entry_number, _, entry in _fields(features):
+            if entry_number != 1:
+                continue
+            key, feature = "", memoryview(b"")
+            for n, _, v in _fields(entry):
+                if n == 1:
+                    key = bytes(v).decode()
+                elif n == 2:
+                    feature = v
+            values: list = []
+            for kind, _, value_list in _fields(feature):
+                for n, wire, v in _fields(value_list):
+                    if n != 1:
+                        continue
+                    if kind == 1:
+                        values.append(bytes(v))
+                    elif kind == 2:
+                        values.extend(np.frombuffer(v, "<f4").tolist() if wire == 2 else struct.unpack("<f", v))
+                    elif kind == 3 and wire == 2:
+                        pos = 0
+                        while pos < len(v):
+                            x, pos = _varint(v, pos)
+                            values.append(x - (1 << 64) if x >= 1 << 63 else x)
+                    elif kind == 3:
+                        values.append(v - (1 << 64) if v >= 1 << 63 else v)
+            out[key] = values
+    return out
+
+
+def read_tfrecord(path: str | os.PathLike) -> Iterator[bytes]:
+    """The records of one TFRecord file (uint64 length, 4-byte length CRC, data, 4-byte data CRC)."""
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise InputError(path, "truncated TFRecord file")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                raise InputError(path, "truncated TFRecord file")
+            yield data
+
+
+def read_track_records(paths: Sequence[str | os.PathLike]) -> Iterator[records.TrackRecord]:
+    """`records.read_records` without TensorFlow: TrackRecords of the given shards, in order."""
+    import note_seq
+
+    for path in paths:
+        for raw in read_tfrecord(path):
+            ex = parse_example(raw)
+            try:
+                rate = int(ex["sample_rate"][0])
+                track_id = ex["id"][0].decode()
+                if rate != records.SAMPLE_RATE:
+                    raise ValueError(f"sample_rate {rate} != {records.SAMPLE_RATE}")
+                yield records.TrackRecord(
+                    id=track_id, audio=np.frombuffer(ex["audio"][0], "<f4").astype(np.float32),
+                    sequence=note_seq.NoteSequence.FromString(ex["sequence"][0]),
+                    dataset=ex["dataset"][0].decode(), sample_rate=rate)
+            except (KeyError, IndexError, ValueError) as err:
+                raise InputError(path, f"not a prepared-dataset record ({type(err).__name__}: {err})") from err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+    """One eval task: a prepared split of one dataset, named as MT3 names it."""
+
+    name: str
+    dataset: datasets.DatasetConfig
+    split: str
+
+    def shard_paths(self, data_dir: str | os.PathLike | None = None) -> list[str]:
+        path = self.dataset.path(data_dir)
+        if not records.split_is_complete(path, self.split):
+            raise InputError(path, f"split {self.split!r} of dataset {self.dataset.name!r} is not prepared (no "
+                                   f"complete {self.split}.manifest.json); run "
+                                   f"`mt3 prepare-data {self.dataset.converter} "
+                                   f"--root ... --out {path}` or set ${datasets.DATA_DIR_ENV}")
+        return records.shard_paths(path, self.split)
+
+
+def _task_table() -> dict[str, EvalTask]:
+    table = {}
+    for config in datasets.ALL_CONFIGS:
+        for fmt in _PREFIX_FORMATS:
+            prefix = fmt.format(name=config.name)
+            for split in config.infer_eval_splits:
+                table[f"{prefix}_{split.suffix}"] = EvalTask(f"{prefix}_{split.suffix}", config, split.name)
+    return table
+
+
+def _mixtures(table: Mapping[str, EvalTask]) -> dict[str, list[str]]:
+    mixtures = dict(_EXTRA_MIXTURES)
+    for config in datasets.ALL_CONFIGS:
+        for fmt in _PREFIX_FORMATS:
+            prefix = fmt.format(name=config.name)
+            mixtures[f"{prefix}_eval"] = [f"{prefix}_{s.suffix}" for s in config.infer_eval_splits
+                                          if s.include_in_mixture]
+    return mixtures
+
+
+def resolve_tasks(tasks: Sequence[str] = (), mixture: str | None = None, split: str | None = None) -> list[EvalTask]:
+    """Eval task names (and/or one `*_eval` mixture) -> EvalTasks; `split` replaces every task's prepared split.
+
+    Raises InputError listing the known names for an unknown one.
+    """
+    table = _task_table()
+    mixtures = _mixtures(table)
+    names = list(tasks)
+    if mixture:
+        if mixture not in mixtures:
+            raise InputError(None, f"unknown eval mixture {mixture!r}; known: {', '.join(sorted(mixtures))}")
+        names.extend(mixtures[mixture])
+    if not names:
+        raise InputError(None, "no eval tasks: pass --tasks T1,T2 or --mixture M (e.g. local_notes_ties_vb1_test)")
+    out = []
+    for name in dict.fromkeys(names):
+        if name not in table:
+            raise InputError(None, f"unknown eval task {name!r}; known: {', '.join(sorted(table))}")
+        task = table[name]
+        if split is not None:
+            if split not in task.dataset.splits:
+                raise InputError(None, f"dataset {task.dataset.name!r} has no split {split!r} ({task.dataset.splits})")
+            suffix = re.sub(r"_[^_]+$", "", name)
+            task = EvalTask(f"{suffix}_{split}", task.dataset, split)
+        out.append(task)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What `mt3 eval` evaluates and writes (gin: `evaluation.EvalConfig`, bound in gin/eval.gin).
+
+    max_tracks: first N tracks of each split (None = all); num_plots: reference-vs-estimate PNGs per task;
+    group_segments: segments buffered before decoding (bounds memory; tracks in one group share batches).
+    """
+
+    max_tracks: int | None = None
+    num_plots: int = 3
+    write_midi: bool = True
+    data_dir: str | None = None
+    group_segments: int = 512
+
+    def __post_init__(self):
+        if self.max_tracks is not None and self.max_tracks < 1:
+            raise ValueError(f"EvalConfig.max_tracks must be None or >= 1, got {self.max_tracks!r}")
+        if self.num_plots < 0 or self.group_segments < 1:
+            raise ValueError(f"EvalConfig.num_plots must be >= 0 and group_segments >= 1, got {self}")
+
+
+def safe_name(track_id: str) -> str:
+    """A track id as one file name (`2018/MIDI-x` -> `2018__MIDI-x`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", track_id.replace("/", "__")).strip("._") or "track"
+
+
+def _track_groups(recs: Iterator[records.TrackRecord], im, limit: int) -> Iterator[list[records.TrackRecord]]:
+    group: list[records.TrackRecord] = []
+    segments = 0
+    for rec in recs:
+        group.append(rec)
+        segments += math.ceil((len(rec.audio) // im.hop_width + 1) / im.input_frames)
+        if segments >= limit:
+            yield group
+            group, segments = [], 0
+    if group:
+        yield group
+
+
+def evaluate_task(im, task: EvalTask, out_dir: str | os.PathLike | None, config: EvalConfig = EvalConfig(), *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Transcribes and scores every track of one task; writes MIDI/PNGs under out_dir (None = write nothing).
+
+    Returns {"task", "dataset", "split", "metrics" (transcription_metrics), "tracks": [per-track entries]}.
+    """
+    from itertools import islice
+
+    from tqdm import tqdm
+
+    from mt3 import inference, metrics, plotting
+
+    paths = task.shard_paths(config.data_dir)
+    manifest = records.read_manifest(task.dataset.path(config.data_dir), task.split)
+    total = manifest.get("num_tracks")
+    total = min(total, config.max_tracks) if total is not None and config.max_tracks else total
+    recs = islice(read_track_records(paths), config.max_tracks)
+    onsets_only = im.spec.onsets_only
+    velocity = im.spec.vocab_config.num_velocity_bins > 1
+    examples, tracks = [], []
+    out = Path(out_dir) if out_dir is not None else None
+    with tqdm(total=total, desc=task.name, unit="track", disable=not progress) as bar:
+        for group in _track_groups(recs, im, config.group_segments):
+            results = im.transcribe_many([r.audio for r in group], progress=False)
+            for rec, result in zip(group, results, strict=True):
+                ref = metrics.prepare_reference(rec.sequence)
+                est = inference.midi_round_trip(result.ns)
+                entry = {"id": rec.id, "seconds": round(result.audio_seconds, 3), "segments": result.num_segments,
+                         "invalid_events": result.invalid_events, "dropped_events": result.dropped_events,
+                         "metrics": metrics.note_metrics(ref, est, onsets_only=onsets_only, velocity=velocity),
+                         "instrument_classes": metrics.instrument_class_metrics(ref, est)}
+                if out is not None and config.write_midi:
+                    midi_path = out / "midi" / task.name / f"{safe_name(rec.id)}.mid"
+                    inference.write_midi(result.ns, midi_path)
+                    entry["midi"] = os.path.relpath(midi_path, out)
+                if out is not None and len(tracks) < config.num_plots:
+                    png = out / "plots" / task.name / f"{safe_name(rec.id)}.png"
+                    plotting.plot_reference_vs_estimate(ref, est, png, title=f"{task.name}: {rec.id}")
+                    entry["plot"] = os.path.relpath(png, out)
+                examples.append({"ref_ns": ref, "est_ns": est, "est_invalid_events": result.invalid_events,
+                                 "est_dropped_events": result.dropped_events})
+                tracks.append(entry)
+                bar.update(1)
+    if not tracks:
+        raise InputError(task.dataset.path(config.data_dir), f"split {task.split!r} holds no tracks")
+    aggregate = metrics.transcription_metrics(examples, onsets_only=onsets_only, velocity=velocity)
+    return {"task": task.name, "dataset": task.dataset.name, "split": task.split, "num_tracks": len(tracks),
+            "metrics": aggregate, "tracks": tracks}
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+    """results.md: dataset x headline F1 table, then a per-instrument-class table per task."""
+    lines = [f"# mt3 eval: {results.get('checkpoint', '')} step {results.get('step')}", "",
+             "| task | dataset | tracks | " + " | ".join(c for c, _ in HEADLINE_METRICS) + " | invalid | dropped |",
+             "|---|---|---:|" + "---:|" * len(HEADLINE_METRICS) + "---:|---:|"]
+    for name, task in results["tasks"].items():
+        m = task["metrics"]
+        lines.append(f"| {name} | {task['dataset']} | {task['num_tracks']} | "
+                     + " | ".join(_fmt(m.get(key)) for _, key in HEADLINE_METRICS)
+                     + f" | {m.get('est_invalid_events', 0)} | {m.get('est_dropped_events', 0)} |")
+    for name, task in results["tasks"].items():
+        classes = task["metrics"].get("instrument_classes") or {}
+        lines += ["", f"## {name}: per instrument class", "",
+                  "| class | ref notes | est notes | onset F1 | onset+offset F1 |", "|---|---:|---:|---:|---:|"]
+        for cls, entry in classes.items():
+            lines.append(f"| {cls} | {entry['ref_notes']} | {entry['est_notes']} | {_fmt(entry.get('onset_f1'))} | "
+                         f"{_fmt(entry.get('onset_offset_f1'))} |")
+        plots = [t["plot"] for t in task["tracks"] if "plot" in t]
+        if plots:
+            lines += [""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(im, tasks: Sequence[EvalTask], out_dir: str | os.PathLike | None, config: EvalConfig = EvalConfig(),
+             *, progress: bool = True) -> dict[str, Any]:
+    """Every task with one InferenceModel; writes OUT/results.json and OUT/results.md (unless out_dir is None)."""
+    results = {"checkpoint": im.info.get("model_dir"), "step": im.info.get("step"), "model": im.describe(),
+               "tasks": {}}
+    for task in tasks:
+        results["tasks"][task.name] = evaluate_task(im, task, out_dir, config, progress=progress)
+    results = _json_safe(results)
+    if out_dir is not None:
+        records.atomic_write_json(Path(out_dir) / "results.json", results)
+        with records.atomic_write(Path(out_dir) / "results.md", "w") as f:
+            f.write(results_markdown(results))
+    return results
+
+
+def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """{"TASK/metric": value} of the headline metrics that are defined (for TensorBoard and the trainer hook)."""
+    out = {}
+    for name, task in results["tasks"].items():
+        for _, key in HEADLINE_METRICS:
+            value = task["metrics"].get(key)
+            if value is not None:
+                out[f"{name}/{key}"] = float(value)
+    return out
+
+
+def _curves(per_step: Mapping[int, Mapping[str, Any]], task: str) -> dict[str, list[float | None]]:
+    steps = sorted(per_step)
+    return {key: [per_step[s]["tasks"][task]["metrics"].get(key) for s in steps] for _, key in HEADLINE_METRICS}
+
+
+def write_sweep(per_step: Mapping[int, Mapping[str, Any]], out_dir: str | os.PathLike) -> None:
+    """OUT/results.json ({steps, per-step headline metrics}), OUT/results.md, OUT/curves_TASK.png."""
+    from mt3 import plotting
+
+    out = Path(out_dir)
+    steps = sorted(per_step)
+    tasks = list(per_step[steps[0]]["tasks"])
+    summary = {"checkpoint": per_step[steps[0]].get("checkpoint"), "steps": steps,
+               "results": {str(s): f"step_{s}/results.json" for s in steps},
+               "curves": {t: _curves(per_step, t) for t in tasks}}
+    records.atomic_write_json(out / "results.json", _json_safe(summary))
+    lines = [f"# mt3 eval sweep: {summary['checkpoint']}", ""]
+    for task in tasks:
+        png = plotting.plot_metric_curves(steps, _curves(per_step, task), out / f"curves_{safe_name(task)}.png",
+                                          title=task, ylabel="F1")
+        lines += [f"## {task}", "", "| step | " + " | ".join(c for c, _ in HEADLINE_METRICS) + " |",
+                  "|---:|" + "---:|" * len(HEADLINE_METRICS)]
+        for s in steps:
+            m = per_step[s]["tasks"][task]["metrics"]
+            lines.append(f"| {s} | " + " | ".join(_fmt(m.get(key)) for _, key in HEADLINE_METRICS) + " |")
+        lines += ["", f"![{png.name}]({png.name})", ""]
+    with records.atomic_write(out / "results.md", "w") as f:
+        f.write("\n".join(lines))
+
+
+def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture: str | None = None,
+             split: str | None = None, out_dir: str | os.PathLike | None = None, all_checkpoints: bool = False,
+             step: int | None = None, max_tracks: int | None = None, batch_size: int | None = None,
+             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (), progress: bool = True) -> dict:
+    """`mt3 eval`: loads MODEL_DIR (config.gin + gin/eval.gin + extra gin), evaluates the latest checkpoint (or
+    `step`, or every step with all_checkpoints) and writes the reports. Returns the results (or the sweep summary)."""
+    import gin
+
+    from mt3 import gin_utils, inference
+
+    register_gin_configurables()
+    model = inference.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
+    try:
+        infer_config = gin.get_configurable("inference.InferenceConfig")()
+        eval_config = gin.get_configurable("evaluation.EvalConfig")()
+    except (ValueError, TypeError) as err:
+        raise InputError(None, f"bad eval configuration: {err}") from err
+    if batch_size is not None:
+        infer_config = dataclasses.replace(infer_config, batch_size=batch_size)
+    if max_tracks is not None:
+        eval_config = dataclasses.replace(eval_config, max_tracks=max_tracks)
+    if not tasks and not mixture:
+        names = gin_utils.query_macro("EVAL_TASKS") or ()
+        tasks = [names] if isinstance(names, str) else list(names)
+        mixture = gin_utils.query_macro("EVAL_MIXTURE") or (None if tasks else _default_mixture())
+    eval_tasks = resolve_tasks(tasks, mixture, split)
+    spec = inference.spec_from_gin(model)
+    out = Path(out_dir) if out_dir is not None else Path(model_dir) / "eval"
+    steps = inference.checkpoint_steps(model_dir) if all_checkpoints else [step]
+    if not steps:
+        raise InputError(model_dir, "no checkpoints to evaluate")
+    im, per_step = None, {}
+    for s in steps:
+        params, restored = inference.restore_params(model_dir, model, s)
+        info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored}
+        if im is None:
+            im = inference.InferenceModel(model, params, spec=spec, config=infer_config, info=info)
+        else:  # same shapes: keep the compiled decoder, swap the parameters
+            im.params, im.info = params, {**im.info, **info}
+        per_step[restored] = evaluate(im, eval_tasks, out / f"step_{restored}" if all_checkpoints else out,
+                                      eval_config, progress=progress)
+    if all_checkpoints:
+        write_sweep(per_step, out)
+        return {"steps": sorted(per_step), "results": per_step}
+    return next(iter(per_step.values()))
+
+
+def _default_mixture() -> str | None:
+    from mt3 import gin_utils
+
+    prefix = gin_utils.query_macro("TASK_PREFIX")
+    if not prefix:
+        raise InputError(None, "no eval tasks: pass --tasks T1,T2 or --mixture M")
+    return f"{prefix}_eval"
+
+
+_GIN_REGISTERED = False
+
+
+def register_gin_configurables() -> None:
+    """`evaluation.EvalConfig` and `inference.InferenceConfig` for gin (idempotent)."""
+    global _GIN_REGISTERED
+    from mt3 import inference
+
+    inference.register_gin_configurables()
+    if _GIN_REGISTERED:
+        return
+    import gin
+
+    with gin.unlock_config():
+        gin.external_configurable(EvalConfig, module="evaluation")
+    _GIN_REGISTERED = True
+
+
+def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None = None, spec=None,
+                       infer_config=None, eval_config: EvalConfig = EvalConfig(num_plots=1),
+                       out_dir: str | os.PathLike | None = None) -> Callable[[int, Any], dict[str, float]]:
+    """The trainer's hook (`mt3.train.train(..., infer_eval_fn=...)`): `fn(step, params) -> {"TASK/metric": F1}`.
+
+    Full-track inference eval during training, as MT3's infer_eval. The decoder is compiled on the first call and
+    reused (only the parameters change); with out_dir, each step's reports go to OUT/step_N/.
+    """
+    from mt3 import inference
+
+    eval_tasks = resolve_tasks(tasks, mixture)
+    spec = spec or inference.OutputSpec()
+    infer_config = infer_config or inference.InferenceConfig()
+    holder: dict[str, Any] = {}
+
+    def infer_eval_fn(step: int, params) -> dict[str, float]:
+        im = holder.get("im")
+        if im is None:
+            im = holder["im"] = inference.InferenceModel(model, params, spec=spec, config=infer_config)
+        else:
+            im.params = params
+        im.info["step"] = int(step)
+        target = None if out_dir is None else Path(out_dir) / f"step_{int(step)}"
+        return flat_metrics(evaluate(im, eval_tasks, target, eval_config, progress=False))
+
+    return infer_eval_fn

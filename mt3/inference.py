@@ -1,0 +1,556 @@
+"""Audio -> segments -> batched KV-cached decoding -> stitched NoteSequence -> multitrack MIDI.
+
+MT3's inference recipe (REFERENCE §6): load mono 16 kHz audio, cut it into 128-sample frames (`split_audio`), group
+the frames into consecutive non-overlapping segments of the model's input length (256 frames for the MT3 vocabulary,
+512 for ismir2021; the last one zero-padded), decode every segment independently, then stitch the segments' tokens in
+time order with one decoding state (`metrics_utils.event_predictions_to_ns`; ties carry notes across boundaries).
+
+Why a class: the jitted decoder is compiled once per (batch, input length, decode length) and reused for every file
+and request, so shapes are static: segments of one or MANY files are packed into batches of exactly `batch_size`
+rows (the last batch padded with silent segments whose outputs are discarded). `mt3 transcribe`, `mt3 eval` and
+`mt3 serve` all go through `InferenceModel`.
+
+No TensorFlow and no seqio here (GPU hosts without TF run this); JAX/note_seq are imported when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt3 import metrics_utils, note_sequences, spectrograms, vocabularies
+from mt3.errors import InputError
+
+# Ticks per quarter note of the MIDI files we write. At the default 120 qpm this is 1000 ticks per second, so times on
+# the codec's 10 ms grid survive a MIDI round trip exactly (note_seq's default 220 would move them by up to 1.1 ms).
+MIDI_TICKS_PER_QUARTER = 500
+MIDI_QPM = 120.0
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """How to decode. Defaults are MT3's eval/infer gin: batch 32, greedy, at most 1024 target tokens per segment.
+
+    temperature > 0 samples from softmax(logits / temperature) (restricted to the top_k ids when top_k > 0), with
+    a per-batch rng derived from `seed`; temperature 0 is greedy (top_k ignored).
+    """
+
+    batch_size: int = 32
+    max_decode_len: int = 1024
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"InferenceConfig.batch_size must be a positive int, got {self.batch_size!r}")
+        if isinstance(self.max_decode_len, bool) or not isinstance(self.max_decode_len, int) or \
+                self.max_decode_len < 1:
+            raise ValueError(f"InferenceConfig.max_decode_len must be a positive int, got {self.max_decode_len!r}")
+        if not self.temperature >= 0.0:
+            raise ValueError(f"InferenceConfig.temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"InferenceConfig.top_k must be an int >= 0 (0 = no restriction), got {self.top_k!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """What the model's tokens mean: vocabulary, tie sections, segment length in frames, onsets-only."""
+
+    vocab_config: vocabularies.VocabularyConfig = vocabularies.MT3_VOCAB_CONFIG
+    include_ties: bool = True
+    input_frames: int = 256
+    onsets_only: bool = False
+
+    @classmethod
+    def for_vocab(cls, name: str) -> OutputSpec:
+        """MT3's settings for a vocabulary preset: 'mt3' (ties, 256 frames) or 'ismir2021' (no ties, 512 frames)."""
+        settings = metrics_utils.VOCAB_SETTINGS.get(name)
+        if settings is None:
+            raise ValueError(f"unknown vocabulary {name!r}; choose one of {sorted(metrics_utils.VOCAB_SETTINGS)}")
+        return cls(vocab_config=vocabularies.vocab_config_from_name(name), include_ties=settings["include_ties"],
+                   input_frames=settings["input_frames"])
+
+    @property
+    def encoding_spec(self):
+        if self.onsets_only:
+            return note_sequences.NoteOnsetEncodingSpec
+        return note_sequences.NoteEncodingWithTiesSpec if self.include_ties else note_sequences.NoteEncodingSpec
+
+
+@dataclasses.dataclass
+class Transcription:
+    """One file's result. `ns` is the stitched NoteSequence (instruments assigned per program, drums on 9)."""
+
+    ns: Any
+    invalid_events: int
+    dropped_events: int
+    num_segments: int
+    audio_seconds: float
+    decoded_tokens: int  # tokens before EOS, summed over segments (EOS not counted)
+
+    def notes(self) -> list[dict[str, Any]]:
+        return notes_to_dicts(self.ns)
+
+
+@dataclasses.dataclass
+class _Segments:
+    """The segments of one file: frames [n, L, hop] float32 and start times [n] (seconds, first frame of each)."""
+
+    frames: np.ndarray
+    start_times: np.ndarray
+    audio_seconds: float
+
+
+class InferenceModel:
+    """A model + parameters ready to transcribe: segmenting, batched jitted decoding, stitching.
+
+    Construct it from a model directory with `load_inference_model`, or directly from a
+    `models.ContinuousInputsEncoderDecoderModel` and its parameters (tests, benchmarks).
+    """
+
+    def __init__(self, model, params, *, spec: OutputSpec = OutputSpec(), config: InferenceConfig = InferenceConfig(),
+                 info: dict[str, Any] | None = None):
+        import jax
+
+        from mt3.models import decoding
+
+        net_config = model.module.config
+        if net_config.input_frontend != "frames":
+            raise ValueError("inference needs a model whose encoder reads raw sample frames (input_frontend='frames'), "
+                             f"got {net_config.input_frontend!r}")
+        self.model = model
+        self.spec = spec
+        self.config = config
+        self.codec = vocabularies.build_codec(spec.vocab_config)
+        needed_rows = vocabularies.vocabulary_size(self.codec)
+        if net_config.vocab_size < needed_rows:
+            raise ValueError(f"the model has {net_config.vocab_size} embedding rows but vocabulary "
+                             f"{spec.vocab_config} needs {needed_rows}")
+        self.spectrogram_config = net_config.spectrogram_config or spectrograms.SpectrogramConfig()
+        self.params = jax.device_put(params)
+        self.info = dict(info or {})
+        module = model.module
+
+        def predict(params, frames, rng):
+            return decoding.decode(module, params, frames, max_decode_len=config.max_decode_len,
+                                   temperature=config.temperature, top_k=config.top_k,
+                                   rng=rng if config.temperature > 0 else None, return_num_steps=True)
+
+        self._predict = jax.jit(predict)
+        self._batches_run = 0
+
+    # ----- properties -----
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def input_frames(self) -> int:
+        return self.spec.input_frames
+
+    @property
+    def hop_width(self) -> int:
+        return self.spectrogram_config.hop_width
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spectrogram_config.sample_rate
+
+    @property
+    def segment_seconds(self) -> float:
+        return self.input_frames / self.spectrogram_config.frames_per_second
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts for /healthz and logs."""
+        from mt3.models import models
+
+        cfg = self.model.module.config
+        return {**self.info, "vocab_velocity_bins": self.spec.vocab_config.num_velocity_bins,
+                "include_ties": self.spec.include_ties, "input_frames": self.input_frames,
+                "segment_seconds": self.segment_seconds, "batch_size": self.batch_size,
+                "max_decode_len": self.config.max_decode_len, "temperature": self.config.temperature,
+                "top_k": self.config.top_k, "emb_dim": cfg.emb_dim, "num_encoder_layers": cfg.num_encoder_layers,
+                "num_decoder_layers": cfg.num_decoder_layers,
+                "num_params": models.count_params(self.params)}
+
+    # ----- segmenting -----
+    def segment_audio(self, samples: np.ndarray) -> _Segments:
+        """Mono samples at the model's rate -> consecutive segments of `input_frames` frames (last zero-padded)."""
+        samples = np.asarray(samples, np.float32)
+        frames, frame_times = spectrograms.split_audio(samples, self.spectrogram_config)
+        length = self.input_frames
+        num = -(-len(frames) // length)
+        padded = np.zeros((num * length, frames.shape[1]), np.float32)
+        padded[: len(frames)] = frames
+        return _Segments(frames=padded.reshape(num, length, frames.shape[1]),
+                         start_times=frame_times[::length].astype(np.float64),
+                         audio_seconds=len(samples) / self.sample_rate)
+
+    # ----- decoding -----
+    def predict_batch(self, frames: np.ndarray) -> tuple[np.ndarray, int]:
+        """Decodes up to `batch_size` segments [b, L, hop]; returns (ids [b, max_decode_len], decoder steps run).
+
+        Fewer rows than the batch size are padded with silent segments so the jitted decoder keeps one shape.
+        """
+        import jax
+
+        frames = np.asarray(frames, np.float32)
+        rows = frames.shape[0]
+        if not 0 < rows <= self.batch_size or frames.shape[1:] != (self.input_frames, self.hop_width):
+            raise ValueError(f"predict_batch takes [1..{self.batch_size}, {self.input_frames}, {self.hop_width}] "
+                             f"frames, got {frames.shape}")
+        if rows < self.batch_size:
+            frames = np.concatenate([frames, np.zeros((self.batch_size - rows, *frames.shape[1:]), np.float32)])
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), self._batches_run)
+        self._batches_run += 1
+        ids, steps = self._predict(self.params, frames, rng)
+        return np.asarray(ids)[:rows], int(steps)
+
+    def ids_to_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """One row of vocabulary ids -> codec indices trimmed at the first EOS (MT3's postprocessing)."""
+        return vocabularies.trim_eos(vocabularies.decode_tokens(ids, self.codec.num_classes))
+
+    def decode_segments(self, frames: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False,
+                        desc: str = "decoding") -> list[np.ndarray]:
+        """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size`."""
+        from tqdm import tqdm
+
+        out: list[np.ndarray] = []
+        total = len(frames)
+        with tqdm(total=total, desc=desc, unit="seg", disable=not progress) as bar:
+            for start in range(0, total, self.batch_size):
+                chunk = np.stack([np.asarray(f, np.float32) for f in frames[start:start + self.batch_size]])
+                ids, _ = self.predict_batch(chunk)
+                out.extend(self.ids_to_tokens(row) for row in ids)
+                bar.update(len(chunk))
+        return out
+
+    def stitch(self, tokens: Sequence[np.ndarray], start_times: Sequence[float], audio_seconds: float) -> Transcription:
+        """Segment tokens -> one NoteSequence (`event_predictions_to_ns`; never raises on any token content)."""
+        predictions = [{"est_tokens": np.asarray(t, np.int32), "start_time": float(s)}
+                       for t, s in zip(tokens, start_times, strict=True)]
+        result = metrics_utils.event_predictions_to_ns(predictions, self.codec, self.spec.encoding_spec)
+        ns = result["est_ns"]
+        ns.ticks_per_quarter = MIDI_TICKS_PER_QUARTER
+        if not ns.tempos:
+            ns.tempos.add(time=0.0, qpm=MIDI_QPM)
+        ns.total_time = max([ns.total_time, *(n.end_time for n in ns.notes)])
+        return Transcription(ns=ns, invalid_events=int(result["est_invalid_events"]),
+                             dropped_events=int(result["est_dropped_events"]), num_segments=len(predictions),
+                             audio_seconds=float(audio_seconds), decoded_tokens=int(sum(len(t) for t in tokens)))
+
+    def transcribe(self, samples: np.ndarray, *, progress: bool = False) -> Transcription:
+        """Mono samples at 16 kHz -> Transcription."""
+        return self.transcribe_many([samples], progress=progress)[0]
+
+    def transcribe_many(self, audios: Sequence[np.ndarray], *, progress: bool = True,
+                        desc: str = "transcribing") -> list[Transcription]:
+        """Several files at once: their segments share batches (the last batch of one file is filled with the next
+        file's segments), so many short files cost about as much as one long one."""
+        segmented = [self.segment_audio(a) for a in audios]
+        frames = [seg for s in segmented for seg in s.frames]
+        tokens = self.decode_segments(frames, progress=progress, desc=desc)
+        results, offset = [], 0
+        for s in segmented:
+            n = len(s.frames)
+            results.append(self.stitch(tokens[offset:offset + n], s.start_times, s.audio_seconds))
+            offset += n
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def notes_to_dicts(ns) -> list[dict[str, Any]]:
+    """Notes as plain dicts {onset, offset, pitch, velocity, program, is_drum}, sorted by onset then pitch."""
+    notes = sorted(ns.notes, key=lambda n: (n.start_time, n.pitch, n.program, n.is_drum))
+    return [{"onset": round(float(n.start_time), 6), "offset": round(float(n.end_time), 6), "pitch": int(n.pitch),
+             "velocity": int(n.velocity), "program": int(n.program), "is_drum": bool(n.is_drum)} for n in notes]
+
+
+def midi_bytes(ns) -> bytes:
+    """Multitrack standard MIDI file bytes: one track per program, drums on the percussion channel.
+
+    `note_seq` builds one pretty_midi instrument per (instrument, program, is_drum); the stitched NoteSequence has one
+    instrument per program and instrument 9 for drums (`note_sequences.assign_instruments`).
+    """
+    import note_seq
+
+    pm = note_seq.note_sequence_to_pretty_midi(ns)
+    buffer = io.BytesIO()
+    pm.write(buffer)
+    return buffer.getvalue()
+
+
+def midi_round_trip(ns):
+    """`ns` as a reader of the MIDI file we write sees it (what `mt3 score` scores); exact on the 1 ms tick grid."""
+    import note_seq
+
+    return note_seq.midi_to_note_sequence(midi_bytes(ns))
+
+
+def write_midi(ns, path: str | os.PathLike) -> None:
+    from mt3.records import atomic_write
+
+    data = midi_bytes(ns)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_notes_json(ns, path: str | os.PathLike) -> None:
+    import json
+
+    from mt3.records import atomic_write
+
+    with atomic_write(path, "w") as f:
+        json.dump(notes_to_dicts(ns), f, indent=1)
+        f.write("\n")
+
+
+def write_notes_csv(ns, path: str | os.PathLike) -> None:
+    import csv
+
+    from mt3.records import atomic_write
+
+    fields = ("onset", "offset", "pitch", "velocity", "program", "is_drum")
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(notes_to_dicts(ns))
+
+
+def expand_audio_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; directories expanded (recursively, sorted) to their wav/flac/mp3/ogg files.
+
+    Paths that do not exist are kept, so the caller reports them with the other unreadable files.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                raise InputError(path, f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+            out.extend(found)
+        else:
+            out.append(path)
+    return list(dict.fromkeys(out))
+
+
+def _output_paths(path: Path, out_dir: Path, *, png: bool, notes_json: bool, notes_csv: bool) -> dict[str, Path]:
+    stem = path.stem
+    outputs = {"midi": out_dir / f"{stem}.mid"}
+    if png:
+        outputs["png"] = out_dir / f"{stem}.png"
+    if notes_json:
+        outputs["json"] = out_dir / f"{stem}.notes.json"
+    if notes_csv:
+        outputs["csv"] = out_dir / f"{stem}.notes.csv"
+    return outputs
+
+
+def _report(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
+                     checkpoint: str | os.PathLike | None = None, gin_files: Sequence[str] = (),
+                     gin_bindings: Sequence[str] = (), step: int | None = None, batch_size: int | None = None,
+                     png: bool = False, notes_json: bool = False, notes_csv: bool = False, overwrite: bool = False,
+                     progress: bool = True, model: InferenceModel | None = None) -> list[str]:
+    """`mt3 transcribe`: NAME.mid (+ NAME.png, NAME.notes.json / .csv) per audio file, all files decoded together.
+
+    A file that cannot be transcribed (unreadable audio, an output that exists without `overwrite`, two inputs with
+    the same name) gets one `mt3 transcribe: error: PATH: problem` line on stderr and the others go on. Returns the
+    error messages (empty = all written). `model` skips loading (tests, benchmarks).
+    """
+    from mt3 import audio, plotting
+
+    out_dir = Path(output_dir)
+    failures: list[str] = []
+
+    def fail(err: InputError) -> None:
+        failures.append(str(err))
+        _report(f"mt3 transcribe: error: {err}")
+
+    paths: list[Path] = []
+    for raw in inputs:
+        try:
+            paths.extend(expand_audio_paths([raw]))
+        except InputError as err:
+            fail(err)
+    jobs: list[tuple[Path, dict[str, Path], np.ndarray]] = []
+    claimed: dict[Path, Path] = {}
+    for path in dict.fromkeys(paths):
+        outputs = _output_paths(path, out_dir, png=png, notes_json=notes_json, notes_csv=notes_csv)
+        try:
+            if outputs["midi"] in claimed:
+                raise InputError(path, f"has the same name as {claimed[outputs['midi']]}; both would write "
+                                       f"{outputs['midi']} (transcribe them into different output dirs)")
+            existing = [str(p) for p in outputs.values() if p.exists()]
+            if existing and not overwrite:
+                raise InputError(path, f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
+            claimed[outputs["midi"]] = path
+            jobs.append((path, outputs, audio.load_audio(path)))
+        except InputError as err:
+            fail(err)
+    if not jobs:
+        return failures
+    if model is None:
+        if checkpoint is None:
+            if not Path(DEFAULT_CHECKPOINT_DIR).is_dir():
+                raise InputError(None, f"no --checkpoint given and the quickstart's model dir {DEFAULT_CHECKPOINT_DIR} "
+                                       "does not exist (train one first: bash scripts/quickstart.sh)")
+            checkpoint = DEFAULT_CHECKPOINT_DIR
+        model = load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
+                                     batch_size=batch_size)
+    results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
+    for (path, outputs, _), result in zip(jobs, results, strict=True):
+        write_midi(result.ns, outputs["midi"])
+        if "png" in outputs:
+            plotting.plot_piano_roll(result.ns, outputs["png"], title=path.name)
+        if "json" in outputs:
+            write_notes_json(result.ns, outputs["json"])
+        if "csv" in outputs:
+            write_notes_csv(result.ns, outputs["csv"])
+        _report(f"mt3 transcribe: {path} -> {', '.join(str(p) for p in outputs.values())} ({len(result.ns.notes)} "
+                f"notes; {result.invalid_events} invalid, {result.dropped_events} dropped events)")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loading a model directory written by `mt3 train`
+
+DEFAULT_CHECKPOINT_DIR = "runs/local_tiny"  # the quickstart's model dir (gin/local_tiny.gin)
+INFER_GIN = "infer.gin"
+_GIN_REGISTERED = False
+
+
+def register_gin_configurables() -> None:
+    """Registers this module's configurables with gin (idempotent): `inference.InferenceConfig`."""
+    global _GIN_REGISTERED
+    if _GIN_REGISTERED:
+        return
+    import gin
+
+    with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
+        gin.external_configurable(InferenceConfig, module="inference")
+    _GIN_REGISTERED = True
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints under MODEL_DIR/checkpoints (orbax renames a step dir when it is done)."""
+    from mt3 import checkpoints
+
+    directory = checkpoints.checkpoint_dir(model_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def restore_params(model_dir: str | os.PathLike, model, step: int | None = None) -> tuple[Any, int]:
+    """(params on the default device, step) from the orbax checkpoint at `step` (default: the latest).
+
+    Only the parameters are read (orbax partial restore): the optimizer state, often as large again, stays on disk.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    from mt3 import checkpoints
+
+    steps = checkpoint_steps(model_dir)
+    if not steps:
+        raise InputError(model_dir, f"no checkpoint under {checkpoints.checkpoint_dir(model_dir)} (train first)")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise InputError(model_dir, f"no checkpoint at step {step}; available steps: {steps}")
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          {"params": model.abstract_params()})
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+    path = checkpoints.checkpoint_dir(model_dir) / str(step)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        try:
+            restored = checkpointer.restore(path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True)))
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(path, f"checkpoint does not match the model in config.gin ({str(err)[:300]})") from err
+    return restored["state"]["params"], step
+
+
+def spec_from_gin(model) -> OutputSpec:
+    """The vocabulary / ties / segment length a model dir was trained with, from its config.gin macros.
+
+    `mt3 train` presets record NUM_VELOCITY_BINS, USE_TIES, ONSETS_ONLY and TASK_FEATURE_LENGTHS; without them the
+    embedding rows decide (1664 = ismir2021, else MT3), as MT3's checkpoints do.
+    """
+    from mt3 import gin_utils
+
+    default = OutputSpec.for_vocab("ismir2021" if model.module.config.vocab_size == 1664 else "mt3")
+    bins = gin_utils.query_macro("NUM_VELOCITY_BINS", default.vocab_config.num_velocity_bins)
+    lengths = gin_utils.query_macro("TASK_FEATURE_LENGTHS", None) or {}
+    return OutputSpec(vocab_config=vocabularies.VocabularyConfig(num_velocity_bins=int(bins)),
+                      include_ties=bool(gin_utils.query_macro("USE_TIES", default.include_ties)),
+                      input_frames=int(lengths.get("inputs", default.input_frames)),
+                      onsets_only=bool(gin_utils.query_macro("ONSETS_ONLY", False)))
+
+
+def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | os.PathLike] = (),
+                        gin_bindings: Sequence[str] = (), *, role_gin: str = INFER_GIN):
+    """Parses MODEL_DIR/config.gin, then the role's gin file (infer.gin / eval.gin), then the user's files and
+    bindings (later wins). Returns the model object gin builds from the MODEL macro."""
+    import gin
+
+    from mt3 import gin_utils
+
+    model_dir = Path(model_dir)
+    config_gin = model_dir / "config.gin"
+    if not model_dir.is_dir():
+        raise InputError(model_dir, "checkpoint directory not found (pass --checkpoint MODEL_DIR from `mt3 train`)")
+    if not config_gin.is_file():
+        raise InputError(model_dir, "no config.gin in the checkpoint directory (is it a model dir from `mt3 train`?)")
+    register_gin_configurables()
+    given = {Path(f).name for f in gin_files}
+    files = [config_gin, *([role_gin] if role_gin and role_gin not in given else []), *gin_files]
+    gin_utils.parse_gin_flags(files, list(gin_bindings), finalize=False)
+    try:
+        reference = gin.query_parameter("MODEL/macro.value")
+        model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference
+    except (ValueError, TypeError) as err:
+        raise InputError(config_gin, f"cannot build the model from the MODEL macro ({err})") from err
+    return model
+
+
+def load_inference_model(model_dir: str | os.PathLike, *, gin_files: Sequence[str | os.PathLike] = (),
+                         gin_bindings: Sequence[str] = (), step: int | None = None, role_gin: str = INFER_GIN,
+                         config: InferenceConfig | None = None, batch_size: int | None = None) -> InferenceModel:
+    """An InferenceModel from a model dir of `mt3 train`: its config.gin rebuilds the model and vocabulary settings,
+    gin/infer.gin (+ extra --gin_file / --gin.X bindings) sets decoding, and orbax restores the parameters.
+
+    `config` (if given) replaces the gin-bound InferenceConfig; `batch_size` (a command-line flag) overrides its batch.
+    """
+    import gin
+
+    model = parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=role_gin)
+    spec = spec_from_gin(model)
+    if config is None:
+        try:
+            config = gin.get_configurable("inference.InferenceConfig")()
+        except (ValueError, TypeError) as err:
+            raise InputError(None, f"bad inference configuration: {err}") from err
+    if batch_size is not None:
+        config = dataclasses.replace(config, batch_size=batch_size)
+    params, restored_step = restore_params(model_dir, model, step)
+    info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored_step}
+    return InferenceModel(model, params, spec=spec, config=config, info=info)

@@ -1,0 +1,371 @@
+"""`mt3 serve`: transcription over HTTP (FastAPI + uvicorn) with requests decoded in SHARED batches.
+
+Why a batching worker: decoding is the cost, and a batch of B segments costs about as much as one segment on an
+accelerator, so concurrent uploads should ride in the same batches. One worker thread owns the model; every request
+turns its audio into segments and queues them; the worker fills each batch with segments of all pending requests
+(FIFO, up to the batch size, waiting `batch_wait_ms` for stragglers), decodes, and hands every request its tokens.
+Stitching, MIDI writing and plotting happen on the request's side, so the worker only ever decodes.
+
+Endpoints: `GET /` an upload page (plain HTML + JS, no CDN), `POST /transcribe` (multipart field `file`;
+`?format=midi|json|png`), `GET /healthz` (model and batching statistics). Limits: upload bytes -> 413, audio seconds ->
+400, undecodable audio -> 400 with the reason; nothing a client sends stops the service.
+
+No TensorFlow here.
+"""
+
+
+import asyncio
+import base64
+import collections
+import dataclasses
+import io
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt3.errors import InputError
+
+log = logging.getLogger("mt3.server")
+
+FORMATS = ("midi", "json", "png")
+
+
+@dataclasses.dataclass
+class _Job:
+    frames: np.ndarray  # [n, L, hop]
+    future: Future
+    tokens: list = dataclasses.field(default_factory=list)
+    next_segment: int = 0
+    job_id: int = 0
+
+
+class BatchingDecoder:
+    """One worker thread decoding the queued segments of all pending requests in shared batches."""
+
+    def __init__(self, im, *, batch_wait_ms: float = 20.0):
+        self.im = im
+        self.batch_wait = batch_wait_ms / 1000.0
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._next_id = 0
+        self.stats = {"requests": 0, "batches": 0, "segments": 0, "shared_batches": 0, "max_requests_per_batch": 0,
+                      "decode_seconds": 0.0}
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mt3-decoder", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, frames: np.ndarray) -> Future:
+        """Queues one request's segments; the Future resolves to its list of codec-token arrays (one per segment)."""
+        future: Future = Future()
+        with self._cond:
+            self._next_id += 1
+            self.stats["requests"] += 1
+            self._pending.append(_Job(frames=frames, future=future, job_id=self._next_id))
+            self._cond.notify_all()
+        return future
+
+    def _collect(self) -> list[tuple[_Job, int]] | None:
+        """Up to batch_size (job, segment index) pairs, FIFO over jobs; None when stopping."""
+        batch_size = self.im.batch_size
+        with self._cond:
+            while not self._pending and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            deadline = time.monotonic() + self.batch_wait
+            while self._queued_segments() < batch_size and not self._stop:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            picked: list[tuple[_Job, int]] = []
+            for job in list(self._pending):
+                while job.next_segment < len(job.frames) and len(picked) < batch_size:
+                    picked.append((job, job.next_segment))
+                    job.next_segment += 1
+                if job.next_segment >= len(job.frames):
+                    self._pending.remove(job)
+                if len(picked) >= batch_size:
+                    break
+            return picked
+
+    def _queued_segments(self) -> int:
+        return sum(len(job.frames) - job.next_segment for job in self._pending)
+
+    def _run(self) -> None:
+        while True:
+            picked = self._collect()
+            if picked is None:
+                return
+            jobs = {id(job): job for job, _ in picked}
+            started = time.perf_counter()
+            try:
+                ids, _ = self.im.predict_batch(np.stack([job.frames[i] for job, i in picked]))
+            except Exception as err:  # a decoding failure fails these requests, never the worker
+                log.exception("decoding failed")
+                for job in jobs.values():
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                continue
+            elapsed = time.perf_counter() - started
+            for (job, _), row in zip(picked, ids, strict=True):
+                job.tokens.append(self.im.ids_to_tokens(row))
+            for job in jobs.values():
+                if len(job.tokens) == len(job.frames) and not job.future.done():
+                    job.future.set_result(job.tokens)
+            with self._cond:
+                s = self.stats
+                s["batches"] += 1
+                s["segments"] += len(picked)
+                s["shared_batches"] += int(len(jobs) > 1)
+                s["max_requests_per_batch"] = max(s["max_requests_per_batch"], len(jobs))
+                s["decode_seconds"] += elapsed
+            log.info("batch %d: %d segments from %d request(s) [%s] in %.3f s", self.stats["batches"], len(picked),
+                     len(jobs), ",".join(str(j.job_id) for j in jobs.values()), elapsed)
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class UploadLimitMiddleware:
+    """Pure ASGI middleware: POST bodies above `max_bytes` get 413 (Content-Length checked first, then counted)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_json(send, 413, {"detail": f"upload is larger than {self.max_bytes} bytes"})
+        received = 0
+        started = too_large = False
+        detail = {"detail": f"upload is larger than {self.max_bytes} bytes"}
+
+        async def counting_receive():
+            nonlocal received, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    too_large = True
+                    raise UploadTooLarge
+            return message
+
+        async def guarded_send(message):
+            # FastAPI turns an exception while reading the form into its own 400: answer 413 instead
+            nonlocal started
+            if too_large:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send_json(send, 413, detail)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except UploadTooLarge:
+            if not started:
+                await _send_json(send, 413, detail)
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _png_bytes(ns, title: str) -> bytes:
+    from mt3 import plotting
+
+    fig = plotting.piano_roll_figure(ns, title=title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 600.0, batch_wait_ms: float = 20.0):
+    """The FastAPI app around a loaded InferenceModel (the model is loaded once, before the app is built)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    from mt3 import audio, inference
+
+    decoder = BatchingDecoder(im, batch_wait_ms=batch_wait_ms)
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        decoder.start()
+        try:
+            yield
+        finally:
+            decoder.stop()
+
+    app = FastAPI(title="mt3", lifespan=lifespan)
+    app.state.decoder = decoder
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return PAGE_HTML.replace("{{MAX_MB}}", f"{max_upload_mb:g}").replace("{{MAX_SECONDS}}",
+                                                                            f"{max_audio_seconds:g}")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model": im.describe(), "decoder": dict(decoder.stats),
+                "limits": {"max_upload_bytes": max_bytes, "max_audio_seconds": max_audio_seconds}}
+
+    @app.post("/transcribe")
+    async def transcribe(file: UploadFile = File(...), format: str = Query("midi"),
+                         midi: bool = Query(False, description="with format=json: include the MIDI as base64")):
+        if format not in FORMATS:
+            raise HTTPException(400, f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        name = Path(file.filename or "upload").name
+        data = await file.read()
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"upload is larger than {max_bytes} bytes")
+        try:
+            samples = await run_in_threadpool(audio.load_audio_bytes, data, name=name)
+        except InputError as err:
+            raise HTTPException(400, str(err)) from err
+        seconds = len(samples) / im.sample_rate
+        if seconds > max_audio_seconds:
+            raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
+                                     f"{max_audio_seconds:g} s")
+        segments = im.segment_audio(samples)
+        tokens = await asyncio.wrap_future(decoder.submit(segments.frames))
+        result = await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+        stem = Path(name).stem or "transcription"
+        if format == "midi":
+            return Response(inference.midi_bytes(result.ns), media_type="audio/midi",
+                            headers={"Content-Disposition": f'attachment; filename="{stem}.mid"',
+                                     "X-Invalid-Events": str(result.invalid_events),
+                                     "X-Dropped-Events": str(result.dropped_events)})
+        if format == "png":
+            return Response(await run_in_threadpool(_png_bytes, result.ns, name), media_type="image/png")
+        body = {"name": name, "notes": result.notes(), "invalid_events": result.invalid_events,
+                "dropped_events": result.dropped_events, "seconds": round(result.audio_seconds, 3),
+                "segments": result.num_segments}
+        if midi:
+            body["midi_base64"] = base64.b64encode(inference.midi_bytes(result.ns)).decode()
+        return JSONResponse(body)
+
+    return UploadLimitMiddleware(app, max_bytes) if max_bytes > 0 else app
+
+
+def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 50.0,
+          max_audio_seconds: float = 600.0, batch_size: int | None = None, gin_files=(), gin_bindings=()) -> None:
+    """`mt3 serve`: loads the model once, then runs uvicorn until interrupted."""
+    import uvicorn
+
+    from mt3 import inference
+
+    im = inference.load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
+                                        batch_size=batch_size)
+    if not log.handlers:  # absl (via orbax) owns the root logger; give the batch log its own handler
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    print(f"mt3 serve: model step {im.info.get('step')} from {checkpoint}; batch {im.batch_size}; "
+          f"http://{host}:{port}/", flush=True)
+    app = create_app(im, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+PAGE_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mt3 transcription</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }
+ #roll { border: 1px solid #ccc; width: 100%; height: 420px; display: block; margin-top: 1em; }
+ #status { margin-left: 1em; } #legend span { margin-right: 1em; white-space: nowrap; }
+ #legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle; }
+</style></head>
+<body>
+<h1>mt3: audio to multitrack MIDI</h1>
+<p>Upload an audio file (wav, flac, mp3, ogg; at most {{MAX_MB}} MB and {{MAX_SECONDS}} s).</p>
+<form id="form"><input type="file" id="file" name="file" accept="audio/*,.wav,.flac,.mp3,.ogg">
+<button type="submit" id="go">Transcribe</button><span id="status"></span></form>
+<p id="download"></p>
+<div id="legend"></div>
+<canvas id="roll" width="1100" height="420"></canvas>
+<script>
+const GM_FAMILIES = ["Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Ensemble", "Brass",
+  "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive", "Sound Effects"];
+const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"];
+function label(n) { return n.is_drum ? "Drums" : "program " + n.program + " (" + GM_FAMILIES[n.program >> 3] + ")"; }
+function drawRoll(notes) {
+  const canvas = document.getElementById("roll"), ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const labels = [...new Set(notes.map(label))].sort();
+  const colour = Object.fromEntries(labels.map((l, i) => [l, COLOURS[i % COLOURS.length]]));
+  const legend = document.getElementById("legend");
+  legend.innerHTML = labels.map(l => '<span><i style="background:' + colour[l] + '"></i>' + l + '</span>').join("");
+  if (!notes.length) { ctx.fillStyle = "#888"; ctx.fillText("(no notes)", canvas.width / 2 - 20, canvas.height / 2);
+    canvas.dataset.drawn = "0"; return; }
+  const tEnd = Math.max(...notes.map(n => Math.max(n.offset, n.onset + 0.05)));
+  const lo = Math.min(...notes.map(n => n.pitch)) - 1, hi = Math.max(...notes.map(n => n.pitch)) + 1;
+  const sx = canvas.width / tEnd, sy = canvas.height / (hi - lo + 1);
+  for (const n of notes) {
+    ctx.fillStyle = colour[label(n)];
+    const w = Math.max((Math.max(n.offset, n.onset + 0.05) - n.onset) * sx, 2);
+    ctx.fillRect(n.onset * sx, (hi - n.pitch) * sy, w, Math.max(sy - 1, 1));
+  }
+  canvas.dataset.drawn = String(notes.length);
+}
+document.getElementById("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = document.getElementById("file"), status = document.getElementById("status");
+  const download = document.getElementById("download");
+  if (!input.files.length) { status.textContent = "choose a file first"; return; }
+  const file = input.files[0], body = new FormData();
+  body.append("file", file);
+  status.textContent = "transcribing " + file.name + " ..."; download.innerHTML = "";
+  try {
+    const response = await fetch("transcribe?format=json&midi=true", { method: "POST", body });
+    const result = await response.json();
+    if (!response.ok) { status.textContent = "error " + response.status + ": " + (result.detail || ""); return; }
+    drawRoll(result.notes);
+    const bytes = Uint8Array.from(atob(result.midi_base64), c => c.charCodeAt(0));
+    const url = URL.createObjectURL(new Blob([bytes], { type: "audio/midi" }));
+    const stem = file.name.replace(/\\.[^.]*$/, "") || "transcription";
+    download.innerHTML = '<a id="midi-link" download="' + stem + '.mid" href="' + url + '">Download ' + stem +
+      '.mid</a> (' + result.notes.length + " notes, " + result.seconds + " s, " + result.invalid_events +
+      " invalid / " + result.dropped_events + " dropped events)";
+    status.textContent = "done";
+  } catch (err) { status.textContent = "error: " + err; }
+});
+</script>
+</body></html>
+"""

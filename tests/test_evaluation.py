@@ -1,0 +1,149 @@
+"""Tests for mt3.evaluation and `mt3 eval`: the TensorFlow-free record reader, task names, the end-to-end eval on a
+trained tiny checkpoint (reports, plots, metrics equal to `mt3 score` on `mt3 transcribe`'s MIDI), the checkpoint sweep
+and the trainer hook."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from test_inference import CHECKPOINT_PERIOD, TRAIN_STEPS, build_tiny_model
+
+from mt3 import datasets, evaluation, records
+from mt3.errors import InputError
+
+TASK = "local_notes_ties_vb1_test"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory)
+
+
+def test_tf_free_reader_equals_tensorflow_reader(tiny):
+    paths = records.shard_paths(tiny.data_dir / "local", "test")
+    ours = list(evaluation.read_track_records(paths))
+    theirs = list(records.read_records(paths))
+    assert [r.id for r in ours] == [r.id for r in theirs] == ["Track00003", "Track00004"]
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a.audio, b.audio)
+        assert a.sequence == b.sequence and a.dataset == b.dataset == "local" and a.sample_rate == 16000
+    ex = evaluation.parse_example(next(evaluation.read_tfrecord(paths[0])))
+    assert ex["sample_rate"] == [16000] and ex["id"] == [b"Track00003"]
+
+
+def test_truncated_shard_is_an_input_error(tiny, tmp_path):
+    data = open(records.shard_paths(tiny.data_dir / "local", "test")[0], "rb").read()
+    bad = tmp_path / "bad.tfrecord"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        list(evaluation.read_track_records([bad]))
+
+
+def test_resolve_tasks():
+    (task,) = evaluation.resolve_tasks([TASK])
+    assert (task.dataset, task.split) == (datasets.LOCAL_CONFIG, "test")
+    mega = evaluation.resolve_tasks(mixture="mega_notes_ties_vb1_eval")
+    assert len(mega) == 6 and {t.split for t in mega} == {"validation"}
+    assert [t.name for t in evaluation.resolve_tasks(mixture="slakh_notes_ties_vb1_eval")] == [
+        "slakh_notes_ties_vb1_validation", "slakh_notes_ties_vb1_test"]
+    assert evaluation.resolve_tasks(["maestrov3_notes_test"])[0].dataset == datasets.MAESTROV3_CONFIG  # ismir2021
+    assert evaluation.resolve_tasks([TASK], split="train")[0].name == "local_notes_ties_vb1_train"
+    with pytest.raises(InputError, match="unknown eval task 'nope_test'"):
+        evaluation.resolve_tasks(["nope_test"])
+    with pytest.raises(InputError, match="no split 'test'"):
+        evaluation.resolve_tasks(["guitarset_notes_ties_vb1_validation"], split="test")
+    with pytest.raises(InputError, match="no eval tasks"):
+        evaluation.resolve_tasks()
+
+
+def _check_metric_values(obj, path=""):
+    """Every F1/precision/recall in a results tree is in [0, 1] or None."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key.endswith(("_f1", "_precision", "_recall")) or "_f1_" in key:
+                assert value is None or 0.0 <= value <= 1.0, f"{path}/{key} = {value}"
+            _check_metric_values(value, f"{path}/{key}")
+    elif isinstance(obj, list):
+        for item in obj:
+            _check_metric_values(item, path)
+
+
+def test_eval_end_to_end_equals_score_on_transcribed_midi(tiny, tmp_path, capsys):
+    from mt3 import cli
+
+    out = tmp_path / "eval"
+    assert cli.main(["eval", "--checkpoint", str(tiny.model_dir), "--gin_file=gin/eval.gin", "--tasks", TASK,
+                     "--out", str(out), "--no-progress", *tiny.gin_flags]) == 0
+    assert TASK in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["step"] == TRAIN_STEPS
+    task = results["tasks"][TASK]
+    assert task["num_tracks"] == 2 and [t["id"] for t in task["tracks"]] == ["Track00003", "Track00004"]
+    _check_metric_values(results)
+    assert task["metrics"]["onset_f1"] > 0.0  # the tiny model learned something: not a vacuous comparison
+    md = (out / "results.md").read_text()
+    assert f"| {TASK} | local | 2 |" in md and "per instrument class" in md and "Reed" in md
+    for track in task["tracks"]:
+        png = out / track["plot"]
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+        assert (out / track["midi"]).exists()
+
+    # mt3 transcribe on the same audio + mt3 score against the reference MIDI: the same numbers, key for key
+    midi_dir = tmp_path / "transcribed"
+    assert cli.main(["transcribe", str(tiny.wav(3)), str(tiny.wav(4)), "-o", str(midi_dir), "--no-progress",
+                     "--checkpoint", str(tiny.model_dir), *tiny.gin_flags]) == 0
+    capsys.readouterr()
+    for i, track in zip((3, 4), task["tracks"], strict=True):
+        est = midi_dir / f"track{i}.mid"
+        assert est.read_bytes() == (out / track["midi"]).read_bytes()
+        assert cli.main(["score", str(tiny.reference_midi(i)), str(est), "--json"]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        for key, value in track["metrics"].items():
+            expected = scored[key]
+            expected = None if isinstance(expected, float) and math.isnan(expected) else expected
+            assert value == expected, (i, key, value, expected)
+        assert track["instrument_classes"] == scored["instrument_classes"]
+    # the dataset row is MT3's mean over tracks
+    for key in ("onset_f1", "onset_offset_f1", "frame_f1"):
+        values = [t["metrics"][key] for t in task["tracks"] if t["metrics"][key] is not None]
+        assert task["metrics"][key] == pytest.approx(float(np.mean(values)))
+
+
+def test_all_checkpoints_sweep(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    summary = evaluation.run_eval(tiny.model_dir, tasks=[TASK], out_dir=out, all_checkpoints=True, max_tracks=1,
+                                  gin_bindings=tiny.bindings, progress=False)
+    assert summary["steps"] == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    written = json.loads((out / "results.json").read_text())
+    assert written["steps"] == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    assert len(written["curves"][TASK]["onset_f1"]) == 2
+    for step in written["steps"]:
+        per_step = json.loads((out / f"step_{step}" / "results.json").read_text())
+        assert per_step["step"] == step and per_step["tasks"][TASK]["num_tracks"] == 1
+    assert (out / f"curves_{TASK}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 160 |" in (out / "results.md").read_text()
+
+
+def test_trainer_hook(tiny, tmp_path):
+    from mt3 import inference
+
+    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    fn = evaluation.make_infer_eval_fn(im.model, tasks=[TASK], spec=im.spec, infer_config=im.config,
+                                       eval_config=evaluation.EvalConfig(max_tracks=1, num_plots=1,
+                                                                         data_dir=str(tiny.data_dir)),
+                                       out_dir=tmp_path / "hook")
+    metrics = fn(TRAIN_STEPS, im.params)
+    assert f"{TASK}/onset_f1" in metrics and all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert (tmp_path / "hook" / f"step_{TRAIN_STEPS}" / "results.json").exists()
+    assert fn(TRAIN_STEPS + 1, im.params) == metrics  # the same params again: the same numbers
+
+
+def test_missing_split_and_bad_checkpoint_are_input_errors(tiny, tmp_path):
+    with pytest.raises(InputError, match="not prepared"):
+        evaluation.run_eval(tiny.model_dir, tasks=["slakh_notes_ties_vb1_test"], out_dir=tmp_path,
+                            gin_bindings=tiny.bindings, progress=False)
+    with pytest.raises(InputError, match="checkpoint directory not found"):
+        evaluation.run_eval(tmp_path / "nope", tasks=[TASK])

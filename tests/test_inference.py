@@ -1,0 +1,329 @@
+"""Tests for mt3.inference and `mt3 transcribe`: cached == uncached decoding on a trained checkpoint, stitching across
+segment boundaries, batching with static shapes, robustness to any token output, multitrack MIDI, the CLI.
+
+`build_tiny_model` (also used by test_evaluation, test_server and test_browser) writes a tiny prepared dataset from a
+real music21 chorale (references parsed from MIDI files, audio synthesised from the notes) and trains a tiny model on it
+through mt3.train's gin API for a couple of hundred steps: enough to emit real notes, so metrics are not all zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mt3 import inference, note_sequences, vocabularies
+from mt3.errors import InputError
+
+TRAIN_STEPS = 160
+CHECKPOINT_PERIOD = 80
+# decoding bindings shared by every test that loads the checkpoint: short decodes keep CPU tests fast
+TEST_BINDINGS = ["MAX_DECODE_LENGTH = 192", "INFER_BATCH_SIZE = 4"]
+TRACKS = [(0, 4), (4, 8), (8, 12), (12, 16), (14, 18)]  # seconds of the chorale; the last two are the test split
+
+
+@dataclass
+class TinyModel:
+    root: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def reference_midi(self, i: int) -> Path:
+        return self.root / f"ref{i}.mid"
+
+    def wav(self, i: int) -> Path:
+        """Track i's audio as a float WAV: bit-identical to the samples in the records."""
+        return self.root / "audio" / f"track{i}.wav"
+
+    @property
+    def bindings(self) -> list[str]:
+        return [*TEST_BINDINGS, f"DATA_DIR = '{self.data_dir}'"]
+
+    @property
+    def gin_flags(self) -> list[str]:
+        """The bindings as command-line flags (--gin.NAME=VALUE)."""
+        return [f"--gin.{b.split('=', 1)[0].strip()}={b.split('=', 1)[1].strip()}" for b in self.bindings]
+
+
+def build_tiny_model(tmp_path_factory) -> TinyModel:
+    """Builds (once per session) the prepared dataset and trained model dir described in the module docstring."""
+    root = tmp_path_factory.getbasetemp() / "mt3_tiny_inference_model"
+    done = root / "DONE"
+    if done.exists():
+        return TinyModel(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    from conftest import music21_note_sequence
+    from data_fixtures import sub_sequence, synth, write_prepared_dataset
+
+    from mt3 import gin_utils, train
+    from mt3.audio import write_wav
+    from mt3.midi_io import load_midi, write_midi
+
+    chorale = music21_note_sequence("bach_chorale")
+    tracks = []
+    for i, (start, end) in enumerate(TRACKS):
+        write_midi(sub_sequence(chorale, start, end), root / f"ref{i}.mid")
+        ns = load_midi(root / f"ref{i}.mid")  # the reference IS the MIDI file's content (what `mt3 score` reads)
+        tracks.append((f"Track{i:05d}", ns))
+        write_wav(root / "audio" / f"track{i}.wav", synth(ns), subtype="FLOAT")
+    write_prepared_dataset(root / "data", "local", {"train": tracks[:4], "validation": tracks[4:], "test": tracks[3:]})
+    bindings = ["network.T5Config.emb_dim = 64", "network.T5Config.num_heads = 2", "network.T5Config.head_dim = 16",
+                "network.T5Config.mlp_dim = 128", "network.T5Config.num_encoder_layers = 1",
+                "network.T5Config.num_decoder_layers = 1", f"TRAIN_STEPS = {TRAIN_STEPS}", "BATCH_SIZE = 4",
+                "TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 256}", f"DATA_DIR = '{root / 'data'}'",
+                f"CHECKPOINT_PERIOD = {CHECKPOINT_PERIOD}", "EVAL_PERIOD = 0", "MAX_TRAIN_SECONDS = None",
+                "SUMMARY_PERIOD = 40", "LEARNING_RATE = 0.01"]
+    saved_env = os.environ.get("MT3_DATA_DIR")
+    try:
+        flags = gin_utils.parse_gin_flags(["local_tiny.gin"], bindings, model_dir=root / "model")
+        train.train_from_gin(flags)
+    finally:  # tasks.get_dataset exports the data dir; do not leak it into other tests
+        if saved_env is None:
+            os.environ.pop("MT3_DATA_DIR", None)
+        else:
+            os.environ["MT3_DATA_DIR"] = saved_env
+    done.write_text("ok")
+    return TinyModel(root)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_im(tiny) -> inference.InferenceModel:
+    return inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+
+
+def random_inference_model(batch_size: int = 2, max_decode_len: int = 16, **config) -> inference.InferenceModel:
+    """A randomly initialised small model (tests that need only the mechanics, not a checkpoint)."""
+    import jax
+
+    from mt3.models import models, network
+
+    net = network.T5Config(vocab_size=1536, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
+                           num_decoder_layers=1, dropout_rate=0.0)
+    model = models.ContinuousInputsEncoderDecoderModel(network.Transformer(net))
+    return inference.InferenceModel(model, model.init_params(jax.random.PRNGKey(0)),
+                                    config=inference.InferenceConfig(batch_size=batch_size,
+                                                                     max_decode_len=max_decode_len, **config))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# decoding
+
+
+def test_loaded_model_matches_model_dir(tiny, tiny_im):
+    assert tiny_im.info["step"] == TRAIN_STEPS
+    assert tiny_im.input_frames == 256 and tiny_im.spec.include_ties
+    assert tiny_im.batch_size == 4 and tiny_im.config.max_decode_len == 192  # gin bindings applied
+    assert tiny_im.model.module.config.emb_dim == 64  # rebuilt from config.gin
+    assert inference.checkpoint_steps(tiny.model_dir) == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    with pytest.raises(InputError, match="no checkpoint at step 7"):
+        inference.restore_params(tiny.model_dir, tiny_im.model, 7)
+    with pytest.raises(InputError, match="no config.gin"):
+        inference.load_inference_model(tiny.root)
+
+
+def test_cached_decoding_equals_uncached_on_checkpoint(tiny, tiny_im):
+    from mt3.audio import load_audio
+    from mt3.models import decoding
+
+    segments = tiny_im.segment_audio(load_audio(tiny.wav(3))).frames[:2]
+    module = tiny_im.model.module
+    cached = decoding.decode(module, tiny_im.params, segments, max_decode_len=96)
+    uncached = decoding.decode_uncached(module, tiny_im.params, segments, max_decode_len=96)
+    np.testing.assert_array_equal(np.asarray(cached), np.asarray(uncached))
+    tokens = [tiny_im.ids_to_tokens(row) for row in np.asarray(cached)]
+    assert all(len(t) > 5 for t in tokens)  # the trained model emits real events
+
+
+def test_batches_share_one_compiled_shape_and_match_single_files(tiny, tiny_im):
+    from mt3.audio import load_audio
+
+    long_audio, short_audio = load_audio(tiny.wav(3)), load_audio(tiny.wav(4))[: 16000 * 3]
+    together = tiny_im.transcribe_many([long_audio, short_audio], progress=False)
+    alone = [tiny_im.transcribe(long_audio), tiny_im.transcribe(short_audio)]
+    assert [r.num_segments for r in together] == [3, 2]  # 4.1 s and 3 s of audio in 2.048 s segments
+    for a, b in zip(together, alone, strict=True):
+        assert inference.notes_to_dicts(a.ns) == inference.notes_to_dicts(b.ns)
+        assert (a.invalid_events, a.dropped_events) == (b.invalid_events, b.dropped_events)
+    assert together[0].ns.notes, "the trained model should transcribe some notes"
+    assert tiny_im._predict._cache_size() == 1  # 5 segments, 3 and 2 per call, one compiled shape
+
+
+def test_sampling_changes_output_and_greedy_is_deterministic():
+    greedy = random_inference_model()
+    hot = random_inference_model(temperature=5.0, seed=3)
+    frames = np.random.default_rng(0).normal(scale=0.1, size=(2, 256, 128)).astype(np.float32)
+    first = greedy.predict_batch(frames)[0]
+    np.testing.assert_array_equal(first, greedy.predict_batch(frames)[0])
+    assert (first != hot.predict_batch(frames)[0]).any()
+    assert (hot.predict_batch(frames)[0] != hot.predict_batch(frames)[0]).any()  # a fresh rng per batch
+    with pytest.raises(ValueError, match="temperature"):
+        inference.InferenceConfig(temperature=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stitching
+
+
+def _segment_token_rows(ns, num_frames: int, segment_frames: int, codec) -> tuple[list[np.ndarray], list[float]]:
+    frame_times = note_sequences.audio_frame_times(num_frames * note_sequences.HOP_WIDTH - 1)
+    track = note_sequences.tokenize_note_sequence(ns, frame_times, codec, note_sequences.NoteEncodingWithTiesSpec)
+    rows, starts = [], []
+    for start in range(0, len(frame_times), segment_frames):
+        targets = note_sequences.segment_targets(track, start, start + segment_frames, codec, True)
+        ids = np.zeros(300, np.int32)  # model output layout: ids, EOS, then PAD
+        ids[: len(targets)] = vocabularies.encode_tokens(targets)
+        ids[len(targets)] = vocabularies.EOS_ID
+        rows.append(ids)
+        starts.append(float(frame_times[start]))
+    return rows, starts
+
+
+def test_note_crossing_segment_boundaries_comes_out_as_one_note():
+    import note_seq
+
+    im = random_inference_model()
+    ns = note_seq.NoteSequence(ticks_per_quarter=220)
+    ns.notes.add(pitch=60, velocity=100, start_time=0.5, end_time=5.5, program=40)  # spans 3 segments of 2.048 s
+    ns.notes.add(pitch=64, velocity=100, start_time=1.0, end_time=1.5, program=40)
+    ns.notes.add(pitch=36, velocity=100, start_time=3.0, end_time=3.01, is_drum=True)
+    ns.notes.add(pitch=43, velocity=100, start_time=1.9, end_time=2.3, program=33)  # crosses one boundary
+    ns.total_time = 5.5
+    rows, starts = _segment_token_rows(ns, 800, im.input_frames, im.codec)
+    assert len(rows) == 4
+    tie_token = im.codec.encode_event(note_sequences.event_codec.Event("tie", 0))
+    assert all(tie_token in vocabularies.decode_tokens(r) for r in rows)  # every segment opens with a tie section
+    result = im.stitch([im.ids_to_tokens(r) for r in rows], starts, 6.4)
+    assert (result.invalid_events, result.dropped_events) == (0, 0)
+    got = sorted((n.pitch, n.program, n.is_drum, round(n.start_time, 2), round(n.end_time, 2)) for n in result.ns.notes)
+    assert got == [(36, 0, True, 3.0, 3.01), (43, 33, False, 1.9, 2.3), (60, 40, False, 0.5, 5.5),
+                   (64, 40, False, 1.0, 1.5)]
+    # control: drop pitch 60 from the second segment's tie section and the note ends at that segment's start
+    pitch60 = im.codec.encode_event(note_sequences.event_codec.Event("pitch", 60))
+    second = np.asarray(im.ids_to_tokens(rows[1]))
+    tie_at = int(np.argmax(second == tie_token))
+    untied = np.concatenate([[t for t in second[:tie_at] if t != pitch60], second[tie_at:]]).astype(np.int32)
+    broken = im.stitch([im.ids_to_tokens(rows[0]), untied, *(im.ids_to_tokens(r) for r in rows[2:])], starts, 6.4)
+    assert [(round(n.start_time, 2), round(n.end_time, 2)) for n in broken.ns.notes if n.pitch == 60] == [(0.5, 2.04)]
+    assert broken.invalid_events > 0  # the later offset of the no-longer-sounding note is counted, not fatal
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.integers(0, 1535), max_size=60), min_size=1, max_size=4))
+def test_any_model_output_stitches_without_raising(rows):
+    im = _stitch_model()
+    tokens = [im.ids_to_tokens(np.asarray(r, np.int32)) for r in rows]
+    starts = [i * im.segment_seconds for i in range(len(rows))]
+    result = im.stitch(tokens, starts, len(rows) * im.segment_seconds)
+    assert result.invalid_events >= 0 and result.dropped_events >= 0
+    for n in result.ns.notes:
+        assert n.end_time > n.start_time and 0 <= n.pitch <= 127
+
+
+@functools.cache
+def _stitch_model() -> inference.InferenceModel:
+    return random_inference_model()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+def test_midi_is_multitrack_with_drums_and_round_trips_exactly():
+    import note_seq
+    import pretty_midi
+
+    im = random_inference_model()
+    ns = note_seq.NoteSequence(ticks_per_quarter=220)
+    for pitch, program, drum, start in ((60, 0, False, 0.13), (48, 33, False, 0.5), (38, 0, True, 0.77),
+                                        (72, 73, False, 1.21)):
+        ns.notes.add(pitch=pitch, velocity=90, start_time=start, end_time=start + 0.37, program=program, is_drum=drum)
+    ns.total_time = 2.0
+    rows, starts = _segment_token_rows(ns, 300, im.input_frames, im.codec)
+    result = im.stitch([im.ids_to_tokens(r) for r in rows], starts, 2.4)
+    pm = pretty_midi.PrettyMIDI(__import__("io").BytesIO(inference.midi_bytes(result.ns)))
+    tracks = sorted((i.program, i.is_drum, len(i.notes)) for i in pm.instruments if i.notes)
+    assert tracks == [(0, False, 1), (0, True, 1), (33, False, 1), (73, False, 1)]
+    back = inference.midi_round_trip(result.ns)
+    key = lambda n: (n.pitch, n.is_drum)  # noqa: E731
+    for a, b in zip(sorted(result.ns.notes, key=key), sorted(back.notes, key=key), strict=True):
+        assert abs(a.start_time - b.start_time) < 1e-9 and abs(a.end_time - b.end_time) < 1e-9
+        assert (a.program, a.is_drum) == (b.program, b.is_drum)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `mt3 transcribe`
+
+
+def test_transcribe_cli_many_files_one_corrupt(tiny, tmp_path, capsys):
+    from mt3 import cli
+
+    audio_dir = tmp_path / "in"
+    audio_dir.mkdir()
+    shutil.copy(tiny.wav(3), audio_dir / "first.wav")
+    shutil.copy(tiny.wav(4), audio_dir / "second.wav")
+    (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt this is not audio")
+    out = tmp_path / "out"
+    common = ["-o", str(out), "--checkpoint", str(tiny.model_dir), "--no-progress", *tiny.gin_flags]
+    assert cli.main(["transcribe", str(audio_dir), "--png", "--json", *common]) == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "broken.wav" in error_lines[0] and "first.wav" not in error_lines[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{ext}" for stem in ("first", "second") for ext in (".mid", ".png", ".notes.json"))
+    import pretty_midi
+
+    midi = pretty_midi.PrettyMIDI(str(out / "first.mid"))
+    notes = json.loads((out / "first.notes.json").read_text())
+    assert len(notes) == sum(len(i.notes) for i in midi.instruments) > 0
+    assert set(notes[0]) == {"onset", "offset", "pitch", "velocity", "program", "is_drum"}
+    assert all(0 <= n["onset"] < n["offset"] and 0 <= n["pitch"] <= 127 for n in notes)
+    assert {n["program"] for n in notes if not n["is_drum"]} == {i.program for i in midi.instruments
+                                                                 if i.notes and not i.is_drum}
+    assert (out / "first.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # refuses to overwrite; --overwrite replaces; --csv writes a CSV with the same notes
+    before = (out / "first.mid").stat().st_mtime_ns
+    assert cli.main(["transcribe", str(audio_dir / "first.wav"), *common]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (out / "first.mid").stat().st_mtime_ns == before
+    assert cli.main(["transcribe", str(audio_dir / "first.wav"), "--overwrite", "--csv", *common]) == 0
+    rows = (out / "first.notes.csv").read_text().splitlines()
+    assert rows[0] == "onset,offset,pitch,velocity,program,is_drum" and len(rows) == len(notes) + 1
+    assert json.loads((out / "first.notes.json").read_text()) == notes  # same model, same audio, same notes
+
+
+def test_transcribe_without_checkpoint_or_inputs_fails_cleanly(tmp_path, capsys, monkeypatch):
+    from mt3 import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.wav").write_bytes(b"")
+    assert cli.main(["transcribe", "a.wav", "missing.flac", "-o", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "a.wav: file is empty" in err and "missing.flac: file not found" in err
+    assert not (tmp_path / "out").exists()
+    from mt3.audio import write_wav
+
+    write_wav(tmp_path / "b.wav", np.sin(np.arange(16000) / 10).astype(np.float32))
+    assert cli.main(["transcribe", "b.wav", "-o", "out"]) == 2
+    assert "runs/local_tiny" in capsys.readouterr().err  # the quickstart default does not exist here

@@ -1,0 +1,145 @@
+"""HTTP tests for mt3.server against a REAL uvicorn server on 127.0.0.1 (a free port, run in a thread), serving the
+trained tiny checkpoint: MIDI/JSON/PNG responses, limits (413/400), bad audio (400 with the reason), shared batches
+across 8 concurrent requests, /healthz, and that the service keeps serving after bad requests."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from test_inference import build_tiny_model
+
+from mt3 import inference, server
+
+
+@contextlib.contextmanager
+def running_server(im, **limits):
+    """Yields the base URL of a uvicorn server running `server.create_app(im, **limits)` in a thread."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(server.create_app(im, **limits), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny):
+    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
+    with running_server(im, max_upload_mb=0.5, max_audio_seconds=5.0, batch_wait_ms=50) as url:
+        yield url
+
+
+def _post(url, name: str, data: bytes, **params):
+    return requests.post(f"{url}/transcribe", params=params, files={"file": (name, data)}, timeout=120)
+
+
+def _wav_bytes(seconds: float, subtype: str = "PCM_16") -> bytes:
+    import soundfile
+
+    t = np.arange(int(seconds * 16000)) / 16000
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV",
+                    subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_healthz(base_url):
+    body = requests.get(f"{base_url}/healthz", timeout=10).json()
+    assert body["status"] == "ok"
+    assert body["model"]["step"] > 0 and body["model"]["batch_size"] == 8 and body["model"]["input_frames"] == 256
+    assert body["limits"] == {"max_upload_bytes": 524288, "max_audio_seconds": 5.0}
+
+
+def test_midi_json_and_png_responses(base_url, tiny):
+    import pretty_midi
+
+    data = tiny.wav(3).read_bytes()
+    midi = _post(base_url, "song.wav", data)
+    assert midi.status_code == 200 and midi.headers["content-type"] == "audio/midi"
+    assert 'filename="song.mid"' in midi.headers["content-disposition"]
+    pm = pretty_midi.PrettyMIDI(io.BytesIO(midi.content))
+    notes = sorted((round(n.start, 3), n.pitch, i.program) for i in pm.instruments for n in i.notes)
+    assert notes
+    body = _post(base_url, "song.wav", data, format="json", midi="true").json()
+    assert set(body) >= {"notes", "invalid_events", "dropped_events", "seconds", "midi_base64"}
+    import soundfile
+
+    seconds = soundfile.info(str(tiny.wav(3))).duration
+    assert body["seconds"] == pytest.approx(seconds, abs=1e-3) and body["segments"] == int(np.ceil(seconds / 2.048))
+    assert sorted((round(n["onset"], 3), n["pitch"], n["program"]) for n in body["notes"]) == notes
+    assert base64.b64decode(body["midi_base64"]) == midi.content
+    png = _post(base_url, "song.wav", data, format="png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_bad_requests_get_reasons_and_the_service_keeps_serving(base_url, tiny):
+    corrupt = _post(base_url, "broken.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage that is not audio")
+    assert corrupt.status_code == 400 and "broken.wav" in corrupt.json()["detail"]
+    assert "unreadable" in corrupt.json()["detail"]
+    empty = _post(base_url, "empty.wav", b"")
+    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    too_long = _post(base_url, "long.wav", _wav_bytes(6.0))
+    assert too_long.status_code == 400 and "at most 5 s" in too_long.json()["detail"]
+    oversize = _post(base_url, "big.wav", _wav_bytes(0.1) + b"\x00" * 600_000)
+    assert oversize.status_code == 413
+
+    def chunks():  # a valid multipart stream without Content-Length: the middleware counts the body
+        yield b'--zzz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        for _ in range(40):
+            yield b"x" * 20_000
+        yield b"\r\n--zzz--\r\n"
+
+    chunked = requests.post(f"{base_url}/transcribe", data=chunks(), timeout=60,
+                            headers={"Content-Type": "multipart/form-data; boundary=zzz"})
+    assert chunked.status_code == 413
+    assert _post(base_url, "song.wav", tiny.wav(4).read_bytes(), format="nope").status_code == 400
+    assert requests.post(f"{base_url}/transcribe", timeout=10).status_code == 422  # no file field
+    ok = _post(base_url, "song.wav", tiny.wav(4).read_bytes(), format="json")
+    assert ok.status_code == 200 and ok.json()["notes"]
+
+
+def test_concurrent_requests_share_batches(base_url, tiny, caplog):
+    files = [tiny.wav(3).read_bytes(), tiny.wav(4).read_bytes()]
+    before = requests.get(f"{base_url}/healthz", timeout=10).json()["decoder"]
+    with caplog.at_level(logging.INFO, logger="mt3.server"), ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: _post(base_url, f"f{i}.wav", files[i % 2], format="json"), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    bodies = [r.json() for r in responses]
+    for i, body in enumerate(bodies):  # a request's notes do not depend on which others shared its batches
+        assert body["notes"] == bodies[i % 2]["notes"]
+    after = requests.get(f"{base_url}/healthz", timeout=10).json()["decoder"]
+    assert after["requests"] - before["requests"] == 8
+    assert after["segments"] - before["segments"] == 4 * bodies[0]["segments"] + 4 * bodies[1]["segments"]
+    assert after["shared_batches"] > before["shared_batches"] and after["max_requests_per_batch"] >= 2
+    assert after["batches"] - before["batches"] < 8  # fewer batches than requests: they were shared
+    shared_logs = [r.getMessage() for r in caplog.records if "request(s)" in r.getMessage()]
+    assert any(" from 1 request(s)" not in m for m in shared_logs)
