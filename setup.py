@@ -12,6 +12,6 @@ setup(
         "mir_eval", "soundfile", "librosa", "soxr", "music21", "tqdm", "rich", "matplotlib", "pyyaml", "jams",
         "fastapi", "uvicorn", "python-multipart", "tensorboardX",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "ruff"]},
+    extras_require={"test": ["pytest", "hypothesis", "ruff", "selenium"]},
     entry_points={"console_scripts": ["mt3=mt3.cli:main"]},
 )

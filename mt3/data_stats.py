@@ -8,7 +8,6 @@ whose targets the feature converter would truncate.
 from __future__ import annotations
 
 import collections
-import os
 
 import numpy as np
 
@@ -23,15 +22,14 @@ def dataset_statistics(name: str, *, split: str = "train", num_examples: int = 1
     from mt3 import datasets, tasks, vocabularies  # noqa: F401  (tasks registers the registry)
     from mt3.errors import InputError
 
-    if data_dir:
-        os.environ[datasets.DATA_DIR_ENV] = str(data_dir)
     lengths = dict(task_feature_lengths or DEFAULT_FEATURE_LENGTHS)
     try:
         provider = seqio.get_mixture_or_task(name)
     except ValueError as err:
         raise InputError(None, f"unknown task or mixture {name!r} ({err})") from err
-    ds = provider.get_dataset(lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
-                              trim_output_features=False, use_cached=False)
+    with datasets.data_dir_override(data_dir):
+        ds = provider.get_dataset(lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
+                                  trim_output_features=False, use_cached=False)
     vocab = provider.output_features["targets"].vocabulary
     codec = vocabularies.build_codec(_vocab_config_for(vocab))
     program_range = codec.event_type_range("program")

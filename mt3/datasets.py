@@ -7,6 +7,7 @@ tasks are registered, so `MT3_DATA_DIR` / the gin macro `DATA_DIR` can be set af
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -96,6 +97,24 @@ LOCAL_CONFIG = DatasetConfig(
 
 ALL_CONFIGS: tuple[DatasetConfig, ...] = (
     MAESTROV3_CONFIG, SLAKH_CONFIG, CERBERUS4_CONFIG, GUITARSET_CONFIG, URMP_CONFIG, MUSICNET_CONFIG, LOCAL_CONFIG)
+
+
+@contextlib.contextmanager
+def data_dir_override(data_dir: str | os.PathLike | None):
+    """Temporarily points $MT3_DATA_DIR at `data_dir` (no-op for None). seqio resolves file lists while a dataset is
+    built, so wrapping only the construction is enough, and nothing leaks into the caller's environment."""
+    if not data_dir:
+        yield
+        return
+    saved = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = os.fspath(data_dir)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(DATA_DIR_ENV, None)
+        else:
+            os.environ[DATA_DIR_ENV] = saved
 
 
 def prepared_hours(config: DatasetConfig, split: str, data_dir=None) -> float | None:

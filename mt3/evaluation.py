@@ -499,7 +499,11 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
 
     eval_tasks = resolve_tasks(tasks, mixture)
     spec = spec or inference.OutputSpec()
-    infer_config = infer_config or inference.InferenceConfig()
+    if infer_config is None:  # the gin-bound decoding settings (e.g. inference.InferenceConfig.max_decode_len)
+        import gin
+
+        register_gin_configurables()
+        infer_config = gin.get_configurable("inference.InferenceConfig")()
     holder: dict[str, Any] = {}
 
     def infer_eval_fn(step: int, params) -> dict[str, float]:

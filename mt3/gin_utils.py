@@ -33,18 +33,13 @@ def register_configurables() -> None:
         return
     import gin
 
-    from mt3 import checkpoints, partitioning, train, trainer
-    from mt3.models import network
+    from mt3 import checkpoints, evaluation, partitioning, train, trainer
+    from mt3.models import models, network
 
     ext = gin.external_configurable
     ext(network.T5Config, module="network")
     ext(network.Transformer, module="network")
-    try:
-        from mt3.models import models
-    except ImportError:  # the model wrapper is optional until it lands; gin files naming it then fail clearly
-        models = None
-    if models is not None and hasattr(models, "ContinuousInputsEncoderDecoderModel"):
-        ext(models.ContinuousInputsEncoderDecoderModel, module="models")
+    ext(models.ContinuousInputsEncoderDecoderModel, module="models")
     ext(train.train, module="train_script")
     ext(train.TrainLoopConfig, module="train_script")
     ext(train.DatasetConfig, module="utils")
@@ -52,6 +47,7 @@ def register_configurables() -> None:
     ext(checkpoints.CheckpointConfig, module="checkpoints")
     ext(partitioning.PartitionConfig, module="partitioning")
     ext(partitioning.standard_logical_axis_rules, module="partitioning")
+    evaluation.register_gin_configurables()  # inference.InferenceConfig, evaluation.EvalConfig (eval/infer gin)
     _REGISTERED = True
 
 

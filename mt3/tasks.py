@@ -173,30 +173,28 @@ seqio.MixtureRegistry.add(
     [(f"{_MT3_PREFIXES[c.name]}_validation", _temperature_rate(c)) for c in _MEGA])
 _add_mixture("piano_notes_train", [(datasets.MAESTROV3_CONFIG, f"{_MAESTRO_PIANO}_train")])
 _add_mixture("local_mix_notes_ties_vb1_train", [(datasets.LOCAL_CONFIG, f"{_MT3_PREFIXES['local']}_train")])
+seqio.MixtureRegistry.add("local_mix_notes_ties_vb1_eval", [(f"{_MT3_PREFIXES['local']}_validation", 1.0)])
 
 
 def get_dataset(mixture_or_task_name: str, *, task_feature_lengths: dict[str, int], split: str, batch_size: int,
                 shuffle: bool = True, seed: int | None = 0, shard_id: int = 0, num_shards: int = 1,
                 num_epochs: int | None = None, data_dir: str | None = None, drop_remainder: bool = True):
     """Batched model features for the trainer: deterministic for a seed, so exact resume = rebuild + `.skip(n)`."""
-    import os
-
     import tensorflow as tf
 
-    if data_dir:
-        os.environ[datasets.DATA_DIR_ENV] = str(data_dir)
-    ds = seqio.get_dataset(
-        mixture_or_task_name,
-        task_feature_lengths=task_feature_lengths,
-        feature_converter=ContinuousInputsEncDecFeatureConverter(pack=False),
-        dataset_split=split,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None,
-        seed=seed,
-        use_cached=False,
-        verbose=False,
-    )
+    with datasets.data_dir_override(data_dir):
+        ds = seqio.get_dataset(
+            mixture_or_task_name,
+            task_feature_lengths=task_feature_lengths,
+            feature_converter=ContinuousInputsEncDecFeatureConverter(pack=False),
+            dataset_split=split,
+            shuffle=shuffle,
+            num_epochs=num_epochs,
+            shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1 else None,
+            seed=seed,
+            use_cached=False,
+            verbose=False,
+        )
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -407,4 +407,24 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
         gin_utils.write_operative_config(model_dir, flags)
     after = (lambda: gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True)) \
         if jax.process_index() == 0 else None
+    eval_tasks = gin_utils.query_macro("INFER_EVAL_TASKS")
+    if infer_eval_fn is None and eval_tasks and jax.process_index() == 0:
+        infer_eval_fn = _gin_infer_eval_fn(eval_tasks, model_dir)
     return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after)
+
+
+def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
+    """Full-track inference eval during training (MT3's infer_eval) on the tasks or `*_eval` mixture named by the gin
+    macro INFER_EVAL_TASKS, with the same code as `mt3 eval`; reports go to MODEL_DIR/infer_eval/step_N/."""
+    import gin
+
+    from mt3 import evaluation, gin_utils, inference
+
+    reference = gin.query_parameter("MODEL/macro.value")
+    model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference
+    names = [eval_tasks] if isinstance(eval_tasks, str) else list(eval_tasks)
+    mixtures = [n for n in names if n.endswith("_eval")]
+    return evaluation.make_infer_eval_fn(
+        model, tasks=[n for n in names if n not in mixtures], mixture=mixtures[0] if mixtures else None,
+        spec=inference.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
+        eval_config=evaluation.EvalConfig(num_plots=1, data_dir=gin_utils.query_macro("DATA_DIR")))

@@ -147,3 +147,19 @@ def test_missing_split_and_bad_checkpoint_are_input_errors(tiny, tmp_path):
                             gin_bindings=tiny.bindings, progress=False)
     with pytest.raises(InputError, match="checkpoint directory not found"):
         evaluation.run_eval(tmp_path / "nope", tasks=[TASK])
+
+
+def test_infer_eval_during_training_from_gin(tiny, tmp_path):
+    """`INFER_EVAL_TASKS` in gin makes `mt3 train` run full-track eval every EVAL_PERIOD, into MODEL_DIR/infer_eval."""
+    from mt3 import gin_utils, train
+
+    bindings = ["network.T5Config.emb_dim = 32", "network.T5Config.num_heads = 2", "network.T5Config.head_dim = 8",
+                "network.T5Config.mlp_dim = 32", "network.T5Config.num_encoder_layers = 1",
+                "network.T5Config.num_decoder_layers = 1", "TRAIN_STEPS = 2", "BATCH_SIZE = 2", "EVAL_PERIOD = 2",
+                "EVAL_STEPS = 1", "TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 128}", "MAX_TRAIN_SECONDS = None",
+                f"DATA_DIR = '{tiny.data_dir}'", f"INFER_EVAL_TASKS = ['{TASK}']",
+                "inference.InferenceConfig.max_decode_len = 16", "inference.InferenceConfig.batch_size = 2"]
+    flags = gin_utils.parse_gin_flags(["local_tiny.gin"], bindings, model_dir=tmp_path / "model")
+    train.train_from_gin(flags)
+    results = json.loads((tmp_path / "model" / "infer_eval" / "step_2" / "results.json").read_text())
+    assert results["tasks"][TASK]["num_tracks"] == 2
