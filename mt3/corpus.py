@@ -7,6 +7,9 @@ gives real harmony, voice leading and rhythm; GM programs, tempo/velocity/transp
 drum part on ~30 % of pieces give timbre and performance variety; the test split uses a soundfont never heard in
 training, so a test score measures generalisation across synthesisers.
 
+Splits: a piece's split is a hash of its music21 path (`piece_split`), 80/10/10, independent of seed and size, so no
+two corpora built here ever put one piece in two splits (train on a big corpus, test on a small one: still unseen).
+
 Determinism: one `numpy.random.default_rng(seed)` orders the candidate pieces and draws every per-track choice (piece
 seed, target length, soundfont, drums) in the main process; each worker derives everything else from its piece seed,
 so the output does not depend on `--workers`. Planning runs in rounds: pieces are planned to cover what each split still
@@ -20,6 +23,7 @@ with the same arguments skips finished tracks.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -136,6 +140,17 @@ def weighted_order(catalog: list[Source], rng: np.random.Generator) -> list[Sour
     return [catalog[i] for i in np.argsort(-keys, kind="stable")]
 
 
+def piece_split(source: Source) -> str:
+    """The split a piece always belongs to, from a hash of its key: stable across seeds, corpus sizes and versions."""
+    u = int.from_bytes(hashlib.sha256(source.key.encode()).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for split in SPLITS:
+        edge += SPLIT_FRACTIONS[split]
+        if u < edge:
+            return split
+    return SPLITS[-1]
+
+
 @dataclass(frozen=True)
 class Job:
     """Everything a worker needs to build one track; drawn in the main process so output is worker-independent."""
@@ -154,8 +169,9 @@ class Planner:
 
     def __init__(self, minutes: float, seed: int, catalog: list[Source] | None = None):
         self.rng = np.random.default_rng(seed)
-        self.order = weighted_order(build_catalog(cost_budget(minutes)) if catalog is None else catalog, self.rng)
-        self.cursor = 0
+        order = weighted_order(build_catalog(cost_budget(minutes)) if catalog is None else catalog, self.rng)
+        self.queues = {s: [src for src in order if piece_split(src) == s] for s in SPLITS}  # each a varied order
+        self.cursors = dict.fromkeys(SPLITS, 0)
         self.next_number = 1
         self.target_samples = {s: int(60 * minutes * SPLIT_FRACTIONS[s] * SAMPLE_RATE) for s in SPLITS}
         self.done_samples = dict.fromkeys(SPLITS, 0)
@@ -172,11 +188,11 @@ class Planner:
             deficit = (self.target_samples[split] - self.done_samples[split]) / SAMPLE_RATE
             planned = 0
             while deficit > MIN_TRACK_SECONDS / 2 or (self.done_tracks[split] == 0 and planned == 0):
-                if self.cursor >= len(self.order):
-                    log.warning("music21 corpus exhausted: the corpus is smaller than asked")
-                    return jobs
-                source = self.order[self.cursor]
-                self.cursor += 1
+                if self.cursors[split] >= len(self.queues[split]):
+                    log.warning("music21 corpus exhausted for the %s split: the corpus is smaller than asked", split)
+                    break
+                source = self.queues[split][self.cursors[split]]
+                self.cursors[split] += 1
                 seed = int(self.rng.integers(0, 2**63 - 1))
                 target = min(float(self.rng.uniform(*TARGET_SECONDS)), max(deficit, MIN_TRACK_SECONDS))
                 font = TRAIN_SOUNDFONTS[int(self.rng.integers(len(TRAIN_SOUNDFONTS)))]

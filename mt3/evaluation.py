@@ -7,12 +7,10 @@ scored against the record's reference NoteSequence with `mt3.metrics.note_metric
 `midi/TASK/ID.mid` (each track's estimate), `plots/TASK/ID.png` (reference vs estimate for the first few tracks).
 `--all-checkpoints` repeats this per checkpoint step (`OUT/step_N/`) and plots each metric against step.
 
-The estimate is scored as the MIDI file we write (`inference.midi_round_trip`, exact on its 1 ms tick grid), so the
+The estimate is scored as the MIDI file we write (`midi_io.midi_round_trip`, exact on its 1 ms tick grid), so the
 numbers equal `mt3 score REF.mid OUT/midi/TASK/ID.mid` for a reference MIDI of the same notes.
 
-Records are read WITHOUT TensorFlow: a TFRecord file is length-prefixed frames and a `tf.train.Example` is three
-nested protobuf messages, so a few lines of wire-format parsing below replace `tf.data` (this module runs on GPU hosts
-without TF). CRCs are not verified (the shards are written atomically by `records.ShardWriter`).
+Records are read WITHOUT TensorFlow (`records.read_records`), so this module runs on GPU hosts that have only JAX.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import dataclasses
 import math
 import os
 import re
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,112 +44,6 @@ _EXTRA_MIXTURES = {
                                  for c in ("maestrov3", "guitarset", "urmp", "musicnet", "cerberus4", "slakh")],
     "local_mix_notes_ties_vb1_eval": ["local_notes_ties_vb1_validation"],
 }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# TensorFlow-free record reading
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message; length-delimited values are memoryviews."""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + length], pos + length
-        elif wire == 1:
-            value, pos = bytes(buf[pos:pos + 8]), pos + 8
-        elif wire == 5:
-            value, pos = bytes(buf[pos:pos + 4]), pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
-def parse_example(data: bytes) -> dict[str, list]:
-    """A serialized `tf.train.Example` -> {feature name: list of values} (bytes, float or int), without TensorFlow."""
-    out: dict[str, list] = {}
-    for number, _, features in _fields(memoryview(data)):
-        if number != 1:
-            continue
-        for entry_number, _, entry in _fields(features):
-            if entry_number != 1:
-                continue
-            key, feature = "", memoryview(b"")
-            for n, _, v in _fields(entry):
-                if n == 1:
-                    key = bytes(v).decode()
-                elif n == 2:
-                    feature = v
-            values: list = []
-            for kind, _, value_list in _fields(feature):
-                for n, wire, v in _fields(value_list):
-                    if n != 1:
-                        continue
-                    if kind == 1:
-                        values.append(bytes(v))
-                    elif kind == 2:
-                        values.extend(np.frombuffer(v, "<f4").tolist() if wire == 2 else struct.unpack("<f", v))
-                    elif kind == 3 and wire == 2:
-                        pos = 0
-                        while pos < len(v):
-                            x, pos = _varint(v, pos)
-                            values.append(x - (1 << 64) if x >= 1 << 63 else x)
-                    elif kind == 3:
-                        values.append(v - (1 << 64) if v >= 1 << 63 else v)
-            out[key] = values
-    return out
-
-
-def read_tfrecord(path: str | os.PathLike) -> Iterator[bytes]:
-    """The records of one TFRecord file (uint64 length, 4-byte length CRC, data, 4-byte data CRC)."""
-    with open(path, "rb") as f:
-        while True:
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise InputError(path, "truncated TFRecord file")
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            if len(data) < length or len(f.read(4)) < 4:
-                raise InputError(path, "truncated TFRecord file")
-            yield data
-
-
-def read_track_records(paths: Sequence[str | os.PathLike]) -> Iterator[records.TrackRecord]:
-    """`records.read_records` without TensorFlow: TrackRecords of the given shards, in order."""
-    import note_seq
-
-    for path in paths:
-        for raw in read_tfrecord(path):
-            ex = parse_example(raw)
-            try:
-                rate = int(ex["sample_rate"][0])
-                track_id = ex["id"][0].decode()
-                if rate != records.SAMPLE_RATE:
-                    raise ValueError(f"sample_rate {rate} != {records.SAMPLE_RATE}")
-                yield records.TrackRecord(
-                    id=track_id, audio=np.frombuffer(ex["audio"][0], "<f4").astype(np.float32),
-                    sequence=note_seq.NoteSequence.FromString(ex["sequence"][0]),
-                    dataset=ex["dataset"][0].decode(), sample_rate=rate)
-            except (KeyError, IndexError, ValueError) as err:
-                raise InputError(path, f"not a prepared-dataset record ({type(err).__name__}: {err})") from err
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,13 +169,13 @@ def evaluate_task(im, task: EvalTask, out_dir: str | os.PathLike | None, config:
 
     from tqdm import tqdm
 
-    from mt3 import inference, metrics, plotting
+    from mt3 import metrics, midi_io, plotting
 
     paths = task.shard_paths(config.data_dir)
     manifest = records.read_manifest(task.dataset.path(config.data_dir), task.split)
     total = manifest.get("num_tracks")
     total = min(total, config.max_tracks) if total is not None and config.max_tracks else total
-    recs = islice(read_track_records(paths), config.max_tracks)
+    recs = islice(records.read_records(paths), config.max_tracks)
     onsets_only = im.spec.onsets_only
     velocity = im.spec.vocab_config.num_velocity_bins > 1
     examples, tracks = [], []
@@ -294,14 +185,14 @@ def evaluate_task(im, task: EvalTask, out_dir: str | os.PathLike | None, config:
             results = im.transcribe_many([r.audio for r in group], progress=False)
             for rec, result in zip(group, results, strict=True):
                 ref = metrics.prepare_reference(rec.sequence)
-                est = inference.midi_round_trip(result.ns)
+                est = midi_io.midi_round_trip(result.ns)
                 entry = {"id": rec.id, "seconds": round(result.audio_seconds, 3), "segments": result.num_segments,
                          "invalid_events": result.invalid_events, "dropped_events": result.dropped_events,
                          "metrics": metrics.note_metrics(ref, est, onsets_only=onsets_only, velocity=velocity),
                          "instrument_classes": metrics.instrument_class_metrics(ref, est)}
                 if out is not None and config.write_midi:
                     midi_path = out / "midi" / task.name / f"{safe_name(rec.id)}.mid"
-                    inference.write_midi(result.ns, midi_path)
+                    midi_io.write_midi(result.ns, midi_path)
                     entry["midi"] = os.path.relpath(midi_path, out)
                 if out is not None and len(tracks) < config.num_plots:
                     png = out / "plots" / task.name / f"{safe_name(rec.id)}.png"

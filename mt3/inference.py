@@ -16,7 +16,6 @@ No TensorFlow and no seqio here (GPU hosts without TF run this); JAX/note_seq ar
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import metrics_utils, note_sequences, spectrograms, vocabularies
+from mt3 import metrics_utils, midi_io, note_sequences, spectrograms, vocabularies
 from mt3.errors import InputError
 
 # Ticks per quarter note of the MIDI files we write. At the default 120 qpm this is 1000 ticks per second, so times on
@@ -97,7 +96,7 @@ class Transcription:
     decoded_tokens: int  # tokens before EOS, summed over segments (EOS not counted)
 
     def notes(self) -> list[dict[str, Any]]:
-        return notes_to_dicts(self.ns)
+        return midi_io.notes_to_dicts(self.ns)
 
 
 @dataclasses.dataclass
@@ -266,68 +265,6 @@ class InferenceModel:
         return results
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# outputs
-
-
-def notes_to_dicts(ns) -> list[dict[str, Any]]:
-    """Notes as plain dicts {onset, offset, pitch, velocity, program, is_drum}, sorted by onset then pitch."""
-    notes = sorted(ns.notes, key=lambda n: (n.start_time, n.pitch, n.program, n.is_drum))
-    return [{"onset": round(float(n.start_time), 6), "offset": round(float(n.end_time), 6), "pitch": int(n.pitch),
-             "velocity": int(n.velocity), "program": int(n.program), "is_drum": bool(n.is_drum)} for n in notes]
-
-
-def midi_bytes(ns) -> bytes:
-    """Multitrack standard MIDI file bytes: one track per program, drums on the percussion channel.
-
-    `note_seq` builds one pretty_midi instrument per (instrument, program, is_drum); the stitched NoteSequence has one
-    instrument per program and instrument 9 for drums (`note_sequences.assign_instruments`).
-    """
-    import note_seq
-
-    pm = note_seq.note_sequence_to_pretty_midi(ns)
-    buffer = io.BytesIO()
-    pm.write(buffer)
-    return buffer.getvalue()
-
-
-def midi_round_trip(ns):
-    """`ns` as a reader of the MIDI file we write sees it (what `mt3 score` scores); exact on the 1 ms tick grid."""
-    import note_seq
-
-    return note_seq.midi_to_note_sequence(midi_bytes(ns))
-
-
-def write_midi(ns, path: str | os.PathLike) -> None:
-    from mt3.records import atomic_write
-
-    data = midi_bytes(ns)
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-
-
-def write_notes_json(ns, path: str | os.PathLike) -> None:
-    import json
-
-    from mt3.records import atomic_write
-
-    with atomic_write(path, "w") as f:
-        json.dump(notes_to_dicts(ns), f, indent=1)
-        f.write("\n")
-
-
-def write_notes_csv(ns, path: str | os.PathLike) -> None:
-    import csv
-
-    from mt3.records import atomic_write
-
-    fields = ("onset", "offset", "pitch", "velocity", "program", "is_drum")
-    with atomic_write(path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(notes_to_dicts(ns))
-
-
 def expand_audio_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Files as given; directories expanded (recursively, sorted) to their wav/flac/mp3/ogg files.
 
@@ -417,13 +354,13 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
                                      batch_size=batch_size)
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
     for (path, outputs, _), result in zip(jobs, results, strict=True):
-        write_midi(result.ns, outputs["midi"])
+        midi_io.write_midi(result.ns, outputs["midi"])
         if "png" in outputs:
             plotting.plot_piano_roll(result.ns, outputs["png"], title=path.name)
         if "json" in outputs:
-            write_notes_json(result.ns, outputs["json"])
+            midi_io.write_notes_json(result.ns, outputs["json"])
         if "csv" in outputs:
-            write_notes_csv(result.ns, outputs["csv"])
+            midi_io.write_notes_csv(result.ns, outputs["csv"])
         _report(f"mt3 transcribe: {path} -> {', '.join(str(p) for p in outputs.values())} ({len(result.ns.notes)} "
                 f"notes; {result.invalid_events} invalid, {result.dropped_events} dropped events)")
     return failures

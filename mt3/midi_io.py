@@ -2,13 +2,16 @@
 
 `note_seq` does the parsing (never hand-written); this module only adds what users need around it: one clear
 `InputError` naming the file for a missing file, a non-MIDI file or a MIDI without notes, and atomic writes so a
-crash never leaves half a MIDI file behind.
+crash never leaves half a MIDI file behind. Transcriptions leave through here too: multitrack MIDI bytes (what
+`mt3 serve` answers), and the notes as JSON or CSV rows.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import Any
 
 from mt3.errors import InputError
 
@@ -41,12 +44,60 @@ def load_midi(path: str | os.PathLike, *, allow_empty: bool = False):
     return ns
 
 
-def write_midi(ns, path: str | os.PathLike) -> None:
-    """Writes a NoteSequence as a multitrack MIDI file atomically (temporary name, then rename)."""
+def notes_to_dicts(ns) -> list[dict[str, Any]]:
+    """Notes as plain dicts {onset, offset, pitch, velocity, program, is_drum}, sorted by onset then pitch."""
+    notes = sorted(ns.notes, key=lambda n: (n.start_time, n.pitch, n.program, n.is_drum))
+    return [{"onset": round(float(n.start_time), 6), "offset": round(float(n.end_time), 6), "pitch": int(n.pitch),
+             "velocity": int(n.velocity), "program": int(n.program), "is_drum": bool(n.is_drum)} for n in notes]
+
+
+def midi_bytes(ns) -> bytes:
+    """Multitrack standard MIDI file bytes: one track per program, drums on the percussion channel.
+
+    `note_seq` builds one pretty_midi instrument per (instrument, program, is_drum); the stitched NoteSequence has one
+    instrument per program and instrument 9 for drums (`note_sequences.assign_instruments`).
+    """
     import note_seq
+
+    pm = note_seq.note_sequence_to_pretty_midi(ns)
+    buffer = io.BytesIO()
+    pm.write(buffer)
+    return buffer.getvalue()
+
+
+def midi_round_trip(ns):
+    """`ns` as a reader of the MIDI file we write sees it (what `mt3 score` scores); exact on the 1 ms tick grid."""
+    import note_seq
+
+    return note_seq.midi_to_note_sequence(midi_bytes(ns))
+
+
+def write_midi(ns, path: str | os.PathLike) -> None:
+    """Writes `midi_bytes(ns)` atomically (temporary name, then rename): never a half-written MIDI file."""
+    from mt3.records import atomic_write
+
+    data = midi_bytes(ns)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_notes_json(ns, path: str | os.PathLike) -> None:
+    import json
 
     from mt3.records import atomic_write
 
-    pm = note_seq.note_sequence_to_pretty_midi(ns)
-    with atomic_write(path, "wb") as f:
-        pm.write(f)
+    with atomic_write(path, "w") as f:
+        json.dump(notes_to_dicts(ns), f, indent=1)
+        f.write("\n")
+
+
+def write_notes_csv(ns, path: str | os.PathLike) -> None:
+    import csv
+
+    from mt3.records import atomic_write
+
+    fields = ("onset", "offset", "pitch", "velocity", "program", "is_drum")
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(notes_to_dicts(ns))

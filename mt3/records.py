@@ -10,13 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from mt3.errors import InputError
 
 SAMPLE_RATE = 16000
 FEATURE_KEYS = ("id", "audio", "sample_rate", "sequence", "dataset")
@@ -74,25 +78,6 @@ class TrackRecord:
             "dataset": _bytes(self.dataset.encode()),
         }
         return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def parse_example_bytes(data: bytes) -> TrackRecord:
-    """Inverse of `TrackRecord.to_example_bytes` (used by tests and tools; seqio uses `feature_description`)."""
-    import note_seq
-    import tensorflow as tf
-
-    ex = tf.train.Example.FromString(data)
-    f = ex.features.feature
-    rate = int(f["sample_rate"].int64_list.value[0])
-    if rate != SAMPLE_RATE:
-        raise ValueError(f"record {f['id'].bytes_list.value[0]!r}: sample_rate {rate} != {SAMPLE_RATE}")
-    return TrackRecord(
-        id=f["id"].bytes_list.value[0].decode(),
-        audio=np.frombuffer(f["audio"].bytes_list.value[0], dtype="<f4").astype(np.float32),
-        sequence=note_seq.NoteSequence.FromString(f["sequence"].bytes_list.value[0]),
-        dataset=f["dataset"].bytes_list.value[0].decode(),
-        sample_rate=rate,
-    )
 
 
 def feature_description():
@@ -215,10 +200,112 @@ class ShardWriter:
         )
 
 
-def read_records(paths: list[str]) -> Iterator[TrackRecord]:
-    """Iterates the records of the given shards (eager; for tests and small tools)."""
-    import tensorflow as tf
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading, without TensorFlow: a TFRecord file is length-prefixed frames and a `tf.train.Example` is three nested
+# protobuf messages, so a little wire-format parsing replaces `tf.data` (evaluation and inference run on GPU hosts that
+# have only JAX). CRCs are not verified: shards are written atomically by `ShardWriter`.
 
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one protobuf message; length-delimited values are memoryviews."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + length], pos + length
+        elif wire == 1:
+            value, pos = bytes(buf[pos:pos + 8]), pos + 8
+        elif wire == 5:
+            value, pos = bytes(buf[pos:pos + 4]), pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def parse_example(data: bytes) -> dict[str, list]:
+    """A serialized `tf.train.Example` -> {feature name: list of values} (bytes, float or int), without TensorFlow."""
+    out: dict[str, list] = {}
+    for number, _, features in _fields(memoryview(data)):
+        if number != 1:
+            continue
+        for entry_number, _, entry in _fields(features):
+            if entry_number != 1:
+                continue
+            key, feature = "", memoryview(b"")
+            for n, _, v in _fields(entry):
+                if n == 1:
+                    key = bytes(v).decode()
+                elif n == 2:
+                    feature = v
+            values: list = []
+            for kind, _, value_list in _fields(feature):
+                for n, wire, v in _fields(value_list):
+                    if n != 1:
+                        continue
+                    if kind == 1:
+                        values.append(bytes(v))
+                    elif kind == 2:
+                        values.extend(np.frombuffer(v, "<f4").tolist() if wire == 2 else struct.unpack("<f", v))
+                    elif kind == 3 and wire == 2:
+                        pos = 0
+                        while pos < len(v):
+                            x, pos = _varint(v, pos)
+                            values.append(x - (1 << 64) if x >= 1 << 63 else x)
+                    elif kind == 3:
+                        values.append(v - (1 << 64) if v >= 1 << 63 else v)
+            out[key] = values
+    return out
+
+
+def read_tfrecord(path: str | os.PathLike) -> Iterator[bytes]:
+    """The records of one TFRecord file (uint64 length, 4-byte length CRC, data, 4-byte data CRC)."""
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise InputError(path, "truncated TFRecord file")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                raise InputError(path, "truncated TFRecord file")
+            yield data
+
+
+def parse_example_bytes(data: bytes) -> TrackRecord:
+    """Inverse of `TrackRecord.to_example_bytes` (seqio parses with `feature_description` instead)."""
+    import note_seq
+
+    ex = parse_example(data)
+    rate = int(ex["sample_rate"][0])
+    if rate != SAMPLE_RATE:
+        raise ValueError(f"record {ex['id'][0]!r}: sample_rate {rate} != {SAMPLE_RATE}")
+    return TrackRecord(id=ex["id"][0].decode(), audio=np.frombuffer(ex["audio"][0], "<f4").astype(np.float32),
+                       sequence=note_seq.NoteSequence.FromString(ex["sequence"][0]),
+                       dataset=ex["dataset"][0].decode(), sample_rate=rate)
+
+
+def read_records(paths: Sequence[str | os.PathLike]) -> Iterator[TrackRecord]:
+    """The TrackRecords of the given shards, in order; a damaged shard is an InputError naming it."""
     for path in paths:
-        for raw in tf.data.TFRecordDataset([path]).as_numpy_iterator():
-            yield parse_example_bytes(raw)
+        for raw in read_tfrecord(path):
+            try:
+                yield parse_example_bytes(raw)
+            except (KeyError, IndexError, ValueError) as err:
+                raise InputError(path, f"not a prepared-dataset record ({type(err).__name__}: {err})") from err

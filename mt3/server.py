@@ -217,7 +217,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from mt3 import audio, inference
+    from mt3 import audio, midi_io
 
     decoder = BatchingDecoder(im, batch_wait_ms=batch_wait_ms)
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -265,7 +265,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
         result = await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
         stem = Path(name).stem or "transcription"
         if format == "midi":
-            return Response(inference.midi_bytes(result.ns), media_type="audio/midi",
+            return Response(midi_io.midi_bytes(result.ns), media_type="audio/midi",
                             headers={"Content-Disposition": f'attachment; filename="{stem}.mid"',
                                      "X-Invalid-Events": str(result.invalid_events),
                                      "X-Dropped-Events": str(result.dropped_events)})
@@ -275,7 +275,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
                 "dropped_events": result.dropped_events, "seconds": round(result.audio_seconds, 3),
                 "segments": result.num_segments}
         if midi:
-            body["midi_base64"] = base64.b64encode(inference.midi_bytes(result.ns)).decode()
+            body["midi_base64"] = base64.b64encode(midi_io.midi_bytes(result.ns)).decode()
         return JSONResponse(body)
 
     return UploadLimitMiddleware(app, max_bytes) if max_bytes > 0 else app

@@ -259,10 +259,14 @@ def _check_vocabulary(batch: Mapping[str, np.ndarray], vocab_size: int | None) -
                          f"ismir2021 1664)")
 
 
-def _progress_bar(start: int, total: int, enabled: bool):
+def _progress_bar(start: int, total: int, enabled: bool, max_seconds: float | None = None):
+    """tqdm over steps. Its ETA is for TRAIN_STEPS, so a wall-clock budget is named in the description as well."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, desc="train")
+    desc = "train"
+    if max_seconds is not None:
+        desc += f" (stops after {int(max_seconds) // 60}:{int(max_seconds) % 60:02d})"
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True, desc=desc)
 
 
 def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries, bar) -> dict[str, float]:
@@ -347,7 +351,8 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     throughput = Throughput(step, train_dataset_cfg.batch_size)
     started = time.monotonic()
     stop_reason, host_metrics, eval_metrics = "total_steps", {}, {}
-    with PreemptionGuard() as guard, _progress_bar(step, loop_cfg.total_steps, is_chief) as bar:
+    with PreemptionGuard() as guard, _progress_bar(
+            step, loop_cfg.total_steps, is_chief, loop_cfg.max_train_seconds) as bar:
         while step < loop_cfg.total_steps:
             try:
                 batch = next(batches)

@@ -3,7 +3,7 @@
 #   set up -> build a local corpus (music21 scores rendered with fluidsynth) -> prepare it -> train the tiny model
 #   (gin/local_tiny.gin, bounded time) -> evaluate on the held-out-soundfont test split -> transcribe one test piece.
 # Re-running resumes: finished corpus tracks, prepared splits and checkpoints are reused.
-# Knobs (environment): MT3_QUICKSTART_DIR (default runs/local_tiny), MT3_CORPUS_MINUTES (default 12),
+# Knobs (environment): MT3_QUICKSTART_DIR (default runs/local_tiny), MT3_CORPUS_MINUTES (default 40; ~1 min to build),
 #   MT3_TRAIN_SECONDS (default: the gin file's MAX_TRAIN_SECONDS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 MT3=.venv/bin/mt3
 RUN=${MT3_QUICKSTART_DIR:-runs/local_tiny}  # mt3 transcribe/serve default to this model dir
-MINUTES=${MT3_CORPUS_MINUTES:-12}
+MINUTES=${MT3_CORPUS_MINUTES:-40}
 CORPUS=data/corpus
 export MT3_DATA_DIR=data/prepared
 TRAIN_FLAGS=()

@@ -161,6 +161,29 @@ def test_mix_is_the_sum_of_the_stems_peak_normalised(built):
         assert abs(peak - 10 ** (-1 / 20)) <= 2 * lsb
 
 
+def _planned_splits(minutes: float, seed: int) -> dict[str, str]:
+    """Piece -> split over a whole plan, every planned track counted as built at its target length."""
+    planner, out = corpus.Planner(minutes, seed), {}
+    while jobs := planner.next_jobs():
+        for job in jobs:
+            assert out.setdefault(job.source.key, job.split) == job.split
+            planner.record(job.split, int(job.target_seconds * corpus.SAMPLE_RATE))
+    return out
+
+
+def test_a_piece_keeps_its_split_across_corpus_sizes_and_seeds():
+    """Growing the corpus or changing the seed never moves a test piece into another corpus's training split."""
+    plans = [_planned_splits(3, 0), _planned_splits(40, 0), _planned_splits(40, 7)]
+    seen: dict[str, str] = {}
+    for plan in plans:
+        assert set(plan.values()) == set(corpus.SPLITS)
+        for key, split in plan.items():
+            assert seen.setdefault(key, split) == split, f"{key} is in {seen[key]} and {split}"
+    assert len(seen) > len(plans[0]) and not set(plans[1]) <= set(plans[0])  # the plans really differ
+    big = plans[1]
+    assert sum(s == "test" for s in big.values()) >= 5 and sum(s == "train" for s in big.values()) >= 40
+
+
 def test_same_seed_same_corpus_any_worker_count_and_resume(built, tmp_path):
     root, seed = built
     before = _digest(root)

@@ -1,4 +1,4 @@
-"""Tests for mt3.evaluation and `mt3 eval`: the TensorFlow-free record reader, task names, the end-to-end eval on a
+"""Tests for mt3.evaluation and `mt3 eval`: task names, the end-to-end eval on a
 trained tiny checkpoint (reports, plots, metrics equal to `mt3 score` on `mt3 transcribe`'s MIDI), the checkpoint sweep
 and the trainer hook."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_inference import CHECKPOINT_PERIOD, TRAIN_STEPS, build_tiny_model
 
-from mt3 import datasets, evaluation, records
+from mt3 import datasets, evaluation
 from mt3.errors import InputError
 
 TASK = "local_notes_ties_vb1_test"
@@ -20,26 +20,6 @@ TASK = "local_notes_ties_vb1_test"
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return build_tiny_model(tmp_path_factory)
-
-
-def test_tf_free_reader_equals_tensorflow_reader(tiny):
-    paths = records.shard_paths(tiny.data_dir / "local", "test")
-    ours = list(evaluation.read_track_records(paths))
-    theirs = list(records.read_records(paths))
-    assert [r.id for r in ours] == [r.id for r in theirs] == ["Track00003", "Track00004"]
-    for a, b in zip(ours, theirs, strict=True):
-        np.testing.assert_array_equal(a.audio, b.audio)
-        assert a.sequence == b.sequence and a.dataset == b.dataset == "local" and a.sample_rate == 16000
-    ex = evaluation.parse_example(next(evaluation.read_tfrecord(paths[0])))
-    assert ex["sample_rate"] == [16000] and ex["id"] == [b"Track00003"]
-
-
-def test_truncated_shard_is_an_input_error(tiny, tmp_path):
-    data = open(records.shard_paths(tiny.data_dir / "local", "test")[0], "rb").read()
-    bad = tmp_path / "bad.tfrecord"
-    bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="truncated"):
-        list(evaluation.read_track_records([bad]))
 
 
 def test_resolve_tasks():

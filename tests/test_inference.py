@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import inference, note_sequences, vocabularies
+from mt3 import inference, midi_io, note_sequences, vocabularies
 from mt3.errors import InputError
 
 TRAIN_STEPS = 160
@@ -163,7 +163,7 @@ def test_batches_share_one_compiled_shape_and_match_single_files(tiny, tiny_im):
     alone = [tiny_im.transcribe(long_audio), tiny_im.transcribe(short_audio)]
     assert [r.num_segments for r in together] == [3, 2]  # 4.1 s and 3 s of audio in 2.048 s segments
     for a, b in zip(together, alone, strict=True):
-        assert inference.notes_to_dicts(a.ns) == inference.notes_to_dicts(b.ns)
+        assert midi_io.notes_to_dicts(a.ns) == midi_io.notes_to_dicts(b.ns)
         assert (a.invalid_events, a.dropped_events) == (b.invalid_events, b.dropped_events)
     assert together[0].ns.notes, "the trained model should transcribe some notes"
     assert tiny_im._predict._cache_size() == 1  # 5 segments, 3 and 2 per call, one compiled shape
@@ -261,10 +261,10 @@ def test_midi_is_multitrack_with_drums_and_round_trips_exactly():
     ns.total_time = 2.0
     rows, starts = _segment_token_rows(ns, 300, im.input_frames, im.codec)
     result = im.stitch([im.ids_to_tokens(r) for r in rows], starts, 2.4)
-    pm = pretty_midi.PrettyMIDI(__import__("io").BytesIO(inference.midi_bytes(result.ns)))
+    pm = pretty_midi.PrettyMIDI(__import__("io").BytesIO(midi_io.midi_bytes(result.ns)))
     tracks = sorted((i.program, i.is_drum, len(i.notes)) for i in pm.instruments if i.notes)
     assert tracks == [(0, False, 1), (0, True, 1), (33, False, 1), (73, False, 1)]
-    back = inference.midi_round_trip(result.ns)
+    back = midi_io.midi_round_trip(result.ns)
     key = lambda n: (n.pitch, n.is_drum)  # noqa: E731
     for a, b in zip(sorted(result.ns.notes, key=key), sorted(back.notes, key=key), strict=True):
         assert abs(a.start_time - b.start_time) < 1e-9 and abs(a.end_time - b.end_time) < 1e-9
