@@ -6,9 +6,10 @@ turns its audio into segments and queues them; the worker fills each batch with 
 (FIFO, up to the batch size, waiting `batch_wait_ms` for stragglers), decodes, and hands every request its tokens.
 Stitching, MIDI writing and plotting happen on the request's side, so the worker only ever decodes.
 
-Endpoints: `GET /` an upload page (plain HTML + JS, no CDN), `POST /transcribe` (multipart field `file`;
+Endpoints: `GET /` an upload page (`mt3/upload_page.py`), `POST /transcribe` (multipart field `file`;
 `?format=midi|json|png`), `GET /healthz` (model and batching statistics). Limits: upload bytes -> 413, audio seconds ->
-400, undecodable audio -> 400 with the reason; nothing a client sends stops the service.
+400, undecodable audio -> 400 with the reason; nothing a client sends stops the service. Error bodies are
+`{"detail": "NAME: problem"}` on one line, about the user's file only (no Python reprs or server paths).
 
 No TensorFlow here.
 """
@@ -20,6 +21,8 @@ import collections
 import dataclasses
 import io
 import logging
+import re
+import tempfile
 import threading
 import time
 from concurrent.futures import Future
@@ -209,15 +212,46 @@ def _png_bytes(ns, title: str) -> bytes:
     return buffer.getvalue()
 
 
+_OBJECT_REPR_OPENING = re.compile(r"Error opening <[^<>]* object at 0x[0-9a-fA-F]+>:\s*")
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+_DECODER_TAG = re.compile(r"\b(?:soundfile|audioread): ")
+_NO_BACKEND = re.compile(r"(?:;\s*)?\bNoBackendError\b")
+
+
+def client_detail(err: InputError, name: str) -> str:
+    """The one-line error body for a bad upload: `NAME: problem`, about the user's file only.
+
+    Why: decoder messages name server internals -- `<_io.BytesIO object at 0x...>` (the in-memory upload), the
+    temporary file the ffmpeg fallback reads, decoder library names -- which mean nothing to the person uploading and
+    leak the server's layout. The problem text itself (e.g. "Malformed 'fmt ' chunk") is kept.
+    """
+    problem = _OBJECT_REPR_OPENING.sub("", err.problem)
+    problem = _OBJECT_REPR.sub(name, problem)
+    problem = re.sub(re.escape(tempfile.gettempdir()) + r"[^\s'\";:,()]*", name, problem)
+    problem = _NO_BACKEND.sub("", _DECODER_TAG.sub("", problem))
+    problem = re.sub(r"\(\s*\)", "", " ".join(problem.split())).strip()
+    return f"{name}: {problem}"
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> str:
+    """FastAPI's request-validation error list -> one line a person can act on."""
+    if any(tuple(e.get("loc", ()))[-1:] == ("file",) for e in errors):
+        return "no file uploaded: send the audio as the multipart/form-data field 'file'"
+    parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+             for e in errors]
+    return "; ".join(parts) or "invalid request"
+
+
 def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 600.0, batch_wait_ms: float = 20.0):
     """The FastAPI app around a loaded InferenceModel (the model is loaded once, before the app is built)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from mt3 import audio, midi_io
+    from mt3 import audio, midi_io, upload_page
 
     decoder = BatchingDecoder(im, batch_wait_ms=batch_wait_ms)
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -232,11 +266,15 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
 
     app = FastAPI(title="mt3", lifespan=lifespan)
     app.state.decoder = decoder
+    page = upload_page.render(max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(list(exc.errors()))}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
-        return PAGE_HTML.replace("{{MAX_MB}}", f"{max_upload_mb:g}").replace("{{MAX_SECONDS}}",
-                                                                            f"{max_audio_seconds:g}")
+        return page
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -255,14 +293,19 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
         try:
             samples = await run_in_threadpool(audio.load_audio_bytes, data, name=name)
         except InputError as err:
-            raise HTTPException(400, str(err)) from err
+            raise HTTPException(400, client_detail(err, name)) from err
         seconds = len(samples) / im.sample_rate
         if seconds > max_audio_seconds:
             raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
                                      f"{max_audio_seconds:g} s")
-        segments = im.segment_audio(samples)
-        tokens = await asyncio.wrap_future(decoder.submit(segments.frames))
-        result = await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+        try:
+            segments = im.segment_audio(samples)
+            tokens = await asyncio.wrap_future(decoder.submit(segments.frames))
+            result = await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+        except Exception as err:  # the traceback is for the server log, not the client
+            log.exception("transcribing %s failed", name)
+            raise HTTPException(500, f"{name}: transcription failed on the server (the server log has the "
+                                     "details)") from err
         stem = Path(name).stem or "transcription"
         if format == "midi":
             return Response(midi_io.midi_bytes(result.ns), media_type="audio/midi",
@@ -300,72 +343,3 @@ def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, max_upl
           f"http://{host}:{port}/", flush=True)
     app = create_app(im, max_upload_mb=max_upload_mb, max_audio_seconds=max_audio_seconds)
     uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-PAGE_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mt3 transcription</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }
- #roll { border: 1px solid #ccc; width: 100%; height: 420px; display: block; margin-top: 1em; }
- #status { margin-left: 1em; } #legend span { margin-right: 1em; white-space: nowrap; }
- #legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle; }
-</style></head>
-<body>
-<h1>mt3: audio to multitrack MIDI</h1>
-<p>Upload an audio file (wav, flac, mp3, ogg; at most {{MAX_MB}} MB and {{MAX_SECONDS}} s).</p>
-<form id="form"><input type="file" id="file" name="file" accept="audio/*,.wav,.flac,.mp3,.ogg">
-<button type="submit" id="go">Transcribe</button><span id="status"></span></form>
-<p id="download"></p>
-<div id="legend"></div>
-<canvas id="roll" width="1100" height="420"></canvas>
-<script>
-const GM_FAMILIES = ["Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Ensemble", "Brass",
-  "Reed", "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive", "Sound Effects"];
-const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-  "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"];
-function label(n) { return n.is_drum ? "Drums" : "program " + n.program + " (" + GM_FAMILIES[n.program >> 3] + ")"; }
-function drawRoll(notes) {
-  const canvas = document.getElementById("roll"), ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const labels = [...new Set(notes.map(label))].sort();
-  const colour = Object.fromEntries(labels.map((l, i) => [l, COLOURS[i % COLOURS.length]]));
-  const legend = document.getElementById("legend");
-  legend.innerHTML = labels.map(l => '<span><i style="background:' + colour[l] + '"></i>' + l + '</span>').join("");
-  if (!notes.length) { ctx.fillStyle = "#888"; ctx.fillText("(no notes)", canvas.width / 2 - 20, canvas.height / 2);
-    canvas.dataset.drawn = "0"; return; }
-  const tEnd = Math.max(...notes.map(n => Math.max(n.offset, n.onset + 0.05)));
-  const lo = Math.min(...notes.map(n => n.pitch)) - 1, hi = Math.max(...notes.map(n => n.pitch)) + 1;
-  const sx = canvas.width / tEnd, sy = canvas.height / (hi - lo + 1);
-  for (const n of notes) {
-    ctx.fillStyle = colour[label(n)];
-    const w = Math.max((Math.max(n.offset, n.onset + 0.05) - n.onset) * sx, 2);
-    ctx.fillRect(n.onset * sx, (hi - n.pitch) * sy, w, Math.max(sy - 1, 1));
-  }
-  canvas.dataset.drawn = String(notes.length);
-}
-document.getElementById("form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const input = document.getElementById("file"), status = document.getElementById("status");
-  const download = document.getElementById("download");
-  if (!input.files.length) { status.textContent = "choose a file first"; return; }
-  const file = input.files[0], body = new FormData();
-  body.append("file", file);
-  status.textContent = "transcribing " + file.name + " ..."; download.innerHTML = "";
-  try {
-    const response = await fetch("transcribe?format=json&midi=true", { method: "POST", body });
-    const result = await response.json();
-    if (!response.ok) { status.textContent = "error " + response.status + ": " + (result.detail || ""); return; }
-    drawRoll(result.notes);
-    const bytes = Uint8Array.from(atob(result.midi_base64), c => c.charCodeAt(0));
-    const url = URL.createObjectURL(new Blob([bytes], { type: "audio/midi" }));
-    const stem = file.name.replace(/\\.[^.]*$/, "") || "transcription";
-    download.innerHTML = '<a id="midi-link" download="' + stem + '.mid" href="' + url + '">Download ' + stem +
-      '.mid</a> (' + result.notes.length + " notes, " + result.seconds + " s, " + result.invalid_events +
-      " invalid / " + result.dropped_events + " dropped events)";
-    status.textContent = "done";
-  } catch (err) { status.textContent = "error: " + err; }
-});
-</script>
-</body></html>
-"""

@@ -1,0 +1,236 @@
+"""The Python API: `mt3.load_model()` and `Transcriber.transcribe(audio)`.
+
+Why a module of its own: users of piano_transcription_inference or basic-pitch expect "load once, call on a file or an
+array" without gin, model dirs or segmenting. This module is that layer and nothing more:
+
+- files go through `mt3.audio.load_audio` exactly as `mt3 transcribe` reads them (decode, average channels, soxr);
+- arrays are validated HERE, before any decoding, so a user mistake (int16 samples, NaN, a missing sample rate, a
+  transposed stereo array) is one clear `ValueError` instead of garbage notes; they are then mixed down and resampled
+  with the same `mt3.audio.resample` as files (one resampler in the project);
+- decoding is `mt3.inference.InferenceModel.transcribe_many`, so several inputs share batches as in the CLI.
+
+Array rules (documented in the README):
+- dtype: float16/32/64 are taken as samples in [-1, 1] (a peak above `MAX_FLOAT_PEAK` is refused as unscaled integer
+  PCM); int8/int16/int32 are divided by their full-scale value (128, 32768, 2**31) and uint8 is offset-binary
+  ((x - 128) / 128), as in WAV files; other dtypes (int64, bool, complex, ...) are refused.
+- shape: (n,) is mono; a 2-D array is (n, channels) when its second axis is the shorter one and has at most
+  `MAX_CHANNELS` entries (soundfile's layout), (channels, n) when its first axis is (librosa/torchaudio's layout);
+  channels are averaged. Anything else is refused rather than guessed.
+- `sample_rate` is required for arrays and refused for paths (a file's header gives its rate).
+- silence is valid input (zero notes); an empty array is refused.
+
+`import mt3.api` costs numpy only: JAX, note_seq and the model are imported by `load_model` / when used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from mt3.errors import InputError
+
+if TYPE_CHECKING:
+    from mt3.inference import InferenceModel
+
+MAX_CHANNELS = 8  # up to 7.1 surround; a longer "channel" axis means the layout is ambiguous or wrong
+MAX_FLOAT_PEAK = 8.0  # 18 dB over full scale: beyond this a float array is integer PCM that was never scaled
+_INT_FULL_SCALE = {np.dtype(np.int8): 2.0 ** 7, np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
+
+AudioInput = str | os.PathLike | np.ndarray
+
+
+class Note(NamedTuple):
+    """One transcribed note. Times in seconds; `program` is the GM program (0-127), meaningless when `is_drum`."""
+
+    onset: float
+    offset: float
+    pitch: int
+    velocity: int
+    program: int
+    is_drum: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Transcription:
+    """One input's result.
+
+    `ns` is the stitched `note_seq.NoteSequence` (one instrument per program, drums on instrument 9); `notes` lists the
+    same notes sorted by onset then pitch, with the fields and rounding of `mt3 transcribe --json`.
+    """
+
+    ns: Any
+    notes: tuple[Note, ...]
+    audio_seconds: float
+    invalid_events: int  # model outputs that made no sense in context (e.g. an offset of a note that is not on)
+    dropped_events: int
+    source: str | None  # the file path, or None for an array
+
+    def write_midi(self, path: str | os.PathLike) -> Path:
+        """Writes the multitrack MIDI file `mt3 transcribe` would write (atomically); returns its path."""
+        from mt3 import midi_io
+
+        midi_io.write_midi(self.ns, path)
+        return Path(path)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """The notes as `{onset, offset, pitch, velocity, program, is_drum}` dicts (the notes JSON format)."""
+        return [n._asdict() for n in self.notes]
+
+
+def prepare_array(samples: Any, sample_rate: Any, *, target_rate: int, name: str = "audio") -> np.ndarray:
+    """An audio array (any dtype/layout the module docstring allows) -> mono float32 at `target_rate`.
+
+    Raises ValueError naming `name` and the problem. Public so callers can check input without a model.
+    """
+    from mt3 import audio
+
+    if sample_rate is None:
+        raise ValueError(f"{name}: sample_rate is required for an audio array (e.g. transcribe(samples, "
+                         "sample_rate=44100)); only files carry their own rate")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float | np.integer | np.floating) or \
+            int(sample_rate) != sample_rate or not audio.MIN_SAMPLE_RATE <= sample_rate <= audio.MAX_SAMPLE_RATE:
+        raise ValueError(f"{name}: sample_rate must be an integer number of Hz in {audio.MIN_SAMPLE_RATE}.."
+                         f"{audio.MAX_SAMPLE_RATE}, got {sample_rate!r}")
+    array = np.asarray(samples)
+    mono = _to_mono(_to_float(array, name), name)
+    return audio.resample(mono, int(sample_rate), int(target_rate))
+
+
+def _to_float(array: np.ndarray, name: str) -> np.ndarray:
+    """Scales integer PCM to [-1, 1) and checks floats are finite and plausibly scaled."""
+    dtype = array.dtype
+    if dtype in _INT_FULL_SCALE:
+        return (array.astype(np.float64) / _INT_FULL_SCALE[dtype]).astype(np.float32)
+    if dtype == np.uint8:
+        return ((array.astype(np.float64) - 128.0) / 128.0).astype(np.float32)
+    if dtype.kind != "f":
+        hint = " (numpy's default integer type, so the scale is unknown)" if dtype == np.int64 else ""
+        raise ValueError(f"{name}: unsupported sample dtype {dtype}{hint}; pass float32 samples in [-1, 1] or "
+                         "int16/int32 PCM")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise ValueError(f"{name}: contains {bad} non-finite (NaN/Inf) sample{'s' if bad != 1 else ''}")
+    peak = float(np.max(np.abs(array))) if array.size else 0.0
+    if peak > MAX_FLOAT_PEAK:
+        raise ValueError(f"{name}: float samples peak at {peak:g}, expected values in [-1, 1]; this looks like "
+                         "integer PCM stored as float (divide int16 data by 32768, or pass the int16 array itself)")
+    return array.astype(np.float32, copy=False)
+
+
+def _to_mono(array: np.ndarray, name: str) -> np.ndarray:
+    """(n,), (n, channels) or (channels, n) -> (n,) by averaging channels; other shapes are refused."""
+    if array.ndim == 1:
+        mono = array
+    elif array.ndim == 2:
+        rows, cols = array.shape
+        if cols <= MAX_CHANNELS and rows > cols:
+            mono = array.mean(axis=1, dtype=np.float32)
+        elif rows <= MAX_CHANNELS and cols > rows:
+            mono = array.mean(axis=0, dtype=np.float32)
+        else:
+            raise ValueError(f"{name}: cannot tell samples from channels in shape {array.shape}; pass (n,) mono, "
+                             f"(n, channels) or (channels, n) with at most {MAX_CHANNELS} channels and more samples "
+                             "than channels")
+    else:
+        raise ValueError(f"{name}: expected a 1-D (mono) or 2-D (multichannel) array, got shape {array.shape}")
+    if mono.size == 0:
+        raise ValueError(f"{name}: audio array is empty (0 samples)")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class Transcriber:
+    """A loaded model: `transcribe(audio)` for one input, `transcribe_many(audios)` to batch several.
+
+    Get one from `mt3.load_model()`; wrap an existing `InferenceModel` directly if you already have one.
+    """
+
+    def __init__(self, inference_model: InferenceModel):
+        self.inference_model = inference_model
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate the model hears (16 kHz); inputs at other rates are resampled to it."""
+        return self.inference_model.sample_rate
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Model facts: model dir, checkpoint step, sizes, decoding settings."""
+        return self.inference_model.describe()
+
+    def transcribe(self, audio: AudioInput, sample_rate: int | None = None, *,
+                   progress: bool = False) -> Transcription:
+        """One audio file path or array -> Transcription. Arrays need `sample_rate`; see the module docstring."""
+        return self.transcribe_many([audio], [sample_rate], progress=progress)[0]
+
+    def transcribe_many(self, audios: Sequence[AudioInput], sample_rate: int | Sequence[int | None] | None = None, *,
+                        progress: bool = False) -> list[Transcription]:
+        """Several paths and/or arrays, decoded together (their segments share batches); results in input order.
+
+        `sample_rate` is one rate for every array (paths ignore it), or one entry per input (None for paths). Every
+        input is read and checked before decoding starts, so a bad one fails fast, naming its index or path.
+        """
+        if isinstance(audios, str | os.PathLike | np.ndarray):
+            raise TypeError("transcribe_many takes a list of inputs; use transcribe() for a single path or array")
+        audios = list(audios)
+        if isinstance(sample_rate, Sequence):
+            rates = list(sample_rate)
+            if len(rates) != len(audios):
+                raise ValueError(f"transcribe_many: {len(rates)} sample rates for {len(audios)} inputs")
+        else:
+            rates = [sample_rate] * len(audios)
+        samples, sources = [], []
+        for index, (item, rate) in enumerate(zip(audios, rates, strict=True)):
+            mono, source = self._load(item, rate, f"audio[{index}]" if len(audios) > 1 else "audio",
+                                      per_input_rate=isinstance(sample_rate, Sequence))
+            samples.append(mono)
+            sources.append(source)
+        if not samples:
+            return []
+        results = self.inference_model.transcribe_many(samples, progress=progress)
+        return [_wrap(result, source) for result, source in zip(results, sources, strict=True)]
+
+    def _load(self, item: AudioInput, rate, name: str, *, per_input_rate: bool) -> tuple[np.ndarray, str | None]:
+        if isinstance(item, str | os.PathLike):
+            if rate is not None and per_input_rate:  # a shared rate is for the arrays among the inputs
+                raise ValueError(f"{os.fspath(item)}: sample_rate is for arrays; a file's header gives its rate")
+            from mt3 import audio
+
+            return audio.load_audio(item, sample_rate=self.sample_rate, allow_silence=True), os.fspath(item)
+        if isinstance(item, bytes | bytearray):
+            raise TypeError(f"{name}: encoded file bytes are not accepted; pass a path or decoded samples")
+        return prepare_array(item, rate, target_rate=self.sample_rate, name=name), None
+
+
+def _wrap(result, source: str | None) -> Transcription:
+    from mt3 import midi_io
+
+    notes = tuple(Note(**d) for d in midi_io.notes_to_dicts(result.ns))
+    return Transcription(ns=result.ns, notes=notes, audio_seconds=float(result.audio_seconds),
+                         invalid_events=int(result.invalid_events), dropped_events=int(result.dropped_events),
+                         source=source)
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int | None = None, step: int | None = None,
+               gin_bindings: Sequence[str] = ()) -> Transcriber:
+    """A `Transcriber` for a model dir written by `mt3 train` (None = the default model: the bundled one, else the
+    quickstart's `runs/local_tiny`). `batch_size` overrides the decoding batch, `step` picks a checkpoint (default:
+    the latest), `gin_bindings` are extra `NAME = VALUE` lines as `--gin.NAME=VALUE` on the command line.
+
+    Raises `mt3.errors.InputError` when the directory is missing or holds no model. Imports JAX here, not before.
+    """
+    from mt3 import inference, pretrained
+
+    if checkpoint is None:
+        checkpoint = pretrained.default_model_dir()
+        if not (Path(checkpoint) / "config.gin").is_file():
+            raise InputError(checkpoint, "no default model is installed (no bundled model in the package and no "
+                                         "quickstart model dir here); pass load_model('MODEL_DIR') with a model dir "
+                                         "from `mt3 train`, or train one with `bash scripts/quickstart.sh`")
+    im = inference.load_inference_model(checkpoint, gin_bindings=gin_bindings, step=step, batch_size=batch_size)
+    return Transcriber(im)
