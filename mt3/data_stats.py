@@ -42,7 +42,7 @@ def dataset_statistics(name: str, *, split: str = "train", num_examples: int = 1
         input_frames.append(ex["inputs"].shape[0])
         targets = np.asarray(ex["targets"])
         target_lens.append(len(targets))
-        events = vocabularies.decode_tokens(targets)
+        events = vocabularies.decode_tokens(targets, codec.num_classes)  # extra ids -> invalid, not programs
         events = events[events >= 0]
         programs.update((events[(events >= program_range[0]) & (events <= program_range[1])] - program_range[0])
                         .tolist())

@@ -14,6 +14,12 @@ from pathlib import Path
 
 DEFAULT_DATA_DIR = "data/prepared"
 DATA_DIR_ENV = "MT3_DATA_DIR"
+PROGRAM_MAPPINGS = ("full", "slakh_class", "track_specs")
+# What a manifest written before manifests recorded `program_mapping` means, by its "dataset" field: the Slakh
+# converter then always kept the stems' GM programs (the local corpus is prepared by it) and Cerberus4 always used its
+# track specs.
+LEGACY_PROGRAM_MAPPING = {"cerberus4": "track_specs"}
+LEGACY_PROGRAM_MAPPING_DEFAULT = "full"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +42,15 @@ class TrackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    """One prepared dataset. `folder` is its directory under the data root (written by `mt3 prepare-data`)."""
+    """One prepared dataset. `folder` is its directory under the data root (written by `mt3 prepare-data`).
+
+    `program_mapping` is the programs the tasks expect the prepared notes to carry, as recorded in the manifest by the
+    converter ("slakh_class": MT3's Slakh-class programs, "full": the stems' GM programs, "track_specs": Cerberus4's
+    bass/guitar/piano relabelling; None: not checked). Preparing with one mapping and training a task that expects
+    another is an InputError, because the targets would silently differ from MT3's. `trim_overlapping_notes` says
+    whether training targets have same-pitch overlaps trimmed: MT3 does this for Slakh and Cerberus4 only and tokenizes
+    MAESTRO, GuitarSet, MusicNet and URMP as they are (its decoder then ends the earlier note at the later onset).
+    """
 
     name: str
     folder: str
@@ -46,11 +60,16 @@ class DatasetConfig:
     infer_eval_splits: tuple[InferEvalSplit, ...]
     track_specs: tuple[TrackSpec, ...] = ()
     converter: str = ""  # `mt3 prepare-data` dataset name that produces it
+    program_mapping: str | None = None
+    trim_overlapping_notes: bool = False
 
     def __post_init__(self):
         for split in (self.train_split, self.train_eval_split, *(s.name for s in self.infer_eval_splits)):
             if split not in self.splits:
                 raise ValueError(f"DatasetConfig {self.name}: split {split!r} not in {self.splits}")
+        if self.program_mapping not in (None, *PROGRAM_MAPPINGS):
+            raise ValueError(f"DatasetConfig {self.name}: program_mapping {self.program_mapping!r} not one of "
+                             f"{PROGRAM_MAPPINGS}")
 
     def path(self, data_dir: str | os.PathLike | None = None) -> Path:
         return Path(resolve_data_dir(data_dir)) / self.folder
@@ -68,15 +87,19 @@ MAESTROV3_CONFIG = DatasetConfig(
     name="maestrov3", folder="maestrov3", converter="maestro", splits=("train", "validation", "test"),
     train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
 
+# MT3's Slakh task: every stem's program mapped to its Slakh class (paper Table 7); overlaps trimmed in training.
 SLAKH_CONFIG = DatasetConfig(
     name="slakh", folder="slakh", converter="slakh", splits=("train", "validation", "test"),
-    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST,
+    program_mapping="slakh_class", trim_overlapping_notes=True)
 
+# MT3's Cerberus4 task relabels each stem to its track spec's program (its tokenizer's track_specs branch).
 CERBERUS4_CONFIG = DatasetConfig(
     name="cerberus4", folder="cerberus4", converter="cerberus4", splits=("train", "validation", "test"),
     train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST,
     track_specs=(TrackSpec("bass", program=32), TrackSpec("drums", is_drum=True), TrackSpec("guitar", program=24),
-                 TrackSpec("piano", program=0)))
+                 TrackSpec("piano", program=0)),
+    program_mapping="track_specs", trim_overlapping_notes=True)
 
 GUITARSET_CONFIG = DatasetConfig(
     name="guitarset", folder="guitarset", converter="guitarset", splits=("train", "validation"),
@@ -90,10 +113,12 @@ MUSICNET_CONFIG = DatasetConfig(
     name="musicnet", folder="musicnet", converter="musicnet", splits=("train", "validation", "test"),
     train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
 
-# The local corpus (`mt3 build-corpus`) is in Slakh2100's layout and prepared with the Slakh converter.
+# The local corpus (`mt3 build-corpus`) is in Slakh2100's layout and prepared with the Slakh converter, which keeps
+# its full GM programs (a tree with build-corpus's corpus.json defaults to program_mapping=full).
 LOCAL_CONFIG = DatasetConfig(
     name="local", folder="local", converter="slakh", splits=("train", "validation", "test"),
-    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST)
+    train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST,
+    program_mapping="full", trim_overlapping_notes=True)
 
 ALL_CONFIGS: tuple[DatasetConfig, ...] = (
     MAESTROV3_CONFIG, SLAKH_CONFIG, CERBERUS4_CONFIG, GUITARSET_CONFIG, URMP_CONFIG, MUSICNET_CONFIG, LOCAL_CONFIG)
@@ -127,6 +152,32 @@ def prepared_hours(config: DatasetConfig, split: str, data_dir=None) -> float | 
     return float(records.read_manifest(path, split)["hours"])
 
 
+def recorded_program_mapping(manifest: dict) -> str:
+    """The program mapping a prepared split was written with (older manifests: what their converter always did)."""
+    recorded = manifest.get("program_mapping")
+    if recorded:
+        return str(recorded)
+    return LEGACY_PROGRAM_MAPPING.get(manifest.get("dataset", ""), LEGACY_PROGRAM_MAPPING_DEFAULT)
+
+
+def check_program_mapping(config: DatasetConfig, split: str, data_dir=None) -> None:
+    """InputError naming the manifest when a prepared split's programs are not the ones `config`'s tasks expect."""
+    from mt3 import records
+    from mt3.errors import InputError
+
+    if config.program_mapping is None:
+        return
+    path = config.path(data_dir)
+    recorded = recorded_program_mapping(records.read_manifest(path, split))
+    if recorded != config.program_mapping:
+        option = (f" --option program_mapping={config.program_mapping}"
+                  if config.program_mapping in ("full", "slakh_class") else "")
+        raise InputError(records.manifest_path(path, split),
+                         f"prepared with program_mapping={recorded}, but the {config.name!r} tasks expect "
+                         f"program_mapping={config.program_mapping}; re-prepare it into an empty folder with "
+                         f"`mt3 prepare-data {config.converter} --root ... --out {path}{option}`")
+
+
 def make_data_source(config: DatasetConfig):
     """A seqio DataSource over the shards of a prepared dataset, resolved lazily at read time.
 
@@ -154,6 +205,7 @@ def make_data_source(config: DatasetConfig):
                 raise InputError(path, f"split {split!r} of dataset {config.name!r} is not prepared (no complete "
                                        f"{split}.manifest.json); run `mt3 prepare-data {config.converter} --root ... "
                                        f"--out {path}` or set ${DATA_DIR_ENV}")
+            check_program_mapping(config, split)
             return records.shard_paths(path, split)
 
         def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *, sequence_length=None,

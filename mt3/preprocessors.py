@@ -35,7 +35,8 @@ class TokenizeConfig:
     onsets_only: bool = False
     include_ties: bool = True
     program_granularity: str = "full"  # "flat" | "midi_class" | "full"
-    trim_overlapping_notes: bool = True  # MT3 trims same-pitch overlaps in training data (eval refs keep them)
+    trim_overlapping_notes: bool = True  # MT3 trims same-pitch overlaps for Slakh/Cerberus4 (DatasetConfig flag)
+    mt3_compat: bool = False  # MT3's tie section after a track's last note event (mt3.track_tokens docstring)
 
     def __post_init__(self):
         if self.program_granularity not in ("flat", "midi_class", "full"):
@@ -79,7 +80,8 @@ def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
     labels = ns
     if config.trim_overlapping_notes and not config.onsets_only:
         labels = note_sequences.trim_overlapping_notes(ns)
-    tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec)
+    tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
+                                                   mt3_compat=config.mt3_compat)
     return Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=ns)
 
 

@@ -137,9 +137,11 @@ class ShardWriter:
     the manifest's presence means the split is complete. On an exception nothing that looks finished is left behind.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, split: str, dataset: str, num_shards: int = 1):
+    def __init__(self, out_dir: str | os.PathLike, split: str, dataset: str, num_shards: int = 1,
+                 manifest_fields: dict | None = None):
         if num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        self.manifest_fields = dict(manifest_fields or {})  # converter facts, e.g. {"program_mapping": "slakh_class"}
         self.out_dir = Path(out_dir)
         self.split = split
         self.dataset = dataset
@@ -196,6 +198,7 @@ class ShardWriter:
                 "programs": {str(k): v for k, v in sorted(s.programs.items())},
                 "tracks": s.tracks,
                 "shards": names,
+                **self.manifest_fields,
             },
         )
 

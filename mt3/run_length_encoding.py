@@ -40,7 +40,7 @@ class EventEncodingSpec:
 
 def encode_and_index_events(state, event_times: Sequence[float], event_values: Sequence, encode_event_fn,
                             codec: event_codec.Codec, frame_times: Sequence[float],
-                            encoding_state_to_events_fn=None):
+                            encoding_state_to_events_fn=None, *, mt3_compat: bool = False):
     """Encodes a whole track's events and indexes them by audio frame.
 
     Events are stably sorted by raw time and quantised to `round(t * steps_per_second)`. Returns numpy int32 arrays
@@ -50,7 +50,9 @@ def encode_and_index_events(state, event_times: Sequence[float], event_values: S
       to exactly one frame and events after the last frame belong to the last frame;
     - with `encoding_state_to_events_fn`, the state is dumped before every event; state_event_indices[i] is the
       start of the dump valid at frame i. One extra dump of the final state is appended so frames after the last
-      event point at a valid dump (MT3 would index past the end there).
+      event's step point at the state after it. MT3's loop never advances its state index after the last event, so
+      there its frames point at the dump taken before the final step's events (notes that have ended still listed);
+      `mt3_compat=True` reproduces that, for users comparing against MT3-trained models.
     """
     frame_times = np.asarray(frame_times, dtype=np.float64)
     sps = codec.steps_per_second
@@ -91,7 +93,8 @@ def encode_and_index_events(state, event_times: Sequence[float], event_values: S
         cur_step += 1
         fill_event_start_indices_to_cur_step()
         cur_event_idx = len(events)
-        cur_state_event_idx = len(state_events)
+        if not mt3_compat:
+            cur_state_event_idx = len(state_events)
     if encoding_state_to_events_fn:
         state_events.extend(codec.encode_event(e) for e in encoding_state_to_events_fn(state))
 

@@ -57,19 +57,25 @@ def add_transcription_task_to_registry(
     include_ties: bool = True,
     skip_too_long: bool = False,
     program_granularity: str | None = None,
+    mt3_compat: bool = False,
 ) -> str:
     """Registers the train task, the inference-eval tasks and the `_eval` mixture of one dataset; returns the prefix.
 
     `program_granularity` defaults as MT3 trains: 'full' with multi-instrument vocabularies, 'flat' (program tokens
-    dropped) for the 127-velocity-bin piano vocabulary.
+    dropped) for the 127-velocity-bin piano vocabulary. Same-pitch overlaps are trimmed where the dataset config says
+    (MT3: Slakh and Cerberus4 only). `mt3_compat` registers `{prefix}_mt3compat_*` tasks whose targets reproduce MT3's
+    tie section after a track's last note event too (docs/architecture.md, "MT3 parity").
     """
     if program_granularity is None:
         program_granularity = "flat" if vocab_config.num_velocity_bins > 1 else "full"
     prefix = task_prefix(dataset_config.name, vocab_config=vocab_config, onsets_only=onsets_only,
                          include_ties=include_ties, spectrogram_config=spectrogram_config)
+    if mt3_compat:
+        prefix += "_mt3compat"
     config = preprocessors.TokenizeConfig(
         vocab_config=vocab_config, spectrogram_config=spectrogram_config, onsets_only=onsets_only,
-        include_ties=include_ties, program_granularity=program_granularity)
+        include_ties=include_ties, program_granularity=program_granularity,
+        trim_overlapping_notes=dataset_config.trim_overlapping_notes, mt3_compat=mt3_compat)
     output_features = _output_features(vocab_config)
     source = datasets.make_data_source(dataset_config)
     too_long = functools.partial(preprocessors.handle_too_long, skip=skip_too_long)
@@ -168,6 +174,10 @@ _MEGA = [datasets.MAESTROV3_CONFIG, datasets.GUITARSET_CONFIG, datasets.URMP_CON
          datasets.CERBERUS4_CONFIG, datasets.SLAKH_CONFIG]
 
 _add_mixture("mega_notes_ties_vb1_train", [(c, f"{_MT3_PREFIXES[c.name]}_train") for c in _MEGA])
+# MT3's targets exactly, its end-of-track tie section included: mega_notes_ties_vb1_mt3compat_train
+_add_mixture("mega_notes_ties_vb1_mt3compat_train", [
+    (c, add_transcription_task_to_registry(c, SPECTROGRAM_CONFIG, MT3_VOCAB, include_ties=True, mt3_compat=True)
+     + "_train") for c in _MEGA])
 seqio.MixtureRegistry.add(
     "mega_notes_ties_vb1_eval",
     [(f"{_MT3_PREFIXES[c.name]}_validation", _temperature_rate(c)) for c in _MEGA])

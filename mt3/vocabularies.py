@@ -172,17 +172,18 @@ def encode_tokens(codec_indices, num_classes: int | None = None) -> np.ndarray:
     return (indices.astype(np.int64) + NUM_SPECIAL_TOKENS).astype(np.int32)
 
 
-def decode_tokens(ids, num_classes: int | None = None) -> np.ndarray:
-    """Vocabulary ids -> codec indices, int32: EOS -> -1, PAD/UNK (and extra ids if num_classes given) -> -2.
+def decode_tokens(ids, num_classes: int) -> np.ndarray:
+    """Vocabulary ids -> codec indices, int32: EOS -> -1, PAD, UNK and the extra ids -> -2 (invalid), else id - 3.
 
-    Element-wise, like MT3's `_decode`; trim at the first EOS with `trim_eos`. Without `num_classes` an extra id maps
-    to an index >= num_classes, which the decoder counts as invalid all the same.
+    Element-wise, like MT3's `_decode`; trim at the first EOS with `trim_eos`. `num_classes` (the codec's size) is
+    required: without it an extra id would pass for a codec index past the end, which callers that count tokens by
+    range (`mt3 data-stats`) would not notice.
     """
+    if num_classes is None or int(num_classes) < 1:
+        raise ValueError(f"decode_tokens needs the codec's num_classes, got {num_classes!r}")
     ids = np.asarray(ids).astype(np.int64)
     out = ids - NUM_SPECIAL_TOKENS
-    invalid = ids < NUM_SPECIAL_TOKENS
-    if num_classes is not None:
-        invalid |= ids >= NUM_SPECIAL_TOKENS + num_classes
+    invalid = (ids < NUM_SPECIAL_TOKENS) | (ids >= NUM_SPECIAL_TOKENS + int(num_classes))
     out = np.where(invalid, DECODED_INVALID_ID, out)
     out = np.where(ids == EOS_ID, DECODED_EOS_ID, out)
     return out.astype(np.int32)

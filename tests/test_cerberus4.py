@@ -56,3 +56,16 @@ def test_tracks_without_all_four_families_are_skipped_and_counted(cerberus):
     assert result["train"]["sources_without_records"] == 0 and result["train"]["skipped"] == []
     train = records.read_manifest(out, "train")
     assert train["num_tracks"] == 2 and sorted(train["programs"]) == ["0", "24", "32"]
+
+
+def test_manifests_record_track_spec_programs(cerberus):
+    """MT3's Cerberus4 tokenizer relabels stems to its track specs (not Slakh classes); the manifest says so, and a
+    Slakh tree's Slakh-class default does not leak in (the distorted guitar, program 30, is 24 here, not 29)."""
+    _, _, out, _ = cerberus
+    for split in ("train", "validation", "test"):
+        assert records.read_manifest(out, split)["program_mapping"] == "track_specs"
+    from mt3 import datasets
+
+    assert datasets.recorded_program_mapping(records.read_manifest(out, "train")) == \
+        datasets.CERBERUS4_CONFIG.program_mapping
+    assert {n.program for r in converted(out, "train").values() for n in r.sequence.notes} == {0, 24, 32}

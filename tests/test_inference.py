@@ -212,7 +212,8 @@ def test_note_crossing_segment_boundaries_comes_out_as_one_note():
     rows, starts = _segment_token_rows(ns, 800, im.input_frames, im.codec)
     assert len(rows) == 4
     tie_token = im.codec.encode_event(note_sequences.event_codec.Event("tie", 0))
-    assert all(tie_token in vocabularies.decode_tokens(r) for r in rows)  # every segment opens with a tie section
+    # every segment opens with a tie section
+    assert all(tie_token in vocabularies.decode_tokens(r, im.codec.num_classes) for r in rows)
     result = im.stitch([im.ids_to_tokens(r) for r in rows], starts, 6.4)
     assert (result.invalid_events, result.dropped_events) == (0, 0)
     got = sorted((n.pitch, n.program, n.is_drum, round(n.start_time, 2), round(n.end_time, 2)) for n in result.ns.notes)

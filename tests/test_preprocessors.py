@@ -22,7 +22,7 @@ def _decode(segments, config):
     preds = []
     for seg in segments:
         ids = seg["targets"]
-        tokens = vocabularies.decode_tokens(ids)
+        tokens = vocabularies.decode_tokens(ids, codec.num_classes)
         tokens = tokens[: np.argmax(tokens == vocabularies.DECODED_EOS_ID)] if np.any(
             tokens == vocabularies.DECODED_EOS_ID) else tokens
         preds.append({"est_tokens": tokens, "start_time": float(seg["input_times"][0])})
@@ -99,7 +99,7 @@ def test_flat_granularity_drops_programs_and_piano_vocab_keeps_velocity(chorale_
     codec = config.codec
     lo, hi = codec.event_type_range("program")
     for seg in segments:
-        events = vocabularies.decode_tokens(seg["targets"])
+        events = vocabularies.decode_tokens(seg["targets"], codec.num_classes)
         assert not np.any((events >= lo) & (events <= hi))
     result = _decode(segments, config)
     assert {n.program for n in result["est_ns"].notes} == {0}

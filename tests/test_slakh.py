@@ -23,12 +23,17 @@ def redux(tmp_path_factory):
     return root, expected, out
 
 
-def _check_track(rec, track):
+def _program(program: int, is_drum: bool, mapping: str) -> int:
+    """The program a stem's notes carry: its Slakh class (MT3, the default on a Slakh tree) or its GM program."""
+    return program if is_drum or mapping == "full" else slakh.slakh_class_program(program)
+
+
+def _check_track(rec, track, mapping="slakh_class"):
     assert rec.dataset == "slakh" and rec.sample_rate == 16000
     assert abs(len(rec.audio) - track.seconds * 16000) <= 1 and np.abs(rec.audio).max() > 0.01
     assert len(rec.sequence.notes) == track.num_notes
     for program, is_drum, notes in track.parts:
-        assert_notes_match(notes_of(rec, program, is_drum), notes)
+        assert_notes_match(notes_of(rec, _program(program, is_drum, mapping), is_drum), notes)
     # every rendered stem is its own instrument; pitch bends and pedal events are gone
     assert len({n.instrument for n in rec.sequence.notes}) == len(track.parts)
     assert not rec.sequence.pitch_bends and not rec.sequence.control_changes
@@ -47,7 +52,8 @@ def test_drum_stem_is_drum_program_0_and_unrendered_part_is_absent(redux):
     rec = converted(out, "train")["Track00001"]
     drums = [n for n in rec.sequence.notes if n.is_drum]
     assert len(drums) == 5 and {n.program for n in drums} == {0}
-    assert {n.program for n in rec.sequence.notes if not n.is_drum} == {0, 30, 33, 25}
+    # MT3's Slakh classes: 0 -> Acoustic Piano 0, 30 -> Distorted 29, 33 -> Electric Bass 33, 25 -> Acoustic Guitar 24
+    assert {n.program for n in rec.sequence.notes if not n.is_drum} == {0, 29, 33, 24}
     # S05 (Sound Effects, audio_rendered: false) has notes only in all_src.mid: none may appear
     assert not any(n.program == 103 for n in rec.sequence.notes)
     assert not {(n.pitch, n.start_time) for n in rec.sequence.notes} & {(n.pitch, n.start) for n in SFX_NOTES}
@@ -63,12 +69,14 @@ def test_redux_manifests(redux):
     for track in expected:
         m = records.read_manifest(out, track.split)
         assert m["dataset"] == "slakh" and m["num_tracks"] == 1 and m["num_notes"] == track.num_notes
+        assert m["program_mapping"] == "slakh_class"
         drum_notes = sum(len(n) for _, d, n in track.parts if d)
         assert m["num_drum_notes"] == drum_notes
         by_program: dict[str, int] = {}
         for program, is_drum, notes in track.parts:
             if not is_drum:
-                by_program[str(program)] = by_program.get(str(program), 0) + len(notes)
+                key = str(_program(program, is_drum, "slakh_class"))
+                by_program[key] = by_program.get(key, 0) + len(notes)
         assert m["programs"] == by_program
         assert [t["id"] for t in m["tracks"]] == [track.id]
 
@@ -112,14 +120,65 @@ def test_slakh_class_program_follows_mt3_table():
             slakh.slakh_class_program(p)
 
 
-def test_program_mapping_slakh_class(tmp_path):
+def test_program_mapping_default_full_and_auto_for_the_local_corpus(tmp_path):
+    root, expected = make_slakh(tmp_path)
+    assert slakh.list_tracks(root)["train"][0].program_mapping == "slakh_class"  # a Slakh tree: MT3's classes
+    full, = slakh.load_track(slakh.list_tracks(root, program_mapping="full")["train"][0])
+    assert {n.program for n in full.sequence.notes if not n.is_drum} == {0, 30, 33, 25}
+    _check_track(full, expected[0], "full")
+    # the local corpus (a tree with build-corpus's corpus.json) keeps its GM programs by default
+    (root / "corpus.json").write_text("{}")
+    assert slakh.list_tracks(root)["train"][0].program_mapping == "full"
+    assert slakh.list_tracks(root, program_mapping="slakh_class")["train"][0].program_mapping == "slakh_class"
+    out = tmp_path / "local"
+    assert cli_main(["prepare-data", "slakh", "--root", str(root), "--out", str(out), "--splits", "train"]) == 0
+    m = records.read_manifest(out, "train")
+    assert m["program_mapping"] == "full" and set(m["programs"]) == {"0", "30", "33", "25"}
+    with pytest.raises(InputError, match="program_mapping must be auto, full or slakh_class"):
+        slakh.list_tracks(root, program_mapping="midi_class")
+
+
+def test_resuming_with_another_program_mapping_is_an_error(tmp_path, capsys):
     root, _ = make_slakh(tmp_path)
-    tracks = slakh.list_tracks(root, program_mapping="slakh_class")
-    rec, = slakh.load_track(tracks["train"][0])
-    # 0 -> Acoustic Piano 0, 30 -> Distorted 29, 33 -> Electric Bass 33, 25 -> Acoustic Guitar 24
-    assert {n.program for n in rec.sequence.notes if not n.is_drum} == {0, 29, 33, 24}
-    full, = slakh.load_track(slakh.list_tracks(root)["train"][0])
-    assert len(rec.sequence.notes) == len(full.sequence.notes)
+    out = tmp_path / "out"
+    args = ["prepare-data", "slakh", "--root", str(root), "--out", str(out), "--splits", "test"]
+    assert cli_main(args) == 0
+    assert cli_main(args + ["--option", "program_mapping=slakh_class"]) == 0  # same mapping: resumed
+    assert "already complete" in capsys.readouterr().out
+    assert cli_main(args + ["--option", "program_mapping=full"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'test.manifest.json'}: split 'test' is already prepared with program_mapping=slakh_class" in err
+    assert records.read_manifest(out, "test")["program_mapping"] == "slakh_class"  # untouched
+
+
+def test_manifest_without_mapping_reads_as_full_programs(tmp_path):
+    """Splits prepared before manifests recorded the mapping (the local corpus, always full) resume unchanged."""
+    root, _ = make_slakh(tmp_path)
+    (root / "corpus.json").write_text("{}")
+    out = tmp_path / "out"
+    prepare_dataset("slakh", root, out, splits=["test"])
+    path = records.manifest_path(out, "test")
+    legacy = json.loads(path.read_text())
+    del legacy["program_mapping"]
+    path.write_text(json.dumps(legacy))
+    assert prepare_dataset("slakh", root, out, splits=["test"])["test"]["resumed"]
+    (root / "corpus.json").unlink()  # now "auto" means MT3's classes, which these shards do not carry
+    with pytest.raises(InputError, match="already prepared with program_mapping=full"):
+        prepare_dataset("slakh", root, out, splits=["test"])
+
+
+def test_stem_without_slakh_class_names_the_stem_and_the_way_out(tmp_path):
+    import yaml
+
+    root, _ = make_slakh(tmp_path)
+    meta_path = root / "test" / "Track00003" / "metadata.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    meta["stems"]["S00"]["program_num"] = 105  # Banjo: no Slakh class
+    meta_path.write_text(yaml.safe_dump(meta))
+    with pytest.raises(InputError, match="stem S00: program 105 has no Slakh class.*program_mapping=full"):
+        slakh.load_track(slakh.list_tracks(root)["test"][0])
+    rec, = slakh.load_track(slakh.list_tracks(root, program_mapping="full")["test"][0])
+    assert 105 in {n.program for n in rec.sequence.notes}
 
 
 def test_malformed_yaml_is_named_and_skip_bad_converts_the_others(tmp_path, capsys):

@@ -79,7 +79,13 @@ def test_decode_tokens_special_ids_and_trim():
     size = vocabularies.vocabulary_size(MT3)
     decoded = vocabularies.decode_tokens([3, 0, 2, 1390, 1391, size - 1, 1, 7], MT3.num_classes)
     assert list(decoded) == [0, -2, -2, 1387, -2, -2, -1, 4]
-    assert list(vocabularies.decode_tokens([5, 1, 1391])) == [2, -1, 1388]  # unknown num_classes: decoder rejects
+    # the first extra id of each vocabulary is invalid, never an index past the codec (num_classes is required)
+    piano = vocabularies.build_codec(vocabularies.ISMIR2021_VOCAB_CONFIG)
+    assert list(vocabularies.decode_tokens([5, 1, 3 + piano.num_classes], piano.num_classes)) == [2, -1, -2]
+    with pytest.raises(TypeError):
+        vocabularies.decode_tokens([5, 1, 1391])
+    with pytest.raises(ValueError, match="num_classes"):
+        vocabularies.decode_tokens([5, 1, 1391], None)
     assert list(vocabularies.trim_eos(decoded)) == [0, -2, -2, 1387, -2, -2]
     assert list(vocabularies.trim_eos([4, 5])) == [4, 5]
     with pytest.raises(ValueError):

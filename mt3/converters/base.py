@@ -167,7 +167,9 @@ def prepare_dataset(
     pool = None
     try:
         for split in wanted:
+            fields = _manifest_fields(module, listing[split])
             if split_is_complete(out, split):
+                _check_resumed_fields(out, split, fields)
                 logger.info("%s %s: already complete in %s, skipping (delete its manifest to redo)", name, split, out)
                 manifest = read_manifest(out, split)
                 manifest["skipped"] = _read_skipped(skipped_path(out, split))
@@ -179,13 +181,33 @@ def prepare_dataset(
                 pool = multiprocessing.get_context("spawn").Pool(workers)
             results[split] = _convert_split(
                 module, split, listing[split], out, skip_bad=skip_bad, pool=pool,
-                num_shards=num_shards or default_num_shards(len(listing[split])),
+                num_shards=num_shards or default_num_shards(len(listing[split])), manifest_fields=fields,
             )
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
     return results
+
+
+def _manifest_fields(module, sources: list) -> dict:
+    """What the converter records about a split in its manifest (optional `manifest_fields(sources)`)."""
+    fn = getattr(module, "manifest_fields", None)
+    return dict(fn(sources)) if fn is not None else {}
+
+
+def _check_resumed_fields(out: Path, split: str, fields: dict) -> None:
+    """A complete split is reused only if it was written the way this run would write it (e.g. its programs)."""
+    from mt3.datasets import recorded_program_mapping
+    from mt3.records import manifest_path
+
+    manifest = read_manifest(out, split)
+    for key, wanted in fields.items():
+        recorded = recorded_program_mapping(manifest) if key == "program_mapping" else manifest.get(key)
+        if recorded != wanted:
+            raise InputError(manifest_path(out, split), f"split {split!r} is already prepared with {key}={recorded}, "
+                                                        f"this run asks for {key}={wanted}; use another --out, or "
+                                                        "delete the folder to redo it")
 
 
 def _read_skipped(path: Path) -> list[dict]:
@@ -197,7 +219,8 @@ def _read_skipped(path: Path) -> list[dict]:
         return []
 
 
-def _convert_split(module, split: str, sources: list, out: Path, *, skip_bad: bool, pool, num_shards: int) -> dict:
+def _convert_split(module, split: str, sources: list, out: Path, *, skip_bad: bool, pool, num_shards: int,
+                   manifest_fields: dict | None = None) -> dict:
     from tqdm import tqdm
 
     from mt3.records import ShardWriter
@@ -211,7 +234,7 @@ def _convert_split(module, split: str, sources: list, out: Path, *, skip_bad: bo
     skipped: list[dict] = []
     empty_sources = 0
     seen_ids: set[str] = set()
-    with ShardWriter(out, split, module.NAME, num_shards=num_shards) as writer:
+    with ShardWriter(out, split, module.NAME, num_shards=num_shards, manifest_fields=manifest_fields) as writer:
         for source, (records, error) in tqdm(zip(sources, results), total=len(sources), desc=f"{module.NAME} {split}",
                                              unit="track", dynamic_ncols=True):
             if error is not None:

@@ -4,7 +4,9 @@ Built from a Slakh root (same layouts and splits as `mt3.converters.slakh`). For
 exactly one rendered stem of each family (piano = programs 0-7, guitar 24-31, bass 32-39, drums = is_drum; paper
 App. B.3) give one record each: audio = sum of the chosen stems' 16 kHz audio (raw sum, not peak-normalised; the
 stems are already gain-matched to the mix), notes relabelled to MT3's track specs piano 0, guitar 24, bass 32,
-drums is_drum (instrument 0..3 in that order). Record id: `TrackXXXXX_Sa_Sb_Sc_Sd` (piano, guitar, bass, drum stem).
+drums is_drum (instrument 0..3 in that order), as MT3's Cerberus4 tokenizer relabels each track to its spec's program
+(not to the stem's Slakh class); manifests record `program_mapping: track_specs`. Record id: `TrackXXXXX_Sa_Sb_Sc_Sd`
+(piano, guitar, bass, drum stem).
 A track lacking any family yields no record; the driver counts such tracks (`sources_without_records`).
 """
 
@@ -30,7 +32,13 @@ FAMILIES: tuple[tuple[str, int, object], ...] = (
 
 
 def list_tracks(root: Path, *, flat_split: str = "train") -> dict[str, list[SlakhTrack]]:
-    return slakh.list_tracks(root, flat_split=flat_split)
+    # the stems' own programs are never used: every stem is relabelled to its family's track-spec program
+    return slakh.list_tracks(root, flat_split=flat_split, program_mapping="full")
+
+
+def manifest_fields(sources: list[SlakhTrack]) -> dict:
+    """Recorded in each split's manifest: programs are MT3's Cerberus4 track specs (piano 0, guitar 24, bass 32)."""
+    return {"program_mapping": "track_specs"}
 
 
 def family_stems(stems: list[Stem]) -> list[list[Stem]]:

@@ -10,10 +10,11 @@ Per track the labels are built from the stems that were really rendered, judged 
 sustain pedal is applied, its pitch bends dropped (as MT3). Drum stems (`program_num: 128` or `is_drum: true`) become
 `is_drum` notes with program 0.
 
-Programs: by default ("full") a stem keeps its `program_num`, which loses nothing; the token-level program granularity
-(`map_midi_programs`: flat / midi_class / full) is then chosen at training time. MT3's own Slakh tfrecords instead
-map each stem to its "Slakh class" program (paper Table 7); `program_mapping="slakh_class"` (module constant
-`PROGRAM_MAPPING` or the `list_tracks` argument) reproduces that.
+Programs (`program_mapping`, `--option program_mapping=...`): "slakh_class" maps each stem to its MT3 "Slakh class"
+program (paper Table 7: 30 -> 29, 1 -> 0, 17 -> 16, ...), which is what MT3's Slakh task tokenizes; "full" keeps
+each stem's `program_num`. The default, "auto", is "slakh_class" for a Slakh tree and "full" for the local corpus
+(a tree holding `mt3 build-corpus`'s corpus.json), whose tasks are trained on GM programs. The mapping used is written
+into each split's manifest (`manifest_fields`), and the tasks check it (`mt3.datasets.check_program_mapping`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from mt3.records import TrackRecord
 
 NAME = "slakh"
 SPLITS = ("train", "validation", "test")
-PROGRAM_MAPPING = "full"  # "full" (keep program_num) or "slakh_class" (MT3's Slakh-class programs)
+PROGRAM_MAPPING = "auto"  # "auto", "full" (keep program_num) or "slakh_class" (MT3's Slakh-class programs)
+PROGRAM_MAPPINGS = ("full", "slakh_class")
+CORPUS_MARKER = "corpus.json"  # written by `mt3 build-corpus` at the root of the local corpus
 DRUM_PROGRAM_NUM = 128
 AUDIO_EXTENSIONS = (".flac", ".wav")
 
@@ -78,11 +81,21 @@ def slakh_class_program(program_num: int) -> int:
     return SLAKH_CLASS_PROGRAMS[program_num]
 
 
+def resolve_program_mapping(root: Path, program_mapping: str = PROGRAM_MAPPING) -> str:
+    """The mapping to apply, "full" or "slakh_class": "auto" means "full" for the local corpus (corpus.json at
+    `root`), else MT3's "slakh_class". InputError for anything else."""
+    if program_mapping == "auto":
+        return "full" if (Path(root) / CORPUS_MARKER).is_file() else "slakh_class"
+    if program_mapping not in PROGRAM_MAPPINGS:
+        raise InputError(None, f"program_mapping must be auto, full or slakh_class, got {program_mapping!r}")
+    return program_mapping
+
+
 @dataclass(frozen=True)
 class SlakhTrack:
     id: str  # the folder name, e.g. "Track00001"
     path: Path
-    program_mapping: str = PROGRAM_MAPPING
+    program_mapping: str = "slakh_class"  # resolved ("full" or "slakh_class")
 
 
 @dataclass(frozen=True)
@@ -103,11 +116,10 @@ def _is_track_dir(path: Path) -> bool:
 def list_tracks(root: Path, *, flat_split: str = "train",
                 program_mapping: str = PROGRAM_MAPPING) -> dict[str, list[SlakhTrack]]:
     """{split: tracks}; split folders if any exist, else all `Track*` folders of `root` into `flat_split`."""
-    if program_mapping not in ("full", "slakh_class"):
-        raise ValueError(f"program_mapping must be 'full' or 'slakh_class', got {program_mapping!r}")
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "Slakh root is not a directory")
+    program_mapping = resolve_program_mapping(root, program_mapping)
     split_dirs = [s for s in SPLITS if (root / s).is_dir()]
     if split_dirs:
         layout = {s: root / s for s in split_dirs}
@@ -119,6 +131,14 @@ def list_tracks(root: Path, *, flat_split: str = "train",
         split: [SlakhTrack(p.name, p, program_mapping) for p in sorted(folder.iterdir()) if _is_track_dir(p)]
         for split, folder in layout.items()
     }
+
+
+def manifest_fields(sources: list[SlakhTrack]) -> dict:
+    """Recorded in each split's manifest: the program mapping its notes carry."""
+    mappings = {s.program_mapping for s in sources}
+    if len(mappings) != 1:
+        raise ValueError(f"one split must use one program mapping, got {sorted(mappings)}")
+    return {"program_mapping": mappings.pop()}
 
 
 def read_metadata(track_dir: Path) -> dict:
@@ -209,7 +229,8 @@ def load_track(source: SlakhTrack) -> list[TrackRecord]:
             try:
                 program = slakh_class_program(stem.program_num)
             except ValueError as err:
-                raise InputError(yaml_path, f"stem {stem.name}: {err}") from err
+                raise InputError(yaml_path, f"stem {stem.name}: {err}; prepare with --option program_mapping=full "
+                                            "to keep GM programs, or --skip-bad") from err
         parts.append(stem_sequence(stem, program=program, is_drum=stem.is_drum, instrument=index))
     ns = merge_sequences(parts, track_id=source.id, dataset=NAME)
     audio = load_audio(find_mix(source.path))
