@@ -190,11 +190,15 @@ def _check_output(model_dir: Path) -> None:
         raise InputError(model_dir, "already exists and is not empty: choose a new output directory")
 
 
-def _build_model(preset: str, gin_files: Sequence[str], gin_bindings: Sequence[str], model_dir: Path):
+def build_preset_model(preset: str, gin_files: Sequence[str | os.PathLike] = (), gin_bindings: Sequence[str] = (),
+                       model_dir: str | os.PathLike | None = None):
     """Parses the preset (+ extra gin) with MODEL_DIR bound; returns (model, OptimizerConfig, parsed gin flags)."""
     import gin
 
-    from mt3 import gin_utils
+    from mt3 import (
+        gin_utils,
+        train,  # noqa: F401  (registers the training configurables the presets' train.gin names)
+    )
     from mt3.trainer import OptimizerConfig
 
     flags = gin_utils.parse_gin_flags([preset_gin_file(preset), *gin_files], list(gin_bindings),
@@ -229,7 +233,7 @@ def import_checkpoint(src: str | os.PathLike, model_dir: str | os.PathLike, *, p
     ckpt = t5x_checkpoints.read_checkpoint(src, step)
     if step is not None and ckpt.step is not None and ckpt.step != step:
         raise InputError(ckpt.path, f"holds step {ckpt.step}, not the requested --step {step}")
-    model, optimizer_cfg, flags = _build_model(preset, gin_files, gin_bindings, model_dir)
+    model, optimizer_cfg, flags = build_preset_model(preset, gin_files, gin_bindings, model_dir)
     expected = _flat(model.abstract_params())
     check_against_model(ckpt, expected, preset)
     arrays = t5x_checkpoints.load_arrays(ckpt.target, workers=workers, check=_array_check(expected, preset, ckpt))
