@@ -123,8 +123,9 @@ def test_worked_example_decodes_back():
 
 
 @st.composite
-def note_sequences(draw, max_notes=40, programs=(0, 4, 24, 32, 33, 40, 48, 73, 127), max_seconds=14.0):
-    """Random multi-program music with drums, cross-program overlaps, chords, long notes, gaps (empty segments)."""
+def note_sequences(draw, max_notes=40, programs=(0, 4, 24, 32, 33, 40, 48, 73, 127), max_seconds=14.0, trim=True):
+    """Random multi-program music with drums, cross-program overlaps, chords, long notes, gaps (empty segments);
+    same-pitch overlaps trimmed unless `trim` is False (MAESTRO-like data, which MT3 tokenizes as it is)."""
     n = draw(st.integers(0, max_notes))
     times = st.floats(0.0, max_seconds, allow_nan=False).map(lambda t: round(t, 3))
     notes = []
@@ -138,7 +139,7 @@ def note_sequences(draw, max_notes=40, programs=(0, 4, 24, 32, 33, 40, 48, 73, 1
     if draw(st.booleans()):  # a chord shared by several programs at one instant
         t = draw(times)
         notes += [(60, t, t + 1.0, p, False, 90) for p in programs[:4]]
-    return nsq.trim_overlapping_notes(make_ns(notes))
+    return nsq.trim_overlapping_notes(make_ns(notes)) if trim else make_ns(notes)
 
 
 HYPO = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,12 +164,12 @@ def test_round_trip_without_ties_for_piano(ns, segment_frames):
     assert decoded_notes(result["est_ns"]) == expected_notes(ns)
 
 
-def generic_encoding(ns, frame_times, codec):
+def generic_encoding(ns, frame_times, codec, mt3_compat=False):
     """MT3's event-by-event encoder (run_length_encoding.encode_and_index_events) with the note functions."""
     times, values = nsq.note_sequence_to_onsets_and_offsets_and_programs(ns)
     return run_length_encoding.encode_and_index_events(
         nsq.NoteEncodingState(), times, values, nsq.note_event_data_to_events, codec, frame_times,
-        nsq.note_encoding_state_to_events)
+        nsq.note_encoding_state_to_events, mt3_compat=mt3_compat)
 
 
 def tie_sections(state_events, state_event_indices, tie_token):
@@ -180,11 +181,13 @@ def tie_sections(state_events, state_event_indices, tie_token):
 
 
 @HYPO
-@given(ns=note_sequences(max_notes=25, max_seconds=4.0), codec=st.sampled_from([MT3_CODEC, PIANO_CODEC]))
-def test_fast_tokenizer_equals_event_by_event_encoder(ns, codec):
+@given(ns=st.booleans().flatmap(lambda trim: note_sequences(max_notes=25, max_seconds=4.0, trim=trim)),
+       codec=st.sampled_from([MT3_CODEC, PIANO_CODEC]), mt3_compat=st.booleans())
+def test_fast_tokenizer_equals_event_by_event_encoder(ns, codec, mt3_compat):
+    """Token for token, with and without same-pitch overlaps, in both end-of-track tie modes."""
     frame_times = frame_times_for(ns, margin=0.3)
-    events, starts, ends, state_events, state_indices = generic_encoding(ns, frame_times, codec)
-    track = nsq.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteEncodingWithTiesSpec)
+    events, starts, ends, state_events, state_indices = generic_encoding(ns, frame_times, codec, mt3_compat)
+    track = nsq.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteEncodingWithTiesSpec, mt3_compat=mt3_compat)
     np.testing.assert_array_equal(track.events, events)
     np.testing.assert_array_equal(track.event_start_indices, starts)
     np.testing.assert_array_equal(track.event_end_indices, ends)
@@ -192,13 +195,52 @@ def test_fast_tokenizer_equals_event_by_event_encoder(ns, codec):
     expected = tie_sections(state_events, state_indices, tie)
     assert [list(track.tie_section(f)) for f in range(len(frame_times))] == expected
     assert tie_sections(track.state_events, track.state_event_indices, tie) == expected
-    # onsets only: pitch tokens in NoteSequence order within a time step, no state
+    # onsets only: pitch tokens in pitch order within a time step (MT3's sort), no state
     events, starts, ends, _, _ = run_length_encoding.encode_and_index_events(
         None, *nsq.note_sequence_to_onsets(ns), nsq.note_event_data_to_events, codec, frame_times)
     track = nsq.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteOnsetEncodingSpec)
     np.testing.assert_array_equal(track.events, events)
     np.testing.assert_array_equal(track.event_start_indices, starts)
     np.testing.assert_array_equal(track.event_end_indices, ends)
+
+
+def test_onsets_only_simultaneous_onsets_in_pitch_order_not_file_order():
+    ns = make_ns([(64, 0.5, 1.0, 0, False), (36, 0.5, 0.6, 0, True), (60, 0.5, 1.0, 3, False),
+                  (62, 0.2, 0.4, 0, False)])
+    times, values = nsq.note_sequence_to_onsets(ns)
+    assert [(t, v.pitch) for t, v in zip(times, values)] == [(0.5, 36), (0.5, 60), (0.2, 62), (0.5, 64)]
+    frame_times = frame_times_for(ns)
+    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteOnsetEncodingSpec)
+    E = lambda t, v: MT3_CODEC.encode_event(nsq.event_codec.Event(t, v))
+    targets = nsq.segment_targets(track, 0, len(frame_times), MT3_CODEC, False)
+    assert list(targets) == [E("shift", 20), E("pitch", 62), E("shift", 50), E("pitch", 36), E("pitch", 60),
+                             E("pitch", 64)]
+
+
+# two notes ending together at 1.0 s; audio to 3 s, so segments from frame 256 (2.048 s) start after the last event
+END_OF_TRACK = [(60, 0.0, 1.0, 0, False), (40, 0.5, 1.0, 32, False)]
+
+
+@pytest.mark.parametrize("mt3_compat", [False, True])
+def test_tie_section_after_the_last_note_event(mt3_compat):
+    ns = make_ns(END_OF_TRACK)
+    frame_times = nsq.audio_frame_times(3 * 16000)
+    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, mt3_compat=mt3_compat)
+    E = lambda t, v: MT3_CODEC.encode_event(nsq.event_codec.Event(t, v))
+    sounding = [E("program", 0), E("pitch", 60), E("program", 32), E("pitch", 40), E("tie", 0)]
+    # frame 125 (1.0 s) owns the offsets at step 100: both modes list the notes they end
+    assert list(nsq.segment_targets(track, 125, 256, MT3_CODEC, True)) == sounding + [
+        E("program", 0), E("velocity", 0), E("pitch", 60), E("program", 32), E("pitch", 40)]
+    after = list(nsq.segment_targets(track, 256, 512, MT3_CODEC, True))
+    # ours: nothing sounds after 1.0 s -> `tie EOS`; MT3 never advances its state index past the final events, so
+    # its targets list the notes sounding before them -> `program pitch ... tie EOS`
+    assert after == (sounding if mt3_compat else [E("tie", 0)])
+    # which is why ours is the default: stitched, MT3's targets decode with two invalid tie-section pitches
+    preds = [{"est_tokens": nsq.segment_targets(track, s, s + 256, MT3_CODEC, True),
+              "start_time": float(frame_times[s])} for s in range(0, len(frame_times), 256)]
+    result = metrics_utils.event_predictions_to_ns(preds, MT3_CODEC, nsq.NoteEncodingWithTiesSpec)
+    assert result["est_invalid_events"] == (2 if mt3_compat else 0)
+    assert decoded_notes(result["est_ns"]) == expected_notes(ns, 127)  # the notes themselves survive
 
 
 def test_long_note_through_segments_holding_only_its_tie():
