@@ -143,6 +143,7 @@ def test_resuming_with_another_program_mapping_is_an_error(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["prepare-data", "slakh", "--root", str(root), "--out", str(out), "--splits", "test"]
     assert cli_main(args) == 0
+    assert "program_mapping: slakh_class" in capsys.readouterr().out
     assert cli_main(args + ["--option", "program_mapping=slakh_class"]) == 0  # same mapping: resumed
     assert "already complete" in capsys.readouterr().out
     assert cli_main(args + ["--option", "program_mapping=full"]) == 2

@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated splits to convert (default: all found). On a tree without split "
                              "folders (babyslakh) a single split name sets the split its tracks go to")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="converter option, repeatable: e.g. guitarset audio_sources=mic,mix; "
-                             "slakh program_mapping=slakh_class")
+                        help="converter option, repeatable: e.g. guitarset audio_sources=mic,mix; slakh "
+                             "program_mapping=slakh_class|full (default auto: MT3's Slakh-class programs, but GM "
+                             "programs for the local corpus of mt3 build-corpus)")
 
 
 def parse_options(items: list[str]) -> dict:
@@ -71,6 +72,9 @@ def main(args: argparse.Namespace) -> int:
                               num_shards=args.num_shards, splits=splits, options=parse_options(args.option))
     print(f"{args.dataset} -> {args.out}")
     print(format_summary(results))
+    mappings = sorted({m["program_mapping"] for m in results.values() if m.get("program_mapping")})
+    if mappings:  # what the tasks check against (DatasetConfig.program_mapping)
+        print(f"program_mapping: {', '.join(mappings)}")
     for split, manifest in results.items():
         for item in manifest.get("skipped", []):
             print(f"skipped ({split}) {item['id']}: {item['path']}: {item['problem']}")
