@@ -239,8 +239,7 @@ def import_checkpoint(src: str | os.PathLike, model_dir: str | os.PathLike, *, p
     arrays = t5x_checkpoints.load_arrays(ckpt.target, workers=workers, check=_array_check(expected, preset, ckpt))
     checksum = params_checksum(arrays)
     num_params = int(sum(a.size for a in arrays.values()))
-    params = _unflat({name: jnp.asarray(array) for name, array in arrays.items()})
-    del arrays
+    params = _unflat({name: jnp.asarray(arrays.pop(name)) for name in sorted(arrays)})  # one copy held at a time
     the_step = int(ckpt.step if ckpt.step is not None else (step or 0))
     tx = optimizer_cfg.make()
     opt_state, optimizer_note = convert_optimizer_state(tx.init(params), ckpt, optimizer_cfg, the_step)
