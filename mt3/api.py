@@ -17,7 +17,7 @@ Array rules (documented in the README):
   `MAX_CHANNELS` entries (soundfile's layout), (channels, n) when its first axis is (librosa/torchaudio's layout);
   channels are averaged. Anything else is refused rather than guessed.
 - `sample_rate` is required for arrays and refused for paths (a file's header gives its rate).
-- silence is valid input (zero notes); an empty array is refused.
+- silence is valid input, as in `mt3 transcribe`: all-zero or empty (0-sample) arrays give zero notes.
 
 `import mt3.api` costs numpy only: JAX, note_seq and the model are imported by `load_model` / when used.
 """
@@ -129,9 +129,9 @@ def _to_mono(array: np.ndarray, name: str) -> np.ndarray:
         mono = array
     elif array.ndim == 2:
         rows, cols = array.shape
-        if cols <= MAX_CHANNELS and rows > cols:
-            mono = array.mean(axis=1, dtype=np.float32)
-        elif rows <= MAX_CHANNELS and cols > rows:
+        if 1 <= cols <= MAX_CHANNELS and (rows > cols or rows == 0):  # (n, channels), possibly empty
+            mono = array.mean(axis=1, dtype=np.float32) if rows else np.zeros(0, np.float32)
+        elif 1 <= rows <= MAX_CHANNELS and cols > rows:  # (channels, n)
             mono = array.mean(axis=0, dtype=np.float32)
         else:
             raise ValueError(f"{name}: cannot tell samples from channels in shape {array.shape}; pass (n,) mono, "
@@ -139,8 +139,6 @@ def _to_mono(array: np.ndarray, name: str) -> np.ndarray:
                              "than channels")
     else:
         raise ValueError(f"{name}: expected a 1-D (mono) or 2-D (multichannel) array, got shape {array.shape}")
-    if mono.size == 0:
-        raise ValueError(f"{name}: audio array is empty (0 samples)")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 

@@ -212,8 +212,9 @@ def _png_bytes(ns, title: str) -> bytes:
     return buffer.getvalue()
 
 
-_OBJECT_REPR_OPENING = re.compile(r"Error opening <[^<>]* object at 0x[0-9a-fA-F]+>:\s*")
-_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>")
+# a repr may be cut short where a message was truncated, so the closing part is optional
+_OBJECT_REPR_OPENING = re.compile(r"Error opening <[\w.]+ object at 0x[0-9a-fA-F]*>?:?\s*")
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]*>?")
 _DECODER_TAG = re.compile(r"\b(?:soundfile|audioread): ")
 _NO_BACKEND = re.compile(r"(?:;\s*)?\bNoBackendError\b")
 
@@ -229,7 +230,7 @@ def client_detail(err: InputError, name: str) -> str:
     problem = _OBJECT_REPR.sub(name, problem)
     problem = re.sub(re.escape(tempfile.gettempdir()) + r"[^\s'\";:,()]*", name, problem)
     problem = _NO_BACKEND.sub("", _DECODER_TAG.sub("", problem))
-    problem = re.sub(r"\(\s*\)", "", " ".join(problem.split())).strip()
+    problem = re.sub(r"\(\s*\)|\(\s*$", "", " ".join(problem.split())).strip()  # emptied or cut-short detail
     return f"{name}: {problem}"
 
 

@@ -103,8 +103,17 @@ def test_midi_json_and_png_responses(base_url, tiny):
 
 def test_bad_requests_get_reasons_and_the_service_keeps_serving(base_url, tiny):
     corrupt = _post(base_url, "broken.wav", b"RIFF\x00\x00\x00\x00WAVEfmt garbage that is not audio")
-    assert corrupt.status_code == 400 and "broken.wav" in corrupt.json()["detail"]
-    assert "unreadable" in corrupt.json()["detail"]
+    assert corrupt.status_code == 400
+    assert corrupt.json()["detail"].startswith("broken.wav: unreadable, corrupt or unsupported audio format")
+    assert "Malformed 'fmt ' chunk" in corrupt.json()["detail"]  # the decoder's reason about the file is kept
+    not_audio = _post(base_url, "notes.mp3", b"just some text, no audio at all")
+    for response, name in ((corrupt, "broken.wav"), (not_audio, "notes.mp3")):  # the user's file only
+        detail = response.json()["detail"]
+        assert "\n" not in detail and detail.startswith(f"{name}: ")
+        for leak in ("object at 0x", "BytesIO", "soundfile", "audioread", "NoBackendError", "Traceback"):
+            assert leak not in detail, (leak, detail)
+    assert not_audio.json()["detail"] == "notes.mp3: unreadable, corrupt or unsupported audio format (Format not " \
+                                         "recognised.)"
     empty = _post(base_url, "empty.wav", b"")
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     too_long = _post(base_url, "long.wav", _wav_bytes(6.0))
@@ -122,7 +131,11 @@ def test_bad_requests_get_reasons_and_the_service_keeps_serving(base_url, tiny):
                             headers={"Content-Type": "multipart/form-data; boundary=zzz"})
     assert chunked.status_code == 413
     assert _post(base_url, "song.wav", tiny.wav(4).read_bytes(), format="nope").status_code == 400
-    assert requests.post(f"{base_url}/transcribe", timeout=10).status_code == 422  # no file field
+    no_file = requests.post(f"{base_url}/transcribe", timeout=10)
+    assert no_file.status_code == 422  # one line a person can act on, not FastAPI's list of dicts
+    assert no_file.json() == {"detail": "no file uploaded: send the audio as the multipart/form-data field 'file'"}
+    bad_flag = _post(base_url, "song.wav", tiny.wav(4).read_bytes(), format="json", midi="maybe")
+    assert bad_flag.status_code == 422 and bad_flag.json()["detail"].startswith("midi: ")
     ok = _post(base_url, "song.wav", tiny.wav(4).read_bytes(), format="json")
     assert ok.status_code == 200 and ok.json()["notes"]
 
@@ -143,3 +156,43 @@ def test_concurrent_requests_share_batches(base_url, tiny, caplog):
     assert after["batches"] - before["batches"] < 8  # fewer batches than requests: they were shared
     shared_logs = [r.getMessage() for r in caplog.records if "request(s)" in r.getMessage()]
     assert any(" from 1 request(s)" not in m for m in shared_logs)
+
+
+def test_client_detail_hides_server_internals():
+    import tempfile
+
+    from mt3.errors import InputError
+
+    err = InputError("clip.m4a", "unreadable, corrupt or unsupported audio format (soundfile: Error opening "
+                                 "<_io.BytesIO object at 0x7f3a2b1c0d90>: Format not recognised.; audioread: "
+                                 f"ffmpeg could not decode {tempfile.gettempdir()}/tmpk2j4/upload.m4a)")
+    assert server.client_detail(err, "clip.m4a") == (
+        "clip.m4a: unreadable, corrupt or unsupported audio format (Format not recognised.; ffmpeg could not decode "
+        "clip.m4a)")
+    assert server.client_detail(InputError("x.wav", "file is empty (0 bytes)"), "x.wav") == "x.wav: file is empty " \
+                                                                                           "(0 bytes)"
+
+
+class _FailingModel:
+    """A loaded model whose decoder breaks: the server must answer 500 with one line, not a traceback."""
+
+    def __init__(self, im):
+        self._im = im
+
+    def __getattr__(self, name):
+        return getattr(self._im, name)
+
+    def predict_batch(self, frames):
+        raise RuntimeError("device exploded at <jaxlib.Thing object at 0xdeadbeef>")
+
+
+def test_decoding_failure_is_a_one_line_500(tiny, caplog):
+    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=2)
+    with caplog.at_level(logging.ERROR, logger="mt3.server"), running_server(_FailingModel(im)) as url:
+        response = _post(url, "song.wav", tiny.wav(3).read_bytes(), format="json")
+        assert response.status_code == 500
+        assert response.json() == {"detail": "song.wav: transcription failed on the server (the server log has the "
+                                             "details)"}
+        assert requests.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"  # still serving
+    assert any("device exploded" in r.getMessage() or (r.exc_info and "device exploded" in str(r.exc_info[1]))
+               for r in caplog.records)

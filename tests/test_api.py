@@ -1,0 +1,196 @@
+"""Tests for the Python API (`mt3.load_model`, `Transcriber.transcribe[_many]`, `Transcription`) on the trained tiny
+model of test_inference: a path and the same audio as an int16 / stereo / 44.1 kHz array give the same notes as
+`mt3 transcribe` would, inputs share batches, silence gives zero notes, and every bad array is one clear ValueError
+before any decoding. Also: `import mt3` stays free of numpy/JAX."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from test_inference import build_tiny_model
+
+from mt3 import api, audio, midi_io
+from mt3.errors import InputError
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def transcriber(tiny):
+    import mt3
+
+    return mt3.load_model(tiny.model_dir, gin_bindings=tiny.bindings)
+
+
+@pytest.fixture(scope="session")
+def stereo_44k(tiny, tmp_path_factory):
+    """Track 3 as a 44.1 kHz stereo int16 WAV (right channel quieter): path and the int16 samples soundfile reads."""
+    mono = audio.load_audio(tiny.wav(3))
+    up = audio.resample(mono, 16000, 44100)
+    stereo = np.stack([up, 0.5 * up], axis=1)
+    path = tmp_path_factory.mktemp("api_audio") / "stereo_44k.wav"
+    soundfile.write(path, stereo, 44100, subtype="PCM_16")
+    samples, rate = soundfile.read(path, dtype="int16")
+    assert rate == 44100 and samples.shape == (len(up), 2) and samples.dtype == np.int16
+    return path, samples
+
+
+def test_import_mt3_is_cheap_and_exports_the_api():
+    code = ("import sys, mt3; assert 'jax' not in sys.modules and 'numpy' not in sys.modules, 'import mt3'; "
+            "from mt3 import load_model, Transcriber, Transcription, Note; "
+            "assert 'jax' not in sys.modules and 'tensorflow' not in sys.modules, 'from mt3 import load_model'; "
+            "assert {'load_model', 'Transcriber', 'Transcription', 'Note'} <= set(mt3.__all__) & set(dir(mt3))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    import mt3
+
+    assert mt3.load_model is api.load_model and mt3.Transcription is api.Transcription
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mt3.nope  # noqa: B018
+
+
+def test_path_matches_the_cli_pipeline(tiny, transcriber, tmp_path):
+    result = transcriber.transcribe(tiny.wav(3))
+    im = transcriber.inference_model
+    reference = im.transcribe(audio.load_audio(tiny.wav(3)))  # what `mt3 transcribe` decodes for this file
+    assert result.notes, "the trained tiny model transcribes notes"
+    assert result.to_dicts() == midi_io.notes_to_dicts(reference.ns)
+    assert isinstance(result.notes[0], api.Note) and result.notes == tuple(sorted(result.notes, key=lambda n: (
+        n.onset, n.pitch, n.program, n.is_drum)))
+    assert result.source == str(tiny.wav(3)) and result.audio_seconds == pytest.approx(reference.audio_seconds)
+    assert (result.invalid_events, result.dropped_events) == (reference.invalid_events, reference.dropped_events)
+    assert result.ns is not None and len(result.ns.notes) == len(result.notes)
+    # write_midi writes the MIDI `mt3 transcribe` writes, and it reads back as the same notes
+    written = result.write_midi(tmp_path / "out.mid")
+    assert written.read_bytes() == midi_io.midi_bytes(reference.ns)
+    back = midi_io.load_midi(written)
+    assert sorted((n.pitch, n.program, n.is_drum) for n in back.notes) == sorted(
+        (n.pitch, n.program, n.is_drum) for n in result.notes)
+
+
+def test_int16_stereo_44k_arrays_equal_the_file(transcriber, stereo_44k):
+    path, int16 = stereo_44k
+    from_file = transcriber.transcribe(path)
+    assert from_file.notes and from_file.audio_seconds == pytest.approx(len(int16) / 44100, abs=1e-3)
+    as_float = int16.astype(np.float32) / 32768.0
+    for samples, label in ((int16, "int16 (n, 2)"), (int16.T.copy(), "int16 (2, n)"), (as_float, "float32 (n, 2)"),
+                           (as_float.T.astype(np.float64), "float64 (2, n)")):
+        result = transcriber.transcribe(samples, sample_rate=44100)
+        assert result.to_dicts() == from_file.to_dicts(), label
+        assert result.source is None
+    # control: the stereo mixdown matters (the left channel alone is a different input)
+    left_only = transcriber.inference_model.segment_audio(audio.resample(as_float[:, 0], 44100, 16000)).frames
+    mixed = transcriber.inference_model.segment_audio(audio.load_audio(path)).frames
+    assert not np.allclose(left_only, mixed)
+
+
+def test_int_dtypes_are_scaled_by_full_scale():
+    wave = np.sin(np.arange(4000) / 7.0) * 0.5
+    expected = api.prepare_array(wave.astype(np.float32), 16000, target_rate=16000)
+    for dtype, scale in ((np.int16, 2 ** 15), (np.int32, 2 ** 31), (np.int8, 2 ** 7)):
+        got = api.prepare_array(np.round(wave * scale).astype(dtype), 16000, target_rate=16000)
+        np.testing.assert_allclose(got, expected, atol=max(1.0 / scale, 1e-7))  # float32 resolution for int32
+    unsigned = api.prepare_array(np.round(wave * 128 + 128).astype(np.uint8), 16000, target_rate=16000)
+    np.testing.assert_allclose(unsigned, expected, atol=1.0 / 128)
+    resampled = api.prepare_array(wave.astype(np.float32), 8000, target_rate=16000)
+    assert len(resampled) == 8000  # the same soxr resampler and length rule as files: ceil(n * 16000 / 8000)
+    np.testing.assert_array_equal(resampled, audio.resample(wave.astype(np.float32), 8000, 16000))
+
+
+@pytest.mark.parametrize("samples, rate, message", [
+    (np.array([0.0, np.nan, 0.1, np.inf], np.float32), 16000, r"audio: contains 2 non-finite \(NaN/Inf\) samples"),
+    (np.zeros(100, np.float32), None, "sample_rate is required"),
+    (np.zeros(100, np.float32), 0, "sample_rate must be an integer"),
+    (np.zeros(100, np.float32), 44100.5, "sample_rate must be an integer"),
+    (np.zeros(100, np.int64), 16000, "unsupported sample dtype int64"),
+    (np.zeros(100, bool), 16000, "unsupported sample dtype bool"),
+    (np.full(100, 12000.0), 16000, "looks like integer PCM stored as float"),
+    (np.zeros((100, 100), np.float32), 16000, r"cannot tell samples from channels in shape \(100, 100\)"),
+    (np.zeros((20, 1000), np.float32), 16000, "cannot tell samples from channels"),
+    (np.zeros((2, 3, 100), np.float32), 16000, "expected a 1-D .* got shape"),
+    (np.zeros((0, 20), np.float32), 16000, "cannot tell samples from channels"),
+    (np.zeros((2, 0), np.float32), 16000, "cannot tell samples from channels"),
+])
+def test_bad_arrays_are_refused_with_a_clear_message(samples, rate, message):
+    with pytest.raises(ValueError, match=message):
+        api.prepare_array(samples, rate, target_rate=16000)
+
+
+class _NoDecoding:
+    """Stands in for an InferenceModel: validation must fail before anything is decoded."""
+
+    sample_rate = 16000
+
+    def transcribe_many(self, *args, **kwargs):
+        raise AssertionError("decoded despite bad input")
+
+
+def test_transcriber_validates_every_input_before_decoding(tiny, tmp_path):
+    t = api.Transcriber(_NoDecoding())
+    good = np.zeros(1600, np.float32)
+    with pytest.raises(ValueError, match=r"audio\[1\]: contains 10 non-finite"):
+        t.transcribe_many([good, np.array([np.nan] * 10, np.float32)], 16000)
+    with pytest.raises(ValueError, match="sample_rate is for arrays"):
+        t.transcribe(tiny.wav(3), sample_rate=44100)
+    with pytest.raises(ValueError, match="2 sample rates for 3 inputs"):
+        t.transcribe_many([good, good, good], [16000, 16000])
+    with pytest.raises(TypeError, match="takes a list"):
+        t.transcribe_many(good, 16000)
+    with pytest.raises(TypeError, match="encoded file bytes"):
+        t.transcribe(tiny.wav(3).read_bytes(), 16000)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt not audio")
+    with pytest.raises(InputError, match="broken.wav: unreadable"):
+        t.transcribe_many([good, tmp_path / "broken.wav"], 16000)
+    with pytest.raises(InputError, match="missing.wav: file not found"):
+        t.transcribe(tmp_path / "missing.wav")
+    assert t.transcribe_many([]) == []
+
+
+def test_silence_is_valid_input_with_zero_notes(transcriber, tmp_path):
+    silent = transcriber.transcribe(np.zeros(32000, np.float32), sample_rate=16000)
+    assert silent.notes == () and len(silent.ns.notes) == 0 and silent.audio_seconds == pytest.approx(2.0)
+    soundfile.write(tmp_path / "silence.wav", np.zeros((22050, 2), np.int16), 22050)
+    from_file = transcriber.transcribe(tmp_path / "silence.wav")
+    assert from_file.notes == () and from_file.audio_seconds == pytest.approx(1.0)
+    empty = transcriber.transcribe_many([np.zeros(0, np.float32), np.zeros((0, 2), np.int16)], 44100)
+    assert [(r.notes, r.audio_seconds) for r in empty] == [((), 0.0), ((), 0.0)]
+
+
+def test_transcribe_many_shares_batches_and_matches_single_calls(tiny, transcriber, stereo_44k, monkeypatch):
+    path, int16 = stereo_44k
+    inputs = [tiny.wav(4), int16, np.zeros(8000, np.float32)]
+    alone = [transcriber.transcribe(tiny.wav(4)), transcriber.transcribe(int16, 44100),
+             transcriber.transcribe(inputs[2], 16000)]
+    im = transcriber.inference_model
+    calls = []
+    original = im.predict_batch
+    monkeypatch.setattr(im, "predict_batch", lambda frames: calls.append(len(frames)) or original(frames))
+    together = transcriber.transcribe_many(inputs, [None, 44100, 16000])
+    assert [r.to_dicts() for r in together] == [r.to_dicts() for r in alone]
+    assert [r.source for r in together] == [str(tiny.wav(4)), None, None]
+    prepared = [audio.load_audio(tiny.wav(4)), api.prepare_array(int16, 44100, target_rate=16000), inputs[2]]
+    segments = [len(im.segment_audio(x).frames) for x in prepared]
+    assert sum(calls) == sum(segments) and len(calls) == -(-sum(segments) // im.batch_size)
+    assert len(calls) < sum(-(-s // im.batch_size) for s in segments)  # fewer batches than one call per input
+    shared_rate = transcriber.transcribe_many([int16, tiny.wav(4)], 44100)  # one rate for the arrays; files ignore it
+    assert [r.to_dicts() for r in shared_rate] == [alone[1].to_dicts(), alone[0].to_dicts()]
+
+
+def test_load_model_uses_the_default_model_dir(tiny, monkeypatch, tmp_path):
+    from mt3 import pretrained
+
+    monkeypatch.setattr(pretrained, "default_model_dir", lambda: tmp_path / "not_installed")
+    with pytest.raises(InputError, match="no default model is installed.*load_model\\('MODEL_DIR'\\)"):
+        api.load_model()
+    monkeypatch.setattr(pretrained, "default_model_dir", lambda: tiny.model_dir)
+    model = api.load_model(gin_bindings=tiny.bindings, batch_size=2)
+    assert model.info["model_dir"] == str(tiny.model_dir.resolve()) and model.info["batch_size"] == 2
+    assert model.sample_rate == 16000
+    with pytest.raises(InputError, match="checkpoint directory not found"):
+        api.load_model(tmp_path / "nowhere")
