@@ -213,13 +213,18 @@ def read_checkpoint(src: str | os.PathLike, step: int | None = None) -> T5XCheck
         name, _, stat = key.rpartition("/")
         if stat in STATISTICS:
             param_states.setdefault(name, {})[stat] = leaf
-    ckpt_step = opt.get("step")
-    if isinstance(ckpt_step, ArrayRef | dict):  # never seen; a step is a scalar written inline
-        raise InputError(path, "the optimizer step is not stored inline")
+    steps: dict[str, Any] = {}
+    if "step" in opt:
+        _flatten(opt["step"], "state/step", directory, path, steps)
+    ckpt_step = None
+    if steps:
+        value = load_leaf(next(iter(steps.values())))  # inline in MT3's checkpoints; read it wherever it is
+        if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+            raise InputError(path, f"the optimizer step is not a number (shape {list(value.shape)}, {value.dtype})")
+        ckpt_step = int(value.reshape(-1)[0])
     version = state.get("version")
-    return T5XCheckpoint(path=path, version=int(version) if version is not None else None,
-                         step=int(np.asarray(ckpt_step)) if ckpt_step is not None else None,
-                         target=target, param_states=param_states)
+    return T5XCheckpoint(path=path, version=int(version) if isinstance(version, int | np.integer) else None,
+                         step=ckpt_step, target=target, param_states=param_states)
 
 
 # ---------------------------------------------------------------------------------------------------------------

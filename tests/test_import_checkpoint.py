@@ -147,6 +147,31 @@ def test_step_picks_a_checkpoint_of_a_t5x_model_dir(tiny, tmp_path):
         import_checkpoint(tmp_path / "run" / "checkpoint_9000", tmp_path / "x", preset=str(tiny.preset), step=5)
 
 
+@pytest.mark.parametrize("compressor", [{"id": "gzip", "level": 5}, {"id": "zlib", "level": 1}, None,
+                                        {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}])
+def test_zarr_reader_agrees_with_tensorstore_both_ways(tmp_path, compressor):
+    """Arrays tensorstore writes (several chunks, partial edge chunks, big-endian) read back exactly, and tensorstore
+    reads what the fixture writes: the fixture's layout is the real zarr format, not only our reader's idea of it."""
+    import tensorstore as ts
+    from t5x_fixture import write_zarr
+
+    from mt3 import t5x_checkpoints
+
+    array = np.random.default_rng(1).standard_normal((7, 10)).astype(">f4")
+    store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "ts")},
+                     "metadata": {"shape": [7, 10], "chunks": [3, 4], "dtype": ">f4", "compressor": compressor}},
+                    create=True).result()
+    store.write(array).result()
+    read = t5x_checkpoints.read_zarr(tmp_path / "ts")
+    assert read.dtype == np.float32 and read.dtype.isnative
+    np.testing.assert_array_equal(read, array.astype(np.float32))
+
+    write_zarr(tmp_path / "ours", array.astype(np.float32))
+    theirs = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "ours")}},
+                     open=True).result().read().result()
+    np.testing.assert_array_equal(theirs, array.astype(np.float32))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Transcription and greedy tokens
 # ---------------------------------------------------------------------------------------------------------------
