@@ -148,11 +148,14 @@ def _stack_padded(arrays: list[np.ndarray], dtype, trailing: tuple = ()) -> tupl
     return out, lengths
 
 
-def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train"):
+def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train",
+                                   mix_config=None):
     """seqio preprocessor: parsed track records -> examples {'inputs': [L', hop] f32, 'targets': [T'] i32, ...}.
 
     `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments;
-    adds 'id', 'start_time' and, on segment 0, the full-track reference 'sequence').
+    adds 'id', 'start_time' and, on segment 0, the full-track reference 'sequence'). Training examples are audio mixes
+    of several tracks' crops when `mix_config` (a `mixing.MixConfig`; None = the gin-bound
+    `mixing.training_mix_config()`, off by default) says so.
     """
     import tensorflow as tf
 
@@ -175,14 +178,12 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
         start_times = np.array([s["input_times"][0] for s in segments], np.float64)
         return inputs, in_len, targets, tgt_len, start_times
 
-    def _unpad(ex):
-        out = dict(ex)
-        out["inputs"] = ex["inputs"][: ex.pop("inputs_length")]
-        out["targets"] = ex["targets"][: ex.pop("targets_length")]
-        out.pop("inputs_length", None)
-        out.pop("targets_length", None)
-        return out
+    if split_kind == "train" and mix_config is None:
+        from mt3 import mixing
 
+        mix_config = mixing.training_mix_config()
+    if split_kind == "train" and mix_config.enabled:
+        return _mixed_training_dataset(dataset, config, mix_config, input_length)
     if split_kind == "train":
         import seqio
 
@@ -224,7 +225,48 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     else:
         raise ValueError(f"split_kind must be 'train' or 'eval', got {split_kind!r}")
 
-    return ds.unbatch().map(_unpad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int):
+    """Training examples mixed across tracks: records are shuffled (seeded, so resumes stay exact), read in groups of
+    `records_per_group`, and every group yields one example per crop, some summed with other tracks' crops."""
+    import seqio
+    import tensorflow as tf
+
+    from mt3 import mixing
+
+    hop = config.spectrogram_config.hop_width
+
+    def _group_np(audio_bytes, seq_bytes, element_seed):
+        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)])
+        tracks = [tokenize_track(*_parse(a, q), config) for a, q in zip(audio_bytes, seq_bytes, strict=True)]
+        examples = list(mixing.mixed_training_examples(tracks, config, mix_config, input_length, rng))
+        inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
+        targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
+        return inputs, in_len, targets, tgt_len
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def _map(ex, seed):
+        inputs, in_len, targets, tgt_len = tf.numpy_function(
+            _group_np, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32],
+            stateful=False)
+        k = tf.shape(in_len)[0]
+        return {"inputs": tf.ensure_shape(inputs, [None, None, hop]), "inputs_length": in_len,
+                "targets": tf.ensure_shape(targets, [None, None]), "targets_length": tgt_len,
+                "id": tf.fill([k], ex["id"][0])}
+
+    grouped = dataset.shuffle(4 * mix_config.records_per_group, seed=mix_config.seed).batch(
+        mix_config.records_per_group)
+    return _map(grouped).unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _unpad_example(ex):
+    """Cuts a padded example back to its lengths and drops the length features."""
+    out = dict(ex)
+    out["inputs"] = ex["inputs"][: out.pop("inputs_length")]
+    out["targets"] = ex["targets"][: out.pop("targets_length")]
+    return out
 
 
 def handle_too_long(dataset, *, sequence_length, skip: bool = False):
