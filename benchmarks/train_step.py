@@ -69,13 +69,13 @@ def xla_flops(compiled) -> float | None:
 
 
 def run(args, gin_bindings: list[str]) -> dict:
-    from mt3 import gin_utils
+    from mt3 import gin_utils, train  # importing train registers its gin configurables
 
     gin_utils.parse_gin_flags(args.gin_file, gin_bindings, model_dir=tempfile.mkdtemp(prefix="mt3_bench_"))
     import gin
     import jax
 
-    from mt3 import partitioning, train, trainer
+    from mt3 import partitioning, trainer
 
     model = gin.get_configurable("models.ContinuousInputsEncoderDecoderModel")()
     config = model.config

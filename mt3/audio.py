@@ -25,6 +25,9 @@ DEFAULT_SAMPLE_RATE = 16000
 # Sample rates outside this range are treated as a corrupt header rather than audio (telephone 8 kHz .. 768 kHz).
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768000
+# A decode this much shorter than the declared length is a truncated file (mp3 headers only estimate their length).
+SHORT_DECODE_TOLERANCE_SECONDS = 0.25
+SHORT_DECODE_TOLERANCE_FRACTION = 0.02
 RESAMPLE_QUALITY = "soxr_hq"  # librosa's default res_type, i.e. what MT3's librosa.load used
 
 
@@ -56,14 +59,17 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.pad(out, (0, target_len - len(out)))
 
 
-def _decode_soundfile(source) -> tuple[np.ndarray, int]:
+def _decode_soundfile(source) -> tuple[np.ndarray, int, float | None]:
+    """[n, channels] float32, the native rate, and the seconds the header declares (None when it does not say)."""
     import soundfile
 
-    data, rate = soundfile.read(source, dtype="float32", always_2d=True)
-    return data, rate
+    with soundfile.SoundFile(source) as f:
+        declared = f.frames / f.samplerate if f.frames > 0 and f.samplerate > 0 else None
+        data = f.read(dtype="float32", always_2d=True)
+        return data, f.samplerate, declared
 
 
-def _decode_audioread(path: str) -> tuple[np.ndarray, int]:
+def _decode_audioread(path: str) -> tuple[np.ndarray, int, float | None]:
     """Fallback for what libsndfile cannot read (e.g. m4a/aac): audioread's ffmpeg backend, native rate.
 
     audioread directly rather than librosa.load: same decoder, without importing librosa/numba (tens of seconds
@@ -73,47 +79,92 @@ def _decode_audioread(path: str) -> tuple[np.ndarray, int]:
 
     with audioread.audio_open(path) as f:
         rate, channels = int(f.samplerate), int(f.channels)
+        declared = float(f.duration) if f.duration and f.duration > 0 else None  # ffmpeg: from the container
         pcm = b"".join(bytes(block) for block in f)
     if channels <= 0:
         raise ValueError(f"decoder reported {channels} channels")
     data = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0  # audioread yields 16-bit PCM
-    return data[: len(data) // channels * channels].reshape(-1, channels), rate
+    return data[: len(data) // channels * channels].reshape(-1, channels), rate, declared
+
+
+def _riff_data_sizes(path: str | None, data: bytes | None) -> tuple[int, int] | None:
+    """(data bytes the header declares, data bytes present) of a RIFF/WAVE file whose data chunk is cut short, else
+    None. Streaming writers put 0 or 0xFFFFFFFF there (length unknown): not a truncation."""
+    if data is None:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        size = os.path.getsize(path)
+    else:
+        head, size = bytes(data[: 1 << 16]), len(data)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            present = size - pos - 8
+            return (length, present) if length not in (0, 0xFFFFFFFF) and present < length else None
+        pos += 8 + length + (length & 1)
+    return None
+
+
+def _check_complete(name, data: np.ndarray, rate, declared: float | None, earlier_errors: list[str]) -> None:
+    """A decode that stops well short of the length the header declares is a truncated or corrupt file: transcribing
+    the first second of a 20 s file and exiting 0 would hide that. Tolerance: 2 % or 0.25 s (mp3 headers estimate)."""
+    if declared is None or not rate:
+        return
+    decoded = data.shape[0] / rate
+    if declared - decoded > max(SHORT_DECODE_TOLERANCE_SECONDS, SHORT_DECODE_TOLERANCE_FRACTION * declared):
+        detail = f" ({earlier_errors[0][:120]})" if earlier_errors else ""
+        raise InputError(name, f"truncated or corrupt: decoding stopped at {decoded:.2f} s of the {declared:.2f} s "
+                               f"the file declares{detail}")
 
 
 def _decode(name, path: str | None, data: bytes | None) -> tuple[np.ndarray, int]:
-    """Decoded [n, channels] float32 and the native rate; InputError if no decoder understands the bytes."""
+    """Decoded [n, channels] float32 and the native rate; InputError if no decoder understands the bytes, or if the
+    decode stops short of the length the file declares (`_check_complete`)."""
     errors = []
     try:
-        return _decode_soundfile(path if data is None else io.BytesIO(data))
+        decoded, rate, declared = _decode_soundfile(path if data is None else io.BytesIO(data))
+        riff = _riff_data_sizes(path, data)
+        if riff is not None and riff[1] > 0:  # libsndfile takes a cut wav's length from what is there
+            declared = decoded.shape[0] / rate * riff[0] / riff[1]
+        _check_complete(name, decoded, rate, declared, errors)
+        return decoded, rate
+    except InputError:
+        raise
     except Exception as err:  # libsndfile raises several types; all are reported below
         errors.append(f"soundfile: {err}")
     try:
         if path is not None:
-            return _decode_audioread(path)
-        import tempfile
+            decoded, rate, declared = _decode_audioread(path)
+        else:
+            import tempfile
 
-        suffix = Path(str(name)).suffix or ".bin"
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp_path = os.path.join(tmp, f"upload{suffix}")
-            with open(tmp_path, "wb") as f:
-                f.write(data)
-            return _decode_audioread(tmp_path)
+            suffix = Path(str(name)).suffix or ".bin"
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp_path = os.path.join(tmp, f"upload{suffix}")
+                with open(tmp_path, "wb") as f:
+                    f.write(data)
+                decoded, rate, declared = _decode_audioread(tmp_path)
     except Exception as err:
         errors.append(f"audioread: {type(err).__name__}: {err}".rstrip(": "))
+    else:
+        _check_complete(name, decoded, rate, declared, errors)
+        return decoded, rate
     detail = "; ".join(e.replace("\n", " ") for e in errors)
     raise InputError(name, f"unreadable, corrupt or unsupported audio format ({detail[:300]})")
 
 
 def _to_mono_checked(name, decoded: np.ndarray, native_rate, sample_rate: int, allow_silence: bool) -> np.ndarray:
     native_rate = _check_rate(name, native_rate, "file")
-    if decoded.ndim != 2 or decoded.shape[0] == 0 or decoded.shape[1] == 0:
+    if decoded.ndim != 2 or decoded.shape[1] == 0 or (decoded.shape[0] == 0 and not allow_silence):
         raise InputError(name, "audio is empty (zero samples)")
     if not np.all(np.isfinite(decoded)):
         bad = int(np.count_nonzero(~np.isfinite(decoded)))
         raise InputError(name, f"audio contains {bad} non-finite (NaN/Inf) samples")
     if not allow_silence and not np.any(decoded):
-        raise InputError(name, "every sample is exactly zero (a decoding failure or a silent file; "
-                               "pass allow_silence=True to accept it)")
+        raise InputError(name, "every sample is exactly zero (a silent file or a decoding failure), refused here")
     mono = decoded.mean(axis=1, dtype=np.float32) if decoded.shape[1] > 1 else decoded[:, 0]
     return resample(np.ascontiguousarray(mono, dtype=np.float32), native_rate, sample_rate)
 
@@ -123,9 +174,11 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
     """Any wav/flac/ogg/mp3 (or ffmpeg-readable) file -> mono float32 samples at `sample_rate` (16 kHz for MT3).
 
     Channels are averaged, then resampled with soxr 'HQ' (librosa.load's order and filter, as MT3). Raises
-    `InputError(path, problem)` when the file is missing, unreadable, empty, has NaN/Inf samples or an absurd sample
-    rate, and -- unless `allow_silence=True` -- when every sample is exactly zero: a transcriber fed digital silence
-    returns nothing, which usually means the file decoded wrongly, so by default we say so instead.
+    `InputError(path, problem)` when the file is missing, unreadable, empty, truncated (decoded shorter than its
+    header says), has NaN/Inf samples or an absurd sample rate, and -- unless `allow_silence=True` -- when every
+    sample is exactly zero or there are none. The default refuses silence because training data preparation wants a
+    decoding failure caught; transcription (`mt3 transcribe`/`serve`, the Python API) passes allow_silence=True:
+    silence or a very short file is a valid input that has zero notes.
     """
     sample_rate = _check_rate(path, sample_rate, "requested")
     p = Path(path)
@@ -146,8 +199,10 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
 
 
 def load_audio_bytes(data: bytes, *, name: str = "upload", sample_rate: int = DEFAULT_SAMPLE_RATE,
-                     allow_silence: bool = False) -> np.ndarray:
+                     allow_silence: bool = True) -> np.ndarray:
     """`load_audio` for an in-memory file (an HTTP upload): same decoding and checks; errors name `name`.
+
+    Silence is accepted by default here: uploads are transcribed, and a silent upload has zero notes.
 
     The file extension of `name` helps the ffmpeg fallback guess the container.
     """

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_SUBDIR = "checkpoints"
+UNRESTORABLE_SUBDIR = "checkpoints_unrestorable"  # where `mt3 train` moves steps that do not restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,27 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_state_to_dict(target)), meta=ocp.args.JsonRestore()))
         return target.replace(**restored["state"]), dict(restored["meta"])
 
+    def set_aside(self, steps: list[int]) -> list[Path]:
+        """Moves these step dirs to MODEL_DIR/checkpoints_unrestorable/ (kept for inspection, never deleted), so orbax
+        neither lists them nor refuses to save those steps again; returns where they went (process 0 moves)."""
+        import jax
+
+        moved: list[Path] = []
+        if not steps:
+            return moved
+        if jax.process_index() == 0:
+            aside = self.directory.parent / UNRESTORABLE_SUBDIR
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = aside / str(step)
+                suffix = 1
+                while target.exists():
+                    target, suffix = aside / f"{step}.{suffix}", suffix + 1
+                os.replace(self.directory / str(step), target)
+                moved.append(target)
+        self._manager.reload()
+        return moved
+
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
 
@@ -103,3 +125,80 @@ def restore_latest(model_dir: str | os.PathLike, target) -> tuple[Any, dict] | N
         return checkpointer.restore(target)
     finally:
         checkpointer.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which checkpoints restore: a cut-short chunk file (a full disk, a copy interrupted) must cost one line, not a
+# TensorStore traceback. Callers pass their own restore function (training state, parameters only, or another
+# format), so the fallback rule lives here once.
+
+@dataclasses.dataclass(frozen=True)
+class BadCheckpoint:
+    """A checkpoint step whose files exist but do not restore, and why (one line)."""
+
+    step: int
+    path: Path
+    reason: str
+
+    def describe(self) -> str:
+        return f"checkpoint step {self.step} ({self.path}) does not restore: {self.reason}"
+
+
+def complete_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps of the finished checkpoints under MODEL_DIR/checkpoints, oldest first (orbax names a step dir by its
+    number only when the save is complete; temporary dirs carry a suffix)."""
+    directory = checkpoint_dir(model_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def failure_reason(err: BaseException, limit: int = 240) -> str:
+    """The most specific one-line message in an exception chain (TensorStore's own error is the innermost one; the
+    outer orbax message only dumps a spec)."""
+    messages = []
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = " ".join(str(err).split())
+        if text:
+            messages.append(f"{type(err).__name__}: {text}" if type(err) is not Exception else text)
+        err = err.__cause__ or err.__context__
+    line = messages[-1] if messages else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def restore_newest(model_dir: str | os.PathLike, restore_step, *, step: int | None = None,
+                   steps: list[int] | None = None, warn=None):
+    """`restore_step(step)` on the newest checkpoint that restores: (result, step, [BadCheckpoint, ...]).
+
+    With `step` only that one is tried. Each failure is passed to `warn(bad)` as it happens (callers print it on one
+    line); nothing is deleted or moved here. Raises `InputError` naming every bad step when none restores, or when
+    there is no checkpoint at all.
+    """
+    from mt3.errors import InputError
+
+    available = complete_steps(model_dir) if steps is None else sorted(steps)
+    if not available:
+        raise InputError(model_dir, f"no checkpoint under {checkpoint_dir(model_dir)} (train first)")
+    if step is not None:
+        if int(step) not in available:
+            raise InputError(model_dir, f"no checkpoint at step {step}; available steps: {available}")
+        candidates = [int(step)]
+    else:
+        candidates = sorted(available, reverse=True)
+    bad: list[BadCheckpoint] = []
+    for candidate in candidates:
+        try:
+            return restore_step(candidate), candidate, bad
+        except InputError:
+            raise
+        except Exception as err:  # orbax/TensorStore raise plain Exception, ValueError, OSError ... for bad files
+            entry = BadCheckpoint(candidate, checkpoint_dir(model_dir) / str(candidate), failure_reason(err))
+            bad.append(entry)
+            if warn is not None:
+                warn(entry)
+    if len(bad) == 1:
+        raise InputError(bad[0].path, f"checkpoint does not restore: {bad[0].reason}")
+    raise InputError(checkpoint_dir(model_dir), f"none of the {len(bad)} checkpoints restores (steps "
+                                                f"{', '.join(str(b.step) for b in bad)}; newest: {bad[0].reason})")

@@ -52,11 +52,42 @@ def split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, bindings
 
 
+GIN_HELP = """
+Gin works here as in `mt3 train`: --gin_file=FILE reads another gin file (repeatable; searched in the working
+directory, then the package's gin/; transcribe/eval/serve read it after the model dir's config.gin), and
+--gin.NAME=VALUE binds one macro or parameter, e.g. --gin.INFER_BATCH_SIZE=8 or --gin.MAX_DECODE_LENGTH=512.
+An unknown name or a value of the wrong type stops with one error line (exit 2).
+Flags may be spelled with '-' or '_' (--batch-size or --batch_size).
+"""
+
+
+def normalize_flag_spelling(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--batch_size` -> `--batch-size` (and `--gin-file` -> `--gin_file`) when only the other spelling is a flag of
+    `parser`, so both styles work everywhere without doubling every flag in --help."""
+    known = {opt for action in parser._actions for opt in action.option_strings}  # argparse has no public listing
+    out = []
+    for arg in argv:
+        if arg == "--":
+            out.extend(argv[len(out):])
+            break
+        flag, sep, value = arg.partition("=")
+        if flag.startswith("--") and flag not in known:
+            for other in (flag.replace("_", "-"), "--" + flag[2:].replace("-", "_")):
+                if other in known:
+                    flag = other
+                    break
+        out.append(flag + sep + value)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mt3 import __version__
+
     parser = argparse.ArgumentParser(
         prog="mt3",
         description="Automatic music transcription: audio in, multitrack MIDI out (MT3 in JAX/Flax).",
     )
+    parser.add_argument("--version", action="version", version=f"mt3 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -67,14 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv or ["--help"])  # prints help / usage error and exits
+        parser.parse_args(argv or ["--help"])  # prints help / --version / a usage error and exits
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(f"mt3.commands.{COMMANDS[name][0]}")
-    sub_parser = argparse.ArgumentParser(prog=f"mt3 {name}", description=COMMANDS[name][1])
+    sub_parser = argparse.ArgumentParser(prog=f"mt3 {name}", description=COMMANDS[name][1],
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub_parser)
+    if sub_parser.get_default("gin_bindings") is not None:  # the command takes gin: say so in its --help
+        sub_parser.epilog = GIN_HELP + (sub_parser.epilog or "")
     rest, gin_bindings = split_gin_bindings(rest)
-    args = sub_parser.parse_args(rest)
+    args = sub_parser.parse_args(normalize_flag_spelling(rest, sub_parser))
     if gin_bindings and not hasattr(args, "gin_bindings"):
         sub_parser.error("this command takes no --gin.NAME=VALUE bindings")
     if hasattr(args, "gin_bindings"):

@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,7 @@ def evaluate_task(im, task: EvalTask, out_dir: str | os.PathLike | None, config:
                 est = midi_io.midi_round_trip(result.ns)
                 entry = {"id": rec.id, "seconds": round(result.audio_seconds, 3), "segments": result.num_segments,
                          "invalid_events": result.invalid_events, "dropped_events": result.dropped_events,
+                         "duplicate_notes_removed": result.duplicate_notes_removed,
                          "metrics": metrics.note_metrics(ref, est, onsets_only=onsets_only, velocity=velocity),
                          "instrument_classes": metrics.instrument_class_metrics(ref, est)}
                 if out is not None and config.write_midi:
@@ -337,7 +339,13 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
         raise InputError(model_dir, "no checkpoints to evaluate")
     im, per_step = None, {}
     for s in steps:
-        params, restored = inference.restore_params(model_dir, model, s)
+        try:
+            params, restored = inference.restore_params(model_dir, model, s)
+        except InputError as err:
+            if not all_checkpoints:
+                raise
+            print(f"mt3 eval: warning: skipping step {s}: {err}", file=sys.stderr, flush=True)  # sweep the rest
+            continue
         info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored}
         if im is None:
             im = inference.InferenceModel(model, params, spec=spec, config=infer_config, info=info)
@@ -346,6 +354,8 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
         per_step[restored] = evaluate(im, eval_tasks, out / f"step_{restored}" if all_checkpoints else out,
                                       eval_config, progress=progress)
     if all_checkpoints:
+        if not per_step:
+            raise InputError(model_dir, "no checkpoint restores (see the warnings above)")
         write_sweep(per_step, out)
         return {"steps": sorted(per_step), "results": per_step}
     return next(iter(per_step.values()))

@@ -2,17 +2,23 @@
 
 Library code (trainer, partitioning, checkpoints, models) never imports gin; this module registers their functions and
 config dataclasses with `gin.external_configurable` under the names MT3/T5X users know (`network.T5Config`,
-`models.ContinuousInputsEncoderDecoderModel`, `utils.DatasetConfig`, `train_script.train`, ...). Registration happens
-inside `parse_gin_flags`, so importing this module is cheap. Every gin problem (unknown configurable or parameter,
-syntax error, missing file, undefined macro) surfaces here, at start-up and before any heavy work, as an
-`mt3.errors.InputError` (exit code 2 from the CLI) carrying gin's own message.
+`models.ContinuousInputsEncoderDecoderModel`, `trainer.OptimizerConfig`, ...). Registration happens inside
+`parse_gin_flags`, so importing this module is cheap. The modules that import THIS one register their own
+configurables where they are defined (`mt3.train`: `train_script.train`, `utils.DatasetConfig`, ...; `mt3.inference`,
+`mt3.evaluation`): this module imports none of them, so there is no import circle.
+
+Every gin problem (unknown configurable, parameter or macro, a value of the wrong type for a macro or a config field,
+syntax error, missing file, undefined macro) surfaces here, at start-up and before anything is written, as one
+`mt3.errors.InputError` line (exit code 2 from the CLI) naming the binding the user wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
+import re
 import shutil
 import tokenize
 from collections.abc import Sequence
@@ -22,6 +28,13 @@ from mt3.errors import InputError
 
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 MODEL_DIR_MACRO = "MODEL_DIR"
+# Registered by `mt3.train` where they are defined. A model dir's config.gin names them, but transcription and
+# evaluation do not need them: `parse_gin_flags(skip_unknown=TRAINING_ONLY_CONFIGURABLES)` reads such a file without
+# importing the training loop.
+TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConfig", "utils.DatasetConfig")
+# Macros that code reads with `query_macro` although no gin file has to define them: a binding of one is not unknown.
+CODE_MACROS = frozenset({MODEL_DIR_MACRO, "INFER_EVAL_TASKS", "EVAL_TASKS", "EVAL_MIXTURE", "TASK_PREFIX", "DATA_DIR",
+                         "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL"})
 
 _REGISTERED = False
 
@@ -33,21 +46,18 @@ def register_configurables() -> None:
         return
     import gin
 
-    from mt3 import checkpoints, evaluation, partitioning, train, trainer
+    from mt3 import checkpoints, partitioning, trainer  # none of these imports gin_utils
     from mt3.models import models, network
 
-    ext = gin.external_configurable
-    ext(network.T5Config, module="network")
-    ext(network.Transformer, module="network")
-    ext(models.ContinuousInputsEncoderDecoderModel, module="models")
-    ext(train.train, module="train_script")
-    ext(train.TrainLoopConfig, module="train_script")
-    ext(train.DatasetConfig, module="utils")
-    ext(trainer.OptimizerConfig, module="trainer")
-    ext(checkpoints.CheckpointConfig, module="checkpoints")
-    ext(partitioning.PartitionConfig, module="partitioning")
-    ext(partitioning.standard_logical_axis_rules, module="partitioning")
-    evaluation.register_gin_configurables()  # inference.InferenceConfig, evaluation.EvalConfig (eval/infer gin)
+    with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
+        ext = gin.external_configurable
+        ext(network.T5Config, module="network")
+        ext(network.Transformer, module="network")
+        ext(models.ContinuousInputsEncoderDecoderModel, module="models")
+        ext(trainer.OptimizerConfig, module="trainer")
+        ext(checkpoints.CheckpointConfig, module="checkpoints")
+        ext(partitioning.PartitionConfig, module="partitioning")
+        ext(partitioning.standard_logical_axis_rules, module="partitioning")
     _REGISTERED = True
 
 
@@ -95,11 +105,14 @@ class GinFlags:
 
 def parse_gin_flags(gin_files: Sequence[str | os.PathLike] | None, gin_bindings: Sequence[str] | None = None, *,
                     search_paths: Sequence[str | os.PathLike] = (), model_dir: str | os.PathLike | None = None,
-                    finalize: bool = True) -> GinFlags:
+                    finalize: bool = True, skip_unknown: Sequence[str] = ()) -> GinFlags:
     """Parses gin files then bindings (later wins); `model_dir` becomes the MODEL_DIR macro, overriding the rest.
 
     Files are searched in the working directory, then `search_paths`, then the repository's `gin/` folder (includes
-    inside gin files use the same search path). Raises InputError with gin's message on any problem.
+    inside gin files use the same search path). Each binding is checked before it counts: a macro no file defines or
+    uses is refused with the closest known names, and a value of another type than the files' own (an int macro given
+    a string) is refused naming both. `skip_unknown` lists configurables the FILES may name without them being
+    registered (TRAINING_ONLY_CONFIGURABLES for a model dir's config.gin). Raises InputError on any problem.
     """
     import gin
 
@@ -108,7 +121,8 @@ def parse_gin_flags(gin_files: Sequence[str | os.PathLike] | None, gin_bindings:
         if path not in gin.config._LOCATION_PREFIXES:  # gin has no public way to list its search path
             gin.add_config_file_search_path(path)
     resolved = [resolve_gin_file(f, search_paths) for f in (gin_files or [])]
-    bindings = [_quote_model_dir(b) for b in (gin_bindings or [])]
+    user_bindings = [_quote_model_dir(b) for b in (gin_bindings or [])]
+    bindings = list(user_bindings)
     if model_dir is not None:
         bindings.append(f"{MODEL_DIR_MACRO} = {os.fspath(model_dir)!r}")
     gin.clear_config()
@@ -119,10 +133,16 @@ def parse_gin_flags(gin_files: Sequence[str | os.PathLike] | None, gin_bindings:
         for path in resolved:
             if path.resolve() in {f.resolve() for f in files}:
                 continue  # already read (e.g. train.gin, included by a preset): reading it again would undo overrides
-            files.extend(_included_files(gin.parse_config_file(os.fspath(path)), path, search_paths))
-        gin.parse_config(bindings)
+            parsed = gin.parse_config_file(os.fspath(path), skip_unknown=list(skip_unknown) or False)
+            files.extend(_included_files(parsed, path, search_paths))
+        known = _known_macros(files, user_bindings)
+        for binding in bindings:
+            _parse_binding(binding, known, user=binding in user_bindings)
         if finalize:
             gin.finalize()
+    except InputError:
+        gin.clear_config()
+        raise
     except (ValueError, TypeError, SyntaxError, tokenize.TokenError, OSError, KeyError) as err:
         gin.clear_config()
         message = _one_line(err).split(" in config string")[0]  # gin appends the whole config here
@@ -132,6 +152,110 @@ def parse_gin_flags(gin_files: Sequence[str | os.PathLike] | None, gin_bindings:
     finally:
         logging.getLogger().removeFilter(quiet)
     return GinFlags(files=list(dict.fromkeys(files)), bindings=bindings)
+
+
+_MACRO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MACRO_USE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_MISSING = object()
+
+
+def as_flag(binding: str) -> str:
+    """`NAME = VALUE` as the user typed it on the command line: `--gin.NAME=VALUE`."""
+    name, _, value = binding.partition("=")
+    return f"--gin.{name.strip()}={value.strip()}"
+
+
+def _known_macros(files: Sequence[Path], bindings: Sequence[str]) -> dict[str, object]:
+    """{macro: the value the files give it (or _MISSING)} for every macro the files define or any file/binding uses."""
+    import gin
+
+    defined = {scope: params.get("value") for (scope, selector), params in gin.config._CONFIG.items()
+               if selector == "gin.macro"}  # gin has no public listing of macros
+    used: set[str] = set(CODE_MACROS)
+    for path in files:
+        used.update(_MACRO_USE.findall(path.read_text(errors="replace")))
+    for binding in bindings:
+        used.update(_MACRO_USE.findall(binding.partition("=")[2]))
+    return {**{name: _MISSING for name in used}, **defined}
+
+
+def _parse_binding(binding: str, known: dict[str, object], *, user: bool) -> None:
+    """Parses one `NAME = VALUE` binding; a user's binding is checked first (macro known, value of the right type)."""
+    import gin
+
+    name = binding.partition("=")[0].strip()
+    is_macro = bool(_MACRO_NAME.match(name))
+    if user and is_macro and name not in known:
+        close = difflib.get_close_matches(name.upper(), list(known), n=3, cutoff=0.3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (the gin files define no such macro)"
+        raise InputError(None, f"{as_flag(binding)}: unknown macro {name}{hint}")
+    try:
+        gin.parse_config(binding)
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError, KeyError) as err:
+        if isinstance(err, tokenize.TokenError):
+            message = f"{err.args[0]} (an unclosed bracket or quote?)"
+        else:
+            message = _one_line(err).split(" in config string")[0]
+            message = re.sub(r"\s*\|?\s*In bindings string line \d+.*$|\s*\(line \d+\)", "", message)
+        raise InputError(None, f"bad gin binding {as_flag(binding)}: {message}") from err
+    if not user:
+        return
+    if is_macro:
+        expected, where = known.get(name, _MISSING), "the gin files set"
+    else:
+        expected, where = _field_default(name), "its default is"
+    if expected is _MISSING:
+        return
+    value = query_macro(name, _MISSING) if is_macro else _query(name)
+    if not _same_kind(expected, value):
+        raise InputError(None, f"{as_flag(binding)}: {name} takes {_kind(expected)} ({where} {expected!r}), "
+                               f"got {_kind(value)} {value!r}")
+
+
+def _query(selector: str):
+    import gin
+
+    try:
+        return gin.query_parameter(selector)
+    except ValueError:
+        return _MISSING
+
+
+def _field_default(selector: str):
+    """The dataclass default of `[scope/]module.Config.field` (what the value's type should match), or _MISSING."""
+    import gin
+
+    configurable, _, field = selector.rpartition("/")[2].rpartition(".")
+    try:
+        cls = gin.get_configurable(configurable)
+    except (ValueError, TypeError):
+        return _MISSING
+    cls = getattr(cls, "__wrapped__", cls)
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        if f.name == field and f.default is not dataclasses.MISSING:
+            return f.default
+    return _MISSING
+
+
+def _same_kind(expected, value) -> bool:
+    """Whether `value` may replace `expected`: None and references always may; else bool/number/str/sequence/dict."""
+    plain = (bool, int, float, str, list, tuple, dict)
+    if value is _MISSING or expected is None or value is None or not isinstance(expected, plain) or \
+            not isinstance(value, plain):
+        return True
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(expected, bool) and isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, int | float)
+    if isinstance(expected, list | tuple):
+        return isinstance(value, list | tuple)
+    return isinstance(value, type(expected))
+
+
+def _kind(value) -> str:
+    names = {bool: "a bool", int: "an int", float: "a float", str: "a str", list: "a list", tuple: "a tuple",
+             dict: "a dict", type(None): "None"}
+    return names.get(type(value), type(value).__name__)
 
 
 class _DropSearchMisses(logging.Filter):

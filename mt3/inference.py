@@ -7,8 +7,8 @@ time order with one decoding state (`metrics_utils.event_predictions_to_ns`; tie
 
 Why a class: the jitted decoder is compiled once per (batch, input length, decode length) and reused for every file
 and request, so shapes are static: segments of one or MANY files are packed into batches of exactly `batch_size`
-rows (the last batch padded with silent segments whose outputs are discarded). `mt3 transcribe`, `mt3 eval` and
-`mt3 serve` all go through `InferenceModel`.
+rows (the last batch padded with silent segments whose outputs are discarded). `mt3 transcribe` (files in and out:
+`mt3.transcription`), `mt3 eval` and `mt3 serve` all go through `InferenceModel`.
 
 No TensorFlow and no seqio here (GPU hosts without TF run this); JAX/note_seq are imported when used.
 """
@@ -94,6 +94,7 @@ class Transcription:
     num_segments: int
     audio_seconds: float
     decoded_tokens: int  # tokens before EOS, summed over segments (EOS not counted)
+    duplicate_notes_removed: int = 0  # exact duplicates dropped after stitching (`midi_io.remove_duplicate_notes`)
 
     def notes(self) -> list[dict[str, Any]]:
         return midi_io.notes_to_dicts(self.ns)
@@ -238,13 +239,15 @@ class InferenceModel:
                        for t, s in zip(tokens, start_times, strict=True)]
         result = metrics_utils.event_predictions_to_ns(predictions, self.codec, self.spec.encoding_spec)
         ns = result["est_ns"]
+        duplicates = midi_io.remove_duplicate_notes(ns)
         ns.ticks_per_quarter = MIDI_TICKS_PER_QUARTER
         if not ns.tempos:
             ns.tempos.add(time=0.0, qpm=MIDI_QPM)
         ns.total_time = max([ns.total_time, *(n.end_time for n in ns.notes)])
         return Transcription(ns=ns, invalid_events=int(result["est_invalid_events"]),
                              dropped_events=int(result["est_dropped_events"]), num_segments=len(predictions),
-                             audio_seconds=float(audio_seconds), decoded_tokens=int(sum(len(t) for t in tokens)))
+                             audio_seconds=float(audio_seconds), decoded_tokens=int(sum(len(t) for t in tokens)),
+                             duplicate_notes_removed=duplicates)
 
     def transcribe(self, samples: np.ndarray, *, progress: bool = False) -> Transcription:
         """Mono samples at 16 kHz -> Transcription."""
@@ -255,121 +258,21 @@ class InferenceModel:
         """Several files at once: their segments share batches (the last batch of one file is filled with the next
         file's segments), so many short files cost about as much as one long one."""
         segmented = [self.segment_audio(a) for a in audios]
-        frames = [seg for s in segmented for seg in s.frames]
+        # digital silence (every sample 0, or none) has no notes: not decoded, so no model can invent any there
+        silent = [not np.any(np.asarray(a)) for a in audios]
+        frames = [seg for s, quiet in zip(segmented, silent, strict=True) if not quiet for seg in s.frames]
         tokens = self.decode_segments(frames, progress=progress, desc=desc)
         results, offset = [], 0
-        for s in segmented:
-            n = len(s.frames)
-            results.append(self.stitch(tokens[offset:offset + n], s.start_times, s.audio_seconds))
+        for s, quiet in zip(segmented, silent, strict=True):
+            n = 0 if quiet else len(s.frames)
+            results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))
             offset += n
         return results
-
-
-def expand_audio_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; directories expanded (recursively, sorted) to their wav/flac/mp3/ogg files.
-
-    Paths that do not exist are kept, so the caller reports them with the other unreadable files.
-    """
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            if not found:
-                raise InputError(path, f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
-            out.extend(found)
-        else:
-            out.append(path)
-    return list(dict.fromkeys(out))
-
-
-def _output_paths(path: Path, out_dir: Path, *, png: bool, notes_json: bool, notes_csv: bool) -> dict[str, Path]:
-    stem = path.stem
-    outputs = {"midi": out_dir / f"{stem}.mid"}
-    if png:
-        outputs["png"] = out_dir / f"{stem}.png"
-    if notes_json:
-        outputs["json"] = out_dir / f"{stem}.notes.json"
-    if notes_csv:
-        outputs["csv"] = out_dir / f"{stem}.notes.csv"
-    return outputs
-
-
-def _report(message: str) -> None:
-    import sys
-
-    print(message, file=sys.stderr, flush=True)
-
-
-def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
-                     checkpoint: str | os.PathLike | None = None, gin_files: Sequence[str] = (),
-                     gin_bindings: Sequence[str] = (), step: int | None = None, batch_size: int | None = None,
-                     png: bool = False, notes_json: bool = False, notes_csv: bool = False, overwrite: bool = False,
-                     progress: bool = True, model: InferenceModel | None = None) -> list[str]:
-    """`mt3 transcribe`: NAME.mid (+ NAME.png, NAME.notes.json / .csv) per audio file, all files decoded together.
-
-    A file that cannot be transcribed (unreadable audio, an output that exists without `overwrite`, two inputs with
-    the same name) gets one `mt3 transcribe: error: PATH: problem` line on stderr and the others go on. Returns the
-    error messages (empty = all written). `model` skips loading (tests, benchmarks).
-    """
-    from mt3 import audio, plotting
-
-    out_dir = Path(output_dir)
-    failures: list[str] = []
-
-    def fail(err: InputError) -> None:
-        failures.append(str(err))
-        _report(f"mt3 transcribe: error: {err}")
-
-    paths: list[Path] = []
-    for raw in inputs:
-        try:
-            paths.extend(expand_audio_paths([raw]))
-        except InputError as err:
-            fail(err)
-    jobs: list[tuple[Path, dict[str, Path], np.ndarray]] = []
-    claimed: dict[Path, Path] = {}
-    for path in dict.fromkeys(paths):
-        outputs = _output_paths(path, out_dir, png=png, notes_json=notes_json, notes_csv=notes_csv)
-        try:
-            if outputs["midi"] in claimed:
-                raise InputError(path, f"has the same name as {claimed[outputs['midi']]}; both would write "
-                                       f"{outputs['midi']} (transcribe them into different output dirs)")
-            existing = [str(p) for p in outputs.values() if p.exists()]
-            if existing and not overwrite:
-                raise InputError(path, f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
-            claimed[outputs["midi"]] = path
-            jobs.append((path, outputs, audio.load_audio(path)))
-        except InputError as err:
-            fail(err)
-    if not jobs:
-        return failures
-    if model is None:
-        if checkpoint is None:
-            if not Path(DEFAULT_CHECKPOINT_DIR).is_dir():
-                raise InputError(None, f"no --checkpoint given and the quickstart's model dir {DEFAULT_CHECKPOINT_DIR} "
-                                       "does not exist (train one first: bash scripts/quickstart.sh)")
-            checkpoint = DEFAULT_CHECKPOINT_DIR
-        model = load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
-                                     batch_size=batch_size)
-    results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
-    for (path, outputs, _), result in zip(jobs, results, strict=True):
-        midi_io.write_midi(result.ns, outputs["midi"])
-        if "png" in outputs:
-            plotting.plot_piano_roll(result.ns, outputs["png"], title=path.name)
-        if "json" in outputs:
-            midi_io.write_notes_json(result.ns, outputs["json"])
-        if "csv" in outputs:
-            midi_io.write_notes_csv(result.ns, outputs["csv"])
-        _report(f"mt3 transcribe: {path} -> {', '.join(str(p) for p in outputs.values())} ({len(result.ns.notes)} "
-                f"notes; {result.invalid_events} invalid, {result.dropped_events} dropped events)")
-    return failures
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # loading a model directory written by `mt3 train`
 
-DEFAULT_CHECKPOINT_DIR = "runs/local_tiny"  # the quickstart's model dir (gin/local_tiny.gin)
 INFER_GIN = "infer.gin"
 _GIN_REGISTERED = False
 
@@ -406,24 +309,25 @@ def restore_params(model_dir: str | os.PathLike, model, step: int | None = None)
 
     from mt3 import checkpoints
 
-    steps = checkpoint_steps(model_dir)
-    if not steps:
-        raise InputError(model_dir, f"no checkpoint under {checkpoints.checkpoint_dir(model_dir)} (train first)")
-    step = steps[-1] if step is None else int(step)
-    if step not in steps:
-        raise InputError(model_dir, f"no checkpoint at step {step}; available steps: {steps}")
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           {"params": model.abstract_params()})
     restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
-    path = checkpoints.checkpoint_dir(model_dir) / str(step)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        try:
-            restored = checkpointer.restore(path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True)))
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(path, f"checkpoint does not match the model in config.gin ({str(err)[:300]})") from err
+
+    def restore_step(s: int):
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(checkpoints.checkpoint_dir(model_dir) / str(s), args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)))
+
+    # the newest step that restores; a cut-short one is named on one line and skipped (`checkpoints.restore_newest`)
+    restored, step, _ = checkpoints.restore_newest(model_dir, restore_step, step=step, warn=_warn_bad_checkpoint)
     return restored["state"]["params"], step
+
+
+def _warn_bad_checkpoint(bad) -> None:
+    import sys
+
+    print(f"mt3: warning: {bad.describe()}; trying an older one", file=sys.stderr, flush=True)
 
 
 def spec_from_gin(model) -> OutputSpec:
@@ -460,7 +364,8 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     register_gin_configurables()
     given = {Path(f).name for f in gin_files}
     files = [config_gin, *([role_gin] if role_gin and role_gin not in given else []), *gin_files]
-    gin_utils.parse_gin_flags(files, list(gin_bindings), finalize=False)
+    gin_utils.parse_gin_flags(files, list(gin_bindings), finalize=False,
+                              skip_unknown=gin_utils.TRAINING_ONLY_CONFIGURABLES)  # no training loop needed
     try:
         reference = gin.query_parameter("MODEL/macro.value")
         model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference

@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +29,16 @@ FEATURE_KEYS = ("id", "audio", "sample_rate", "sequence", "dataset")
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Opens a temporary file beside `path`; on success renames it over `path`, on error removes it."""
+    """Opens a temporary file beside `path`; on success renames it over `path`, on error removes it.
+
+    The file gets the mode a plain `open(path, "w")` would (0666 minus the umask: 0644 under umask 022), not
+    mkstemp's private 0600, so outputs stay readable by whoever the user's umask allows.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             yield f
         os.replace(tmp, path)
@@ -40,6 +46,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask. POSIX can only read it by setting it, so set and restore it under a lock."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

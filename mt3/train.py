@@ -303,13 +303,29 @@ def _out_of_time(started: float, budget_seconds: float | None) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 def restore_or_init(trainer, checkpointer, *, seed: int, restore: bool) -> tuple[Any, int]:
-    """(state, batches consumed): the latest checkpoint in the model directory when there is one, else fresh."""
-    if restore and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(trainer.abstract_state())
-        print(f"mt3 train: restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
-              f"{checkpointer.directory}", flush=True)
-        return state, int(meta["data_position"])
-    return trainer.init_state(seed), 0
+    """(state, batches consumed): the newest checkpoint in the model directory that restores, else fresh.
+
+    A checkpoint that exists but does not restore (a chunk file cut short) is named on one line and moved aside to
+    MODEL_DIR/checkpoints_unrestorable/ (kept, never deleted: it may be recoverable), so that training can save that
+    step again; the next older one is tried. When none restores, InputError (exit 2) rather than a fresh start.
+    """
+    if not restore or checkpointer.latest_step() is None:
+        return trainer.init_state(seed), 0
+    import sys
+
+    from mt3 import checkpoints
+
+    def warn(bad: checkpoints.BadCheckpoint) -> None:
+        print(f"mt3 train: warning: {bad.describe()}", file=sys.stderr, flush=True)
+
+    (state, meta), step, bad = checkpoints.restore_newest(
+        checkpointer.directory.parent, lambda s: checkpointer.restore(trainer.abstract_state(), step=s),
+        steps=checkpointer.all_steps(), warn=warn)
+    for moved in checkpointer.set_aside([b.step for b in bad]):
+        print(f"mt3 train: moved the unrestorable checkpoint to {moved} (not deleted)", file=sys.stderr, flush=True)
+    print(f"mt3 train: restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
+          f"{checkpointer.directory}" + (" (the newest that restores)" if bad else ""), flush=True)
+    return state, int(meta["data_position"])
 
 
 def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
@@ -335,7 +351,12 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
               f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} process(es)",
               flush=True)
     checkpointer = Checkpointer(model_dir_path, checkpoint_cfg)
-    state, position = restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed, restore=checkpoint_cfg.restore)
+    try:
+        state, position = restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed,
+                                          restore=checkpoint_cfg.restore)
+    except BaseException:  # no checkpoint restores: stop orbax's background threads before reporting it
+        checkpointer.close()
+        raise
     config = getattr(model, "config", None)
     shard_id, num_shards = partitioner.data_layout()
     layout = {"host_batch_size": partitioner.host_batch_size(train_dataset_cfg.batch_size), "shard_id": shard_id,
@@ -408,6 +429,7 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     partitioning.initialize_distributed()  # before anything touches devices
     import jax
 
+    _build_bound_configs()  # a bad value (negative batch, ...) stops here, before config.gin is written
     if jax.process_index() == 0:
         gin_utils.write_operative_config(model_dir, flags)
     after = (lambda: gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True)) \
@@ -416,6 +438,29 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     if infer_eval_fn is None and eval_tasks and jax.process_index() == 0:
         infer_eval_fn = _gin_infer_eval_fn(eval_tasks, model_dir)
     return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after)
+
+
+def _build_bound_configs() -> None:
+    """Builds the config objects gin passes to `train_script.train` (cheap: dataclasses and an unbuilt Flax module)
+    so that their own validation runs at start-up; an error becomes one InputError line naming the configurable."""
+    import gin
+
+    from mt3.errors import InputError
+
+    for name in ("model", "train_dataset_cfg", "train_eval_dataset_cfg", "loop_cfg", "optimizer_cfg",
+                 "checkpoint_cfg", "partition_cfg"):
+        try:
+            reference = gin.query_parameter(f"train_script.train.{name}")
+        except ValueError:
+            continue
+        try:  # a macro (`%MODEL`) evaluates to its value, itself possibly a reference (`@models.X()`)
+            for _ in range(4):
+                if not isinstance(reference, gin.config.ConfigurableReference):
+                    break
+                reference = reference.scoped_configurable_fn()
+        except (ValueError, TypeError) as err:
+            message = " ".join(str(err).split()).split(" In call to configurable")[0]
+            raise InputError(None, f"bad gin configuration for train_script.train.{name}: {message}") from err
 
 
 def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
@@ -433,3 +478,26 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
         model, tasks=[n for n in names if n not in mixtures], mixture=mixtures[0] if mixtures else None,
         spec=inference.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
         eval_config=evaluation.EvalConfig(num_plots=1, data_dir=gin_utils.query_macro("DATA_DIR")))
+
+
+def register_gin_configurables() -> None:
+    """`train_script.train`, `train_script.TrainLoopConfig` and `utils.DatasetConfig` for gin (idempotent).
+
+    Registered here, where they are defined, when this module is imported: `mt3.gin_utils` (which this module
+    imports) registers only configurables of modules that never import it, so the two never import each other.
+    Training gin may also bind decoding (`inference.InferenceConfig`, for INFER_EVAL_TASKS): those register too.
+    """
+    import gin
+
+    from mt3 import evaluation
+
+    evaluation.register_gin_configurables()  # inference.InferenceConfig, evaluation.EvalConfig
+    with gin.unlock_config():
+        for obj, module in ((train, "train_script"), (TrainLoopConfig, "train_script"), (DatasetConfig, "utils")):
+            if f"{module}.{obj.__name__}" not in _GIN_REGISTERED:
+                gin.external_configurable(obj, module=module)
+                _GIN_REGISTERED.add(f"{module}.{obj.__name__}")
+
+
+_GIN_REGISTERED: set[str] = set()
+register_gin_configurables()

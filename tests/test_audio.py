@@ -194,3 +194,47 @@ def test_write_wav_round_trip_and_atomic(tmp_path):
     with pytest.raises(ValueError):
         audio.write_wav(tmp_path / "bad.wav", x, 16000, subtype="NOT_A_SUBTYPE")  # fails mid-write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.wav", "sub"]  # no partial or temporary files
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue #12: a decode that stops short of the declared length; silence is valid input for transcription
+
+
+def music_like(rate: int, seconds: float) -> np.ndarray:
+    """A tone under a slow tremolo plus a little noise: compresses like music, so a byte cut lands mid-stream."""
+    t = np.arange(int(rate * seconds)) / rate
+    noise = np.random.default_rng(0).standard_normal(len(t)) * 0.01
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * np.sin(2 * np.pi * 0.5 * t) + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("ext, cut", [("flac", 20_000), ("wav", 200_000)])
+def test_truncated_file_is_an_error_naming_both_lengths(tmp_path, ext, cut):
+    """20 KB of a 20 s flac decodes to ~0.3 s (after libsndfile loses sync, ffmpeg reads what is there): an error
+    naming both lengths, not a silently short transcription. A wav cut short: its header's data size says so."""
+    full = write(tmp_path / f"full.{ext}", music_like(44100, 20.0), 44100)
+    cut_path = tmp_path / f"cut.{ext}"
+    cut_path.write_bytes(full.read_bytes()[:cut])
+    assert len(audio.load_audio(full)) == 20 * 16000  # the whole file is fine
+    with pytest.raises(InputError) as info:
+        audio.load_audio(cut_path)
+    message = str(info.value)
+    assert message.startswith(f"{cut_path}: truncated or corrupt: decoding stopped at ")
+    assert "of the 20.00 s the file declares" in message and "\n" not in message
+    with pytest.raises(InputError, match="20.00 s the file declares"):
+        audio.load_audio_bytes(cut_path.read_bytes(), name=f"cut.{ext}")
+
+
+def test_silence_and_very_short_files_are_valid_for_transcription(tmp_path):
+    silent = write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
+    empty = write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    blip = write(tmp_path / "blip.flac", sine(440.0, 44100, 0.01), 44100)
+    samples = audio.load_audio(silent, allow_silence=True)
+    assert len(samples) == 16000 and not np.any(samples)
+    assert len(audio.load_audio(empty, allow_silence=True)) == 0
+    assert len(audio.load_audio(blip)) == 160
+    # uploads are transcribed: the bytes loader accepts silence by default; training preparation still refuses it
+    assert len(audio.load_audio_bytes(silent.read_bytes(), name="silent.wav")) == 16000
+    with pytest.raises(InputError, match="exactly zero"):
+        audio.load_audio(silent)
+    with pytest.raises(InputError, match="zero samples"):
+        audio.load_audio(empty)

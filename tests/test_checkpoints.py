@@ -182,3 +182,45 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     assert _steps(model_dir) == [7]  # CHECKPOINT_PERIOD is 10: this one is the preemption save
     _, meta = _saved(model_dir, 7)
     assert meta == {"step": 7, "data_position": 7}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A checkpoint cut short (issue #12): named in one line, set aside (never deleted), the previous one resumes
+# ---------------------------------------------------------------------------------------------------------------
+
+def _cut_chunks(model_dir: Path, step: int) -> None:
+    for chunk in (model_dir / "checkpoints" / str(step) / "state").rglob("d/*"):
+        with open(chunk, "r+b") as f:
+            f.truncate(max(1, chunk.stat().st_size // 3))
+
+
+def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys):
+    from mt3 import train
+    from mt3.errors import InputError
+
+    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=8, source="synthetic")
+
+    def run(total_steps: int):
+        return train.train(model=tiny_model(), model_dir=str(tmp_path), train_dataset_cfg=cfg,
+                           loop_cfg=train.TrainLoopConfig(total_steps=total_steps, summary_period=1),
+                           checkpoint_cfg=train.CheckpointConfig(period=2, async_save=False))
+
+    run(4)
+    _cut_chunks(tmp_path, 4)
+    capsys.readouterr()
+    result = run(6)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "does not restore" in line]
+    assert len(warnings) == 1 and f"checkpoint step 4 ({tmp_path / 'checkpoints' / '4'}) does not restore: " in \
+        warnings[0]
+    assert "Traceback" not in err and f"moved the unrestorable checkpoint to {tmp_path / 'checkpoints_unrestorable'}" \
+        in err
+    assert (tmp_path / "checkpoints_unrestorable" / "4" / "state").is_dir()  # kept for inspection
+    assert result.step == 6 and _steps(tmp_path) == [2, 4, 6]  # step 4 trained again from step 2, and saved
+    assert _saved(tmp_path, 4)[1]["data_position"] == 4
+
+    for step in _steps(tmp_path):
+        _cut_chunks(tmp_path, step)
+    with pytest.raises(InputError, match="none of the 3 checkpoints restores"):
+        run(8)
+    assert _steps(tmp_path) == [2, 4, 6]  # nothing moved when nothing restores: the user decides

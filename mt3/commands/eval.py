@@ -10,7 +10,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="model dir written by `mt3 train`")
+    parser.add_argument("--checkpoint", default=None, metavar="DIR",
+                        help="model dir written by `mt3 train` (default: the bundled model, else runs/local_tiny)")
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="gin file read after DIR/config.gin (gin/eval.gin is always read; repeatable)")
     parser.add_argument("--tasks", default=None, metavar="T1,T2",
@@ -31,13 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from mt3.errors import InputError
     from mt3.evaluation import HEADLINE_METRICS, run_eval
+    from mt3.transcription import resolve_model_dir
 
     if args.max_tracks is not None and args.max_tracks < 1:
         raise InputError(None, f"--max-tracks must be >= 1, got {args.max_tracks}")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else []
-    result = run_eval(args.checkpoint, tasks=tasks, mixture=args.mixture, split=args.split, out_dir=args.out,
+    checkpoint = resolve_model_dir(args.checkpoint, "eval")
+    result = run_eval(checkpoint, tasks=tasks, mixture=args.mixture, split=args.split, out_dir=args.out,
                       all_checkpoints=args.all_checkpoints, step=args.step, max_tracks=args.max_tracks,
                       batch_size=args.batch_size, gin_files=args.gin_file, gin_bindings=args.gin_bindings,
                       progress=not args.no_progress)

@@ -10,7 +10,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, metavar="DIR",
-                        help="model dir from `mt3 train` (default: the quickstart's runs/local_tiny if it exists)")
+                        help="model dir from `mt3 train` (default: the bundled model, else runs/local_tiny)")
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="extra gin file read after DIR/config.gin and gin/infer.gin (repeatable)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
@@ -24,20 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mt3.errors import InputError
-    from mt3.inference import DEFAULT_CHECKPOINT_DIR
     from mt3.server import serve
+    from mt3.transcription import resolve_model_dir
 
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        if not Path(DEFAULT_CHECKPOINT_DIR).is_dir():
-            raise InputError(None, f"no --checkpoint given and the quickstart's model dir {DEFAULT_CHECKPOINT_DIR} "
-                                   "does not exist")
-        checkpoint = DEFAULT_CHECKPOINT_DIR
     if args.max_upload_mb <= 0 or args.max_audio_seconds <= 0:
         raise InputError(None, "--max-upload-mb and --max-audio-seconds must be positive")
+    checkpoint = resolve_model_dir(args.checkpoint, "serve")  # names the default model when it is used
     serve(checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
           max_audio_seconds=args.max_audio_seconds, batch_size=args.batch_size, gin_files=args.gin_file,
           gin_bindings=args.gin_bindings)

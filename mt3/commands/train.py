@@ -21,14 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3 import gin_utils
+    from mt3 import gin_utils, train  # importing train registers train_script.train & co. with gin
     from mt3.errors import InputError
 
     if not args.gin_file:
         raise InputError(None, "no gin config: pass --gin_file=gin/mt3.gin (or local_tiny.gin, ismir2021.gin, ...)")
     flags = gin_utils.parse_gin_flags(args.gin_file, args.gin_bindings, search_paths=args.gin_search_path,
                                       model_dir=args.model_dir)
-    from mt3 import train
-
     train.train_from_gin(flags)
     return 0

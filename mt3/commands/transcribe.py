@@ -1,6 +1,6 @@
-"""`mt3 transcribe AUDIO_OR_DIR [...] -o OUT_DIR [--checkpoint DIR] [--png] [--json|--csv] [--overwrite]`.
+"""`mt3 transcribe AUDIO_OR_DIR [...] -o OUT_DIR [--checkpoint DIR] [--png] [--json] [--csv] [--sonify] [--overwrite]`.
 
-Thin: `mt3.inference.transcribe_files` does the work. Every file
+Thin: `mt3.transcription.transcribe_files` does the work (and documents the output layout). Every file
 that cannot be read gets one error line while the others go on; the exit code is 2 if any file failed.
 """
 
@@ -12,9 +12,10 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR",
                         help="audio files (wav/flac/mp3/ogg/...) or directories (expanded to their audio files)")
-    parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where NAME.mid (etc.) go")
+    parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
+                        help="directory the outputs go to (created if missing; see 'Output names' below)")
     parser.add_argument("--checkpoint", default=None, metavar="DIR",
-                        help="model dir from `mt3 train` (default: the quickstart's runs/local_tiny if it exists)")
+                        help="model dir from `mt3 train` (default: the bundled model, else runs/local_tiny)")
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="extra gin file read after the model dir's config.gin and gin/infer.gin (repeatable)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -22,17 +23,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="segments decoded together (default: INFER_BATCH_SIZE from gin, 32)")
     parser.add_argument("--png", action="store_true", help="also write NAME.png, a piano roll coloured by instrument")
     parser.add_argument("--json", action="store_true", help="also write NAME.notes.json (one object per note)")
-    parser.add_argument("--csv", action="store_true", help="also write NAME.notes.csv (one row per note)")
+    parser.add_argument("--csv", action="store_true",
+                        help="also write NAME.notes.csv (one row per note; is_drum is 0 or 1)")
+    parser.add_argument("--sonify", action="store_true",
+                        help="also write NAME.sonified.wav: the MIDI rendered with fluidsynth and a General MIDI "
+                             "soundfont when installed, else a simple sine synth")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(gin_bindings=[])
+    parser.epilog = (parser.epilog or "") + OUTPUT_NAMES_HELP
+
+
+OUTPUT_NAMES_HELP = """
+Output names (nothing is ever written over an input, or over another input's output):
+  files in a directory argument keep their path relative to it:
+    mt3 transcribe slakh/ -o out               slakh/Track00001/mix.flac -> out/Track00001/mix.mid
+  file arguments keep their path relative to the deepest directory holding all of them:
+    mt3 transcribe song.wav -o out             -> out/song.mid
+    mt3 transcribe slakh/Track*/mix.flac -o out -> out/Track00001/mix.mid, out/Track00002/mix.mid, ...
+  inputs that differ only in their extension keep it: song.mp3, song.ogg -> out/song.mp3.mid, out/song.ogg.mid
+  beside NAME.mid: NAME.png, NAME.notes.json, NAME.notes.csv, NAME.sonified.wav (--png, --json, --csv, --sonify)
+Silence and very short files are valid input: zero notes (with a warning line), exit code 0.
+"""
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3.inference import transcribe_files
+    from mt3.transcription import transcribe_files
 
     failures = transcribe_files(
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
         gin_bindings=args.gin_bindings, step=args.step, batch_size=args.batch_size, png=args.png,
-        notes_json=args.json, notes_csv=args.csv, overwrite=args.overwrite, progress=not args.no_progress)
+        notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
+        progress=not args.no_progress)
     return 2 if failures else 0

@@ -1,0 +1,246 @@
+"""Files in, files out for `mt3 transcribe`: which audio files, where each output goes, writing them.
+
+Output layout (also in `mt3 transcribe --help`), chosen so that no two inputs share an output and a user can predict
+every name:
+- files found in a DIRECTORY argument keep their path relative to it: `slakh/Track00001/mix.flac` given as `slakh/`
+  -> `OUT/Track00001/mix.mid`;
+- FILE arguments keep their path relative to the deepest directory holding all of them: `song.wav` -> `OUT/song.mid`,
+  `slakh/Track*/mix.flac` -> `OUT/TrackNNNNN/mix.mid`;
+- inputs that differ only in their extension (`song.mp3`, `song.ogg`) keep it: `OUT/song.mp3.mid`, `OUT/song.ogg.mid`.
+Each input gets NAME.mid, and on request NAME.png, NAME.notes.json, NAME.notes.csv and NAME.sonified.wav beside it.
+
+The model work is `mt3.inference.InferenceModel.transcribe_many` (all files' segments share batches).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mt3 import midi_io
+from mt3.errors import InputError
+from mt3.inference import AUDIO_EXTENSIONS
+
+SONIFY_SAMPLE_RATE = 44100
+SONIFY_SOUNDFONTS = ("FluidR3_GM.sf2", "default-GM.sf2", "TimGM6mb.sf2", "MuseScore_General.sf3")
+OUTPUT_SUFFIXES = {"midi": ".mid", "png": ".png", "json": ".notes.json", "csv": ".notes.csv",
+                   "wav": ".sonified.wav"}
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """One audio file and its output name under OUT (a relative path without suffix)."""
+
+    path: Path
+    name: Path
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[AudioInput], list[InputError]]:
+    """Audio files named by `inputs` (directories expanded recursively, sorted) with collision-free output names
+    (the module docstring's rules), and an error for each directory that holds no audio. Paths that do not exist are
+    kept, so the caller reports them with the other unreadable files."""
+    found: list[tuple[Path, Path]] = []  # (path, relative path incl. extension)
+    direct: list[Path] = []
+    errors: list[InputError] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not files:
+                errors.append(InputError(path, f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})"))
+            found.extend((p, p.relative_to(path)) for p in files)
+        else:
+            direct.append(path)
+    if direct:
+        common = Path(os.path.commonpath([os.path.abspath(p.parent) for p in direct]))
+        found.extend((p, Path(os.path.abspath(p)).relative_to(common)) for p in direct)
+    unique: dict[str, tuple[Path, Path]] = {}  # the same file named twice is transcribed once
+    for path, relative in found:
+        unique.setdefault(os.path.abspath(path), (path, relative))
+    stems: dict[Path, int] = {}
+    for _, relative in unique.values():
+        stems[relative.with_suffix("")] = stems.get(relative.with_suffix(""), 0) + 1
+    items = [AudioInput(path=path, name=relative.with_suffix("") if stems[relative.with_suffix("")] == 1 else relative)
+             for path, relative in unique.values()]
+    return items, errors
+
+
+def output_paths(name: Path, out_dir: Path, kinds: Sequence[str]) -> dict[str, Path]:
+    """{kind: OUT/NAME + suffix} for "midi" and each requested kind ("png", "json", "csv", "wav")."""
+    return {kind: out_dir / (str(name) + OUTPUT_SUFFIXES[kind]) for kind in ("midi", *kinds)}
+
+
+def sonify(ns, path: str | os.PathLike, *, sample_rate: int = SONIFY_SAMPLE_RATE) -> str:
+    """Renders `ns` to a 16-bit WAV at `path` (atomically) and returns the renderer used.
+
+    fluidsynth with a General MIDI soundfont when both are installed (scripts/setup.sh installs them; real instrument
+    and drum sounds), else pretty_midi's sine synthesis (no drums). Peak-normalised to -1 dBFS only if it would clip.
+    """
+    import shutil
+    import tempfile
+
+    from mt3 import audio, rendering
+
+    seconds = max([0.5, *(n.end_time + 0.5 for n in ns.notes)])
+    soundfont = next((p for name in SONIFY_SOUNDFONTS for d in rendering.SOUNDFONT_DIRS
+                      if (p := Path(d) / name).is_file()), None)
+    samples, renderer = None, "silence"
+    if ns.notes and shutil.which("fluidsynth") and soundfont is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            midi_path, wav_path = Path(tmp) / "in.mid", Path(tmp) / "out.wav"
+            midi_path.write_bytes(midi_io.midi_bytes(ns))
+            try:
+                rendering.run_fluidsynth(midi_path, soundfont, wav_path, sample_rate=sample_rate)
+                import soundfile
+
+                samples, _ = soundfile.read(str(wav_path), dtype="float32", always_2d=True)
+                renderer = f"fluidsynth ({soundfont.name})"
+            except (RuntimeError, InputError):
+                samples = None
+    if samples is None and ns.notes:
+        import io
+
+        import pretty_midi
+
+        pm = pretty_midi.PrettyMIDI(io.BytesIO(midi_io.midi_bytes(ns)))
+        samples, renderer = pm.synthesize(fs=sample_rate).astype(np.float32), "pretty_midi sine synthesis"
+    if samples is None or not len(samples):
+        samples = np.zeros(int(seconds * sample_rate), np.float32)
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak > 0.89:
+        samples = samples * (0.89 / peak)
+    audio.write_wav(path, samples, sample_rate)
+    return renderer
+
+
+def _report(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a directory (-o names the directory the outputs go to)")
+
+
+def _plan(items: list[AudioInput], out_dir: Path, kinds: Sequence[str], overwrite: bool,
+          fail) -> list[tuple[AudioInput, dict[str, Path]]]:
+    """Output paths per input; an input whose outputs are taken (by another input, an existing file without
+    --overwrite, or the input itself) fails alone."""
+    claimed: dict[Path, Path] = {}
+    inputs = {Path(os.path.abspath(i.path)) for i in items}
+    planned = []
+    for item in items:
+        outputs = output_paths(item.name, out_dir, kinds)
+        try:
+            other = next((claimed[p] for p in outputs.values() if p in claimed), None)
+            if other is not None:
+                raise InputError(item.path, f"would write {outputs['midi']}, as {other} does (transcribe them into "
+                                            "different output dirs)")
+            onto_input = [str(p) for p in outputs.values() if Path(os.path.abspath(p)) in inputs]
+            if onto_input:
+                raise InputError(item.path, f"an output would replace the input {onto_input[0]}; choose another -o")
+            existing = [str(p) for p in outputs.values() if p.exists()]
+            if existing and not overwrite:
+                raise InputError(item.path, f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
+            claimed.update({p: item.path for p in outputs.values()})
+            planned.append((item, outputs))
+        except InputError as err:
+            fail(err)
+    return planned
+
+
+def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, *,
+                     checkpoint: str | os.PathLike | None = None, gin_files: Sequence[str] = (),
+                     gin_bindings: Sequence[str] = (), step: int | None = None, batch_size: int | None = None,
+                     png: bool = False, notes_json: bool = False, notes_csv: bool = False, sonify_wav: bool = False,
+                     overwrite: bool = False, progress: bool = True, model=None) -> list[str]:
+    """`mt3 transcribe`: NAME.mid (+ .png, .notes.json, .notes.csv, .sonified.wav) per audio file, laid out as the
+    module docstring says; all files are decoded together.
+
+    A file that cannot be transcribed (unreadable or truncated audio, an output that exists without `overwrite`, two
+    inputs with one output name) gets one `mt3 transcribe: error: PATH: problem` line on stderr and the others go on.
+    Silence and very short files are valid (zero notes, a warning line). Returns the error messages (empty = all
+    written). `model` (an InferenceModel) skips loading (tests, benchmarks); without `checkpoint` the default model
+    (`mt3.pretrained.default_model_dir()`) is used and named on stderr.
+    """
+    from mt3 import audio, plotting
+
+    out_dir = Path(output_dir)
+    _check_output_dir(out_dir)
+    failures: list[str] = []
+
+    def fail(err: InputError) -> None:
+        failures.append(str(err))
+        _report(f"mt3 transcribe: error: {err}")
+
+    items, errors = expand_inputs(inputs)
+    for err in errors:
+        fail(err)
+    kinds = [k for k, wanted in (("png", png), ("json", notes_json), ("csv", notes_csv), ("wav", sonify_wav))
+             if wanted]
+    jobs: list[tuple[AudioInput, dict[str, Path], np.ndarray]] = []
+    for item, outputs in _plan(items, out_dir, kinds, overwrite, fail):
+        try:
+            samples = audio.load_audio(item.path, allow_silence=True)
+        except InputError as err:
+            fail(err)
+            continue
+        if not np.any(samples):
+            _report(f"mt3 transcribe: warning: {item.path}: the audio is silent "
+                    f"({len(samples) / audio.DEFAULT_SAMPLE_RATE:.2f} s, every sample zero): no notes")
+        jobs.append((item, outputs, samples))
+    if not jobs:
+        return failures
+    if model is None:
+        model = _load_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
+                            batch_size=batch_size)
+    results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
+    for (item, outputs, _), result in zip(jobs, results, strict=True):
+        try:
+            midi_io.write_midi(result.ns, outputs["midi"])
+            if "png" in outputs:
+                plotting.plot_piano_roll(result.ns, outputs["png"], title=item.path.name)
+            if "json" in outputs:
+                midi_io.write_notes_json(result.ns, outputs["json"])
+            if "csv" in outputs:
+                midi_io.write_notes_csv(result.ns, outputs["csv"])
+            renderer = sonify(result.ns, outputs["wav"]) if "wav" in outputs else None
+        except OSError as err:
+            fail(InputError(err.filename or out_dir, f"cannot write output ({err.strerror or err})"))
+            continue
+        extra = f"; {result.duplicate_notes_removed} duplicate notes removed" if result.duplicate_notes_removed else ""
+        extra += f"; sonified with {renderer}" if renderer else ""
+        _report(f"mt3 transcribe: {item.path} -> {', '.join(str(p) for p in outputs.values())} "
+                f"({len(result.ns.notes)} notes; {result.invalid_events} invalid, {result.dropped_events} dropped "
+                f"events{extra})")
+    return failures
+
+
+def resolve_model_dir(checkpoint: str | os.PathLike | None, command: str) -> Path:
+    """`--checkpoint` or, without it, the default model (`mt3.pretrained.default_model_dir()`); InputError when that
+    does not exist. Shared by transcribe, eval and serve so all three say the same thing."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    from mt3.pretrained import default_model_dir
+
+    default = default_model_dir()
+    if not default.is_dir():
+        raise InputError(None, f"no --checkpoint given and no default model: {default} does not exist (train one "
+                               "with `bash scripts/quickstart.sh`, or pass --checkpoint MODEL_DIR)")
+    _report(f"mt3 {command}: no --checkpoint given: using the default model {default}")
+    return default
+
+
+def _load_model(checkpoint, *, gin_files, gin_bindings, step, batch_size):
+    from mt3 import inference
+
+    model_dir = resolve_model_dir(checkpoint, "transcribe")
+    model = inference.load_inference_model(model_dir, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
+                                           batch_size=batch_size)
+    _report(f"mt3 transcribe: model {model_dir} (step {model.info.get('step')})")
+    return model
