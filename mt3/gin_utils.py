@@ -31,7 +31,8 @@ MODEL_DIR_MACRO = "MODEL_DIR"
 # Registered by `mt3.train` where they are defined. A model dir's config.gin names them, but transcription and
 # evaluation do not need them: `parse_gin_flags(skip_unknown=TRAINING_ONLY_CONFIGURABLES)` reads such a file without
 # importing the training loop.
-TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConfig", "utils.DatasetConfig")
+TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConfig", "utils.DatasetConfig",
+                               "train", "TrainLoopConfig", "DatasetConfig")  # config.gin writes the short names
 # Macros that code reads with `query_macro` although no gin file has to define them: a binding of one is not unknown.
 CODE_MACROS = frozenset({MODEL_DIR_MACRO, "INFER_EVAL_TASKS", "EVAL_TASKS", "EVAL_MIXTURE", "TASK_PREFIX", "DATA_DIR",
                          "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL"})
@@ -46,7 +47,7 @@ def register_configurables() -> None:
         return
     import gin
 
-    from mt3 import checkpoints, partitioning, trainer  # none of these imports gin_utils
+    from mt3 import checkpoints, mixing, partitioning, trainer  # none of these imports gin_utils
     from mt3.models import models, network
 
     with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
@@ -57,6 +58,7 @@ def register_configurables() -> None:
         ext(trainer.OptimizerConfig, module="trainer")
         ext(checkpoints.CheckpointConfig, module="checkpoints")
         ext(partitioning.PartitionConfig, module="partitioning")
+        ext(mixing.MixConfig, module="mixing")
         ext(partitioning.standard_logical_axis_rules, module="partitioning")
     _REGISTERED = True
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-import gin
 import numpy as np
 
 from mt3 import note_sequences, preprocessors
@@ -163,9 +162,12 @@ def mixed_training_examples(tracks: Sequence[preprocessors.Track], config: prepr
             yield mix_crops(group, config, gains)
 
 
-@gin.configurable(module="mixing")
-def training_mix_config(max_examples_per_mix: int = 1, mix_probability: float = 0.5, records_per_group: int = 4,
-                        gain_db_range: float = 6.0, seed: int = 0) -> MixConfig:
-    """The MixConfig training tasks use, bound from gin (MT3's macro name: MAX_EXAMPLES_PER_MIX). Off by default."""
-    return MixConfig(max_examples_per_mix=max_examples_per_mix, mix_probability=mix_probability,
-                     records_per_group=records_per_group, gain_db_range=gain_db_range, seed=seed)
+def training_mix_config() -> MixConfig:
+    """The MixConfig training tasks use: gin's `mixing.MixConfig` bindings when gin has them (registered by
+    `gin_utils.register_configurables`), else the default, which is off as in MT3's presets."""
+    import gin
+
+    try:
+        return gin.get_configurable("mixing.MixConfig")()
+    except ValueError:  # not registered: no gin in this process
+        return MixConfig()

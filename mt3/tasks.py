@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import seqio
 
-from mt3 import datasets, mixing, preprocessors, spectrograms, vocabularies  # noqa: F401 (mixing registers its gin configurable)
+from mt3 import datasets, preprocessors, spectrograms, vocabularies
 from mt3.feature_converters import ContinuousInputsEncDecFeatureConverter
 
 MIXING_TEMPERATURE = 10 / 3  # MT3 / paper §3.3: rate ∝ n^(1/T) = n^0.3

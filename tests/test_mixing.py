@@ -79,8 +79,9 @@ def test_gin_bound_mixing_reaches_the_training_task(tmp_path, music21_sequences,
     import gin
     import seqio
 
-    from mt3 import datasets, tasks
+    from mt3 import datasets, gin_utils, tasks
 
+    gin_utils.register_configurables()
     pieces = [(f"t{i}", sub_sequence(music21_sequences["bach_chorale"], 4.0 * i, 4.0 * i + 8.0)) for i in range(4)]
     write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
@@ -90,7 +91,7 @@ def test_gin_bound_mixing_reaches_the_training_task(tmp_path, music21_sequences,
         with gin.unlock_config():
             gin.clear_config()
             for name, value in bindings.items():
-                gin.bind_parameter(f"mixing.training_mix_config.{name}", value)
+                gin.bind_parameter(f"mixing.MixConfig.{name}", value)
         ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
         return sum(int(np.sum(ex["targets"] > 0)) for ex in ds.take(8).as_numpy_iterator())
 
