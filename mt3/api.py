@@ -63,8 +63,8 @@ class Transcription:
     same notes sorted by onset then pitch, with the fields and rounding of `mt3 transcribe --json`.
     """
 
-    ns: Any
-    notes: tuple[Note, ...]
+    ns: Any = dataclasses.field(repr=False)  # thousands of notes: the REPL shows a summary instead
+    notes: tuple[Note, ...] = dataclasses.field(repr=False)
     audio_seconds: float
     invalid_events: int  # model outputs that made no sense in context (e.g. an offset of a note that is not on)
     dropped_events: int
@@ -76,6 +76,11 @@ class Transcription:
 
         midi_io.write_midi(self.ns, path)
         return Path(path)
+
+    def __repr__(self) -> str:
+        programs = {"drums" if n.is_drum else n.program for n in self.notes}
+        return (f"Transcription(source={self.source!r}, {len(self.notes)} notes, {len(programs)} instruments, "
+                f"{self.audio_seconds:.2f} s of audio, {self.invalid_events} invalid events)")
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """The notes as `{onset, offset, pitch, velocity, program, is_drum}` dicts (the notes JSON format)."""
@@ -150,6 +155,10 @@ class Transcriber:
 
     def __init__(self, inference_model: InferenceModel):
         self.inference_model = inference_model
+
+    def __repr__(self) -> str:
+        info = self.inference_model.info
+        return f"Transcriber(model_dir={info.get('model_dir')!r}, step={info.get('step')!r})"
 
     @property
     def sample_rate(self) -> int:

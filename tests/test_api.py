@@ -66,6 +66,11 @@ def test_path_matches_the_cli_pipeline(tiny, transcriber, tmp_path):
     assert result.source == str(tiny.wav(3)) and result.audio_seconds == pytest.approx(reference.audio_seconds)
     assert (result.invalid_events, result.dropped_events) == (reference.invalid_events, reference.dropped_events)
     assert result.ns is not None and len(result.ns.notes) == len(result.notes)
+    programs = len({"drums" if n.is_drum else n.program for n in result.notes})
+    assert repr(result) == (f"Transcription(source={str(tiny.wav(3))!r}, {len(result.notes)} notes, {programs} "
+                            f"instruments, {result.audio_seconds:.2f} s of audio, {result.invalid_events} invalid "
+                            "events)")
+    assert repr(transcriber) == f"Transcriber(model_dir={str(tiny.model_dir.resolve())!r}, step={im.info['step']})"
     # write_midi writes the MIDI `mt3 transcribe` writes, and it reads back as the same notes
     written = result.write_midi(tmp_path / "out.mid")
     assert written.read_bytes() == midi_io.midi_bytes(reference.ns)
@@ -164,7 +169,7 @@ def test_silence_is_valid_input_with_zero_notes(transcriber, tmp_path):
 
 def test_transcribe_many_shares_batches_and_matches_single_calls(tiny, transcriber, stereo_44k, monkeypatch):
     path, int16 = stereo_44k
-    inputs = [tiny.wav(4), int16, np.zeros(8000, np.float32)]
+    inputs = [tiny.wav(4), int16, audio.load_audio(tiny.wav(1))[:8000]]  # a file, 44.1 kHz stereo, 0.5 s at 16 kHz
     alone = [transcriber.transcribe(tiny.wav(4)), transcriber.transcribe(int16, 44100),
              transcriber.transcribe(inputs[2], 16000)]
     im = transcriber.inference_model
