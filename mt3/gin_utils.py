@@ -273,6 +273,27 @@ def _included_files(parsed, path: Path, search_paths) -> list[Path]:
     return out
 
 
+def build_bound_references(configurable: str) -> None:
+    """Builds every `@Config()` / `%MACRO` the gin config passes to `configurable` (config dataclasses, an unbuilt Flax
+    module: cheap), so their own validation (a negative batch size, ...) runs at start-up, before anything is
+    written; an error becomes one InputError line naming the parameter."""
+    import inspect
+
+    import gin
+
+    function = gin.get_configurable(configurable)
+    for name in inspect.signature(getattr(function, "__wrapped__", function)).parameters:
+        reference = _query(f"{configurable}.{name}")  # not gin.get_bindings: its deepcopy builds them unguarded
+        try:  # a macro (`%MODEL`) evaluates to its value, itself possibly a reference (`@models.X()`)
+            for _ in range(4):
+                if not isinstance(reference, gin.config.ConfigurableReference):
+                    break
+                reference = reference.scoped_configurable_fn()
+        except (ValueError, TypeError) as err:
+            message = " ".join(str(err).split()).split(" In call to configurable")[0]
+            raise InputError(None, f"bad gin configuration for {configurable}.{name}: {message}") from err
+
+
 def query_macro(name: str, default=None):
     """The value bound to gin macro `name`, or `default` when it is not bound."""
     import gin

@@ -448,7 +448,7 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     partitioning.initialize_distributed()  # before anything touches devices
     import jax
 
-    _build_bound_configs()  # a bad value (negative batch, ...) stops here, before config.gin is written
+    gin_utils.build_bound_references("train_script.train")  # a bad value stops here, before config.gin is written
     if jax.process_index() == 0:
         gin_utils.write_operative_config(model_dir, flags)
     after = (lambda: gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True)) \
@@ -457,29 +457,6 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     if infer_eval_fn is None and eval_tasks and jax.process_index() == 0:
         infer_eval_fn = _gin_infer_eval_fn(eval_tasks, model_dir)
     return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after)
-
-
-def _build_bound_configs() -> None:
-    """Builds the config objects gin passes to `train_script.train` (cheap: dataclasses and an unbuilt Flax module)
-    so that their own validation runs at start-up; an error becomes one InputError line naming the configurable."""
-    import gin
-
-    from mt3.errors import InputError
-
-    for name in ("model", "train_dataset_cfg", "train_eval_dataset_cfg", "loop_cfg", "optimizer_cfg",
-                 "checkpoint_cfg", "partition_cfg"):
-        try:
-            reference = gin.query_parameter(f"train_script.train.{name}")
-        except ValueError:
-            continue
-        try:  # a macro (`%MODEL`) evaluates to its value, itself possibly a reference (`@models.X()`)
-            for _ in range(4):
-                if not isinstance(reference, gin.config.ConfigurableReference):
-                    break
-                reference = reference.scoped_configurable_fn()
-        except (ValueError, TypeError) as err:
-            message = " ".join(str(err).split()).split(" In call to configurable")[0]
-            raise InputError(None, f"bad gin configuration for train_script.train.{name}: {message}") from err
 
 
 def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
