@@ -1,20 +1,153 @@
 """The model that ships inside the package, so `mt3 transcribe` and `mt3 serve` work with no checkpoint flag.
 
+A bundled model is a folder `mt3/pretrained/NAME/` with three files:
+  - `config.gin`: the operative gin config of the training run (model shape, vocabulary, target length),
+  - `params.npz`: the parameters in bfloat16 (half the bytes of float32; restored as float32), one array per
+    parameter path (`encoder/layers_0/attention/query/kernel`, ...), stored as uint16 bit patterns so numpy alone can
+    read the file,
+  - `model.json`: name, training step and date, the training command, the eval summary and the sha256 of params.npz,
+    which is checked on every load (a corrupt or swapped file is refused, not half-used).
+`export_model` writes such a folder from a `mt3 train` model dir; `inference.restore_params` reads it.
 `default_model_dir()` is the one place commands and the Python API ask for "the default model".
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mt3.errors import InputError
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_NAME = "local_small"
 FALLBACK_RUN_DIR = "runs/local_tiny"  # the quickstart's model dir, used only when no bundled model is installed
+PARAMS_FILE = "params.npz"
+INFO_FILE = "model.json"
+CONFIG_FILE = "config.gin"
 
 
 def default_model_dir() -> Path:
     """The bundled model's directory when it ships with the package, else the quickstart's run directory."""
     bundled = BUNDLED_DIR / DEFAULT_MODEL_NAME
-    if (bundled / "config.gin").is_file():
+    if is_bundled_model(bundled):
         return bundled
     return Path(FALLBACK_RUN_DIR)
+
+
+def is_bundled_model(model_dir: str | os.PathLike) -> bool:
+    """True for a folder in the bundled format (params.npz + model.json + config.gin), not an orbax model dir."""
+    model_dir = Path(model_dir)
+    return all((model_dir / name).is_file() for name in (PARAMS_FILE, INFO_FILE, CONFIG_FILE))
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def read_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / INFO_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"unreadable bundled-model description ({err})") from err
+
+
+def load_params(model_dir: str | os.PathLike, abstract_params: Any) -> tuple[dict[str, Any], int]:
+    """(float32 parameter tree, training step) of a bundled model, checked against the model's parameter shapes
+    and against the sha256 recorded in model.json."""
+    import ml_dtypes
+
+    model_dir = Path(model_dir)
+    info = read_info(model_dir)
+    params_path = model_dir / PARAMS_FILE
+    if sha256_of(params_path) != info.get("params_sha256"):
+        raise InputError(params_path, "checksum differs from model.json (corrupt or replaced file)")
+    expected = _flatten(abstract_params)
+    try:
+        with np.load(params_path) as stored:
+            names = set(stored.files)
+            if names != set(expected):
+                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+                raise InputError(params_path, f"parameters do not match config.gin (missing {missing[:3]}, "
+                                              f"unexpected {extra[:3]})")
+            flat = {}
+            for name, spec in expected.items():
+                bits = stored[name]
+                if bits.dtype != np.uint16 or bits.shape != tuple(spec.shape):
+                    raise InputError(params_path, f"{name}: stored {bits.dtype}{list(bits.shape)}, the model needs "
+                                                  f"bfloat16 bits (uint16){list(spec.shape)}")
+                flat[name] = bits.view(ml_dtypes.bfloat16).astype(np.float32)
+    except (OSError, ValueError) as err:
+        raise InputError(params_path, f"unreadable parameters ({err})") from err
+    return _unflatten(flat), int(info.get("step", 0))
+
+
+def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int | None = None,
+                 extra_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Writes the bundled form of a `mt3 train` model dir (checkpoint `step`, default the latest) to `out_dir`
+    atomically (a temporary folder renamed at the end); returns the model.json contents."""
+    import shutil
+    import tempfile
+
+    import jax
+    import ml_dtypes
+
+    from mt3 import inference
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = inference.parse_model_dir_gin(model_dir)
+    params, restored_step = inference.restore_params(model_dir, model, step)
+    flat = {k: np.asarray(jax.device_get(v), np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+            for k, v in _flatten(params).items()}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        np.savez(tmp / PARAMS_FILE, **flat)
+        shutil.copyfile(model_dir / CONFIG_FILE, tmp / CONFIG_FILE)
+        info = {"name": name, "step": restored_step, "num_params": int(sum(v.size for v in flat.values())),
+                "exported": datetime.date.today().isoformat(), "params_sha256": sha256_of(tmp / PARAMS_FILE),
+                **dict(extra_info or {})}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
