@@ -7,6 +7,8 @@ setup(
     description="Multi-task multitrack music transcription (MT3) in JAX/Flax, seqio and gin.",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["mt3", "mt3.*"]),
+    # the bundled model (mt3/pretrained/NAME/: params.npz, config.gin, model.json) ships inside the package
+    package_data={"mt3.pretrained": ["*/params.npz", "*/config.gin", "*/model.json"]},
     install_requires=[
         "jax", "flax", "optax", "orbax-checkpoint", "gin-config", "seqio", "note-seq", "pretty_midi",
         "mir_eval", "soundfile", "librosa", "soxr", "music21", "tqdm", "rich", "matplotlib", "pyyaml", "jams",

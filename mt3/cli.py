@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "Evaluate checkpoints on eval tasks: results.json, results.md and piano-roll PNGs."),
     "transcribe": ("transcribe", "Transcribe audio files to multitrack MIDI (+ optional PNG and notes JSON)."),
     "serve": ("serve", "Serve transcription over HTTP (upload page, POST /transcribe, GET /healthz)."),
+    "export-model": ("export_model", "Export a trained model dir as a bundled model (bf16 weights + config)."),
     "import-checkpoint": ("import_checkpoint", "Import a T5X checkpoint of MT3 (the released mt3/ismir2021 models) "
                                                "into a model dir."),
 }

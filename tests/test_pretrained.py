@@ -16,6 +16,7 @@ import pytest
 from test_inference import build_tiny_model
 
 from mt3 import inference, pretrained
+from mt3.commands.export_model import export_model
 from mt3.errors import InputError
 
 
@@ -23,7 +24,7 @@ from mt3.errors import InputError
 def exported(tmp_path_factory):
     tiny = build_tiny_model(tmp_path_factory)
     out = tmp_path_factory.mktemp("bundled") / "tiny_bundle"
-    info = pretrained.export_model(tiny.model_dir, out, name="tiny_bundle", extra_info={"recipe": "test"})
+    info = export_model(tiny.model_dir, out, name="tiny_bundle", extra_info={"recipe": "test"})
     return tiny, out, info
 
 

@@ -7,7 +7,8 @@ A bundled model is a folder `mt3/pretrained/NAME/` with three files:
     read the file,
   - `model.json`: name, training step and date, the training command, the eval summary and the sha256 of params.npz,
     which is checked on every load (a corrupt or swapped file is refused, not half-used).
-`export_model` writes such a folder from a `mt3 train` model dir; `inference.restore_params` reads it.
+`write_bundle` writes such a folder (`mt3 export-model` feeds it a trained model dir); `inference.restore_params`
+reads it.
 `default_model_dir()` is the one place commands and the Python API ask for "the default model".
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 from mt3.errors import InputError
 
 BUNDLED_DIR = Path(__file__).resolve().parent
-DEFAULT_MODEL_NAME = "local_small"
+DEFAULT_MODEL_NAME = "local_cpu"
 FALLBACK_RUN_DIR = "runs/local_tiny"  # the quickstart's model dir, used only when no bundled model is installed
 PARAMS_FILE = "params.npz"
 INFO_FILE = "model.json"
@@ -115,29 +116,27 @@ def load_params(model_dir: str | os.PathLike, abstract_params: Any) -> tuple[dic
     return _unflatten(flat), int(info.get("step", 0))
 
 
-def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int | None = None,
+def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int,
                  extra_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Writes the bundled form of a `mt3 train` model dir (checkpoint `step`, default the latest) to `out_dir`
-    atomically (a temporary folder renamed at the end); returns the model.json contents."""
+    """Writes a bundled model (parameters rounded to bfloat16, the run's config.gin, model.json) to `out_dir`
+    atomically: a temporary folder renamed at the end, readable by everyone (0644). Returns the model.json contents.
+
+    Takes parameters, not a model dir, so this module never imports the inference code that reads bundles back
+    (`commands/export_model.py` restores a checkpoint and calls this)."""
     import shutil
     import tempfile
 
-    import jax
     import ml_dtypes
 
-    from mt3 import inference
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model = inference.parse_model_dir_gin(model_dir)
-    params, restored_step = inference.restore_params(model_dir, model, step)
-    flat = {k: np.asarray(jax.device_get(v), np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+    out_dir = Path(out_dir)
+    flat = {k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
             for k, v in _flatten(params).items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         np.savez(tmp / PARAMS_FILE, **flat)
-        shutil.copyfile(model_dir / CONFIG_FILE, tmp / CONFIG_FILE)
-        info = {"name": name, "step": restored_step, "num_params": int(sum(v.size for v in flat.values())),
+        shutil.copyfile(config_gin, tmp / CONFIG_FILE)
+        info = {"name": name, "step": int(step), "num_params": int(sum(v.size for v in flat.values())),
                 "exported": datetime.date.today().isoformat(), "params_sha256": sha256_of(tmp / PARAMS_FILE),
                 **dict(extra_info or {})}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

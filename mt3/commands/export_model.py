@@ -1,0 +1,60 @@
+"""`mt3 export-model MODEL_DIR [-o OUT] [--name NAME] [--step N]`: a trained model dir -> the bundled-model format.
+
+Thin: `export_model` restores the checkpoint and `mt3.pretrained.write_bundle` writes the bundle (bf16 params.npz +
+config.gin + model.json with a sha256). Without -o the model goes into the package (`mt3/pretrained/NAME`), where
+`mt3 transcribe` / `mt3 serve` / `mt3.load_model()` find it with no flags when NAME is the default model's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mt3 import pretrained
+
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="model dir written by `mt3 train`")
+    parser.add_argument("-o", "--out", default=None, metavar="DIR",
+                        help="output folder (default: the package's mt3/pretrained/NAME)")
+    parser.add_argument("--name", default=pretrained.DEFAULT_MODEL_NAME,
+                        help=f"model name recorded in model.json (default {pretrained.DEFAULT_MODEL_NAME})")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--info", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra model.json entries, e.g. --info recipe=gin/local_cpu.gin (repeatable)")
+
+
+def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int | None = None,
+                 extra_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Checkpoint `step` (default: the latest) of a `mt3 train` model dir -> a bundled model in `out_dir`."""
+    import jax
+
+    from mt3 import inference, pretrained
+
+    model = inference.parse_model_dir_gin(model_dir)
+    params, step = inference.restore_params(model_dir, model, step)
+    return pretrained.write_bundle(jax.device_get(params), Path(model_dir) / pretrained.CONFIG_FILE, out_dir,
+                                   name=name, step=step, extra_info=extra_info)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mt3 import pretrained
+    from mt3.errors import InputError
+
+    extra = {}
+    for item in args.info:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(None, f"--info needs KEY=VALUE, got {item!r}")
+        extra[key] = value
+    out = Path(args.out) if args.out else pretrained.BUNDLED_DIR / args.name
+    info = export_model(args.model_dir, out, name=args.name, step=args.step, extra_info=extra)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"mt3 export-model: {args.model_dir} step {info['step']} -> {out} ({info['num_params']:,} params, "
+          f"{size / 1e6:.1f} MB, sha256 {info['params_sha256'][:16]})")
+    print(json.dumps(info, indent=2))
+    return 0
