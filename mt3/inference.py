@@ -33,16 +33,21 @@ MIDI_QPM = 120.0
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
+DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
-    """How to decode. Defaults are MT3's eval/infer gin: batch 32, greedy, at most 1024 target tokens per segment.
+    """How to decode. Defaults are MT3's eval/infer gin: batch 32, greedy. max_decode_len None means "the target
+    length the model was trained with" (TASK_FEATURE_LENGTHS['targets'] of its config.gin; MT3's 1024 without one):
+    decoding past it only produces tokens the model never learned to place.
 
     temperature > 0 samples from softmax(logits / temperature) (restricted to the top_k ids when top_k > 0), with
     a per-batch rng derived from `seed`; temperature 0 is greedy (top_k ignored).
     """
 
     batch_size: int = 32
-    max_decode_len: int = 1024
+    max_decode_len: int | None = None
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
@@ -50,8 +55,8 @@ class InferenceConfig:
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"InferenceConfig.batch_size must be a positive int, got {self.batch_size!r}")
-        if isinstance(self.max_decode_len, bool) or not isinstance(self.max_decode_len, int) or \
-                self.max_decode_len < 1:
+        if self.max_decode_len is not None and (isinstance(self.max_decode_len, bool) or
+                                                not isinstance(self.max_decode_len, int) or self.max_decode_len < 1):
             raise ValueError(f"InferenceConfig.max_decode_len must be a positive int, got {self.max_decode_len!r}")
         if not self.temperature >= 0.0:
             raise ValueError(f"InferenceConfig.temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
@@ -128,6 +133,8 @@ class InferenceModel:
                              f"got {net_config.input_frontend!r}")
         self.model = model
         self.spec = spec
+        if config.max_decode_len is None:
+            config = dataclasses.replace(config, max_decode_len=DEFAULT_MAX_DECODE_LEN)
         self.config = config
         self.codec = vocabularies.build_codec(spec.vocab_config)
         needed_rows = vocabularies.vocabulary_size(self.codec)
@@ -379,6 +386,17 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     return model
 
 
+def with_model_decode_length(config: InferenceConfig) -> InferenceConfig:
+    """`config` with max_decode_len None replaced by the target length the parsed model config trained with
+    (its TASK_FEATURE_LENGTHS['targets']), or MT3's 1024 when the config names none."""
+    if config.max_decode_len is not None:
+        return config
+    from mt3 import gin_utils
+
+    lengths = gin_utils.query_macro("TASK_FEATURE_LENGTHS", None) or {}
+    return dataclasses.replace(config, max_decode_len=int(lengths.get("targets", DEFAULT_MAX_DECODE_LEN)))
+
+
 def load_inference_model(model_dir: str | os.PathLike, *, gin_files: Sequence[str | os.PathLike] = (),
                          gin_bindings: Sequence[str] = (), step: int | None = None, role_gin: str = INFER_GIN,
                          config: InferenceConfig | None = None, batch_size: int | None = None) -> InferenceModel:
@@ -398,6 +416,7 @@ def load_inference_model(model_dir: str | os.PathLike, *, gin_files: Sequence[st
             raise InputError(None, f"bad inference configuration: {err}") from err
     if batch_size is not None:
         config = dataclasses.replace(config, batch_size=batch_size)
+    config = with_model_decode_length(config)
     params, restored_step = restore_params(model_dir, model, step)
     info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored_step}
     return InferenceModel(model, params, spec=spec, config=config, info=info)

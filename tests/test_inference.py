@@ -328,3 +328,12 @@ def test_transcribe_without_checkpoint_or_inputs_fails_cleanly(tmp_path, capsys,
     write_wav(tmp_path / "b.wav", np.sin(np.arange(16000) / 10).astype(np.float32))
     assert cli.main(["transcribe", "b.wav", "-o", "out"]) == 2
     assert "runs/local_tiny" in capsys.readouterr().err  # the quickstart default does not exist here
+
+
+def test_decode_length_defaults_to_the_models_training_target_length(tiny):
+    """No MAX_DECODE_LENGTH binding: decoding stops at the target length the model trained with (256 here), not at a
+    global default; a binding still wins."""
+    own = inference.load_inference_model(tiny.model_dir, gin_bindings=[f"DATA_DIR = '{tiny.data_dir}'"])
+    assert own.config.max_decode_len == 256
+    bound = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    assert bound.config.max_decode_len == 192
