@@ -185,24 +185,9 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     if split_kind == "train" and mix_config.enabled:
         return _mixed_training_dataset(dataset, config, mix_config, input_length)
     if split_kind == "train":
-        import seqio
-
         # seqio hands each element its own stateless seed, different every epoch (the repeat happens before this
         # post-cache step), yet reproducible for a given task seed: crops vary across epochs, resumes are exact.
-        @seqio.map_over_dataset(num_seeds=1)
-        def _map(ex, seed):
-            inputs, in_len, targets, tgt_len = tf.numpy_function(
-                _train_np, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32],
-                stateful=False)
-            k = tf.shape(in_len)[0]
-            return {
-                "inputs": tf.ensure_shape(inputs, [None, None, hop]),
-                "inputs_length": in_len,
-                "targets": tf.ensure_shape(targets, [None, None]),
-                "targets_length": tgt_len,
-                "id": tf.fill([k], ex["id"]),
-            }
-
+        _map = _seeded_examples_map(_train_np, hop, lambda ex: ex["id"])
         ds = _map(dataset)
     elif split_kind == "eval":
         def _map(ex):
@@ -231,7 +216,6 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
 def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int):
     """Training examples mixed across tracks: records are shuffled (seeded, so resumes stay exact), read in groups of
     `records_per_group`, and every group yields one example per crop, some summed with other tracks' crops."""
-    import seqio
     import tensorflow as tf
 
     from mt3 import mixing
@@ -246,19 +230,28 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
 
-    @seqio.map_over_dataset(num_seeds=1)
-    def _map(ex, seed):
-        inputs, in_len, targets, tgt_len = tf.numpy_function(
-            _group_np, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32],
-            stateful=False)
-        k = tf.shape(in_len)[0]
-        return {"inputs": tf.ensure_shape(inputs, [None, None, hop]), "inputs_length": in_len,
-                "targets": tf.ensure_shape(targets, [None, None]), "targets_length": tgt_len,
-                "id": tf.fill([k], ex["id"][0])}
+    _map = _seeded_examples_map(_group_np, hop, lambda ex: ex["id"][0])  # a group's examples carry its first id
 
     grouped = dataset.shuffle(4 * mix_config.records_per_group, seed=mix_config.seed).batch(
         mix_config.records_per_group)
     return _map(grouped).unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _seeded_examples_map(numpy_fn, hop: int, id_fn):
+    """A seqio map (one stateless seed per element) running `numpy_fn(audio, sequence, seed) -> (inputs, input
+    lengths, targets, target lengths)` and returning the padded examples with their lengths and ids."""
+    import seqio
+    import tensorflow as tf
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def _map(ex, seed):
+        inputs, in_len, targets, tgt_len = tf.numpy_function(
+            numpy_fn, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32], stateful=False)
+        return {"inputs": tf.ensure_shape(inputs, [None, None, hop]), "inputs_length": in_len,
+                "targets": tf.ensure_shape(targets, [None, None]), "targets_length": tgt_len,
+                "id": tf.fill([tf.shape(in_len)[0]], id_fn(ex))}
+
+    return _map
 
 
 def _unpad_example(ex):
