@@ -326,8 +326,11 @@ def test_transcribe_without_checkpoint_or_inputs_fails_cleanly(tmp_path, capsys,
     from mt3.audio import write_wav
 
     write_wav(tmp_path / "b.wav", np.sin(np.arange(16000) / 10).astype(np.float32))
+    from mt3 import pretrained
+
+    monkeypatch.setattr(pretrained, "DEFAULT_MODEL_NAME", "no_such_model")  # as if no model were bundled
     assert cli.main(["transcribe", "b.wav", "-o", "out"]) == 2
-    assert "runs/local_tiny" in capsys.readouterr().err  # the quickstart default does not exist here
+    assert "runs/local_tiny" in capsys.readouterr().err  # the quickstart fallback does not exist here either
 
 
 def test_decode_length_defaults_to_the_models_training_target_length(tiny):
