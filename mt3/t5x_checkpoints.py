@@ -243,8 +243,8 @@ def _decompress(raw: bytes, compressor: dict | None, chunk_file: Path) -> bytes:
     if compressor is None:
         return raw
     kind = compressor.get("id")
-    if kind not in ("gzip", "zlib"):
-        raise NotImplementedError(kind)
+    if kind not in ("gzip", "zlib"):  # read_zarr sends every other compressor to tensorstore before this point
+        raise ValueError(f"{chunk_file}: _decompress handles gzip/zlib only, got {kind!r}")
     try:
         return zlib.decompress(raw, 47)  # 32 + 15: accepts a gzip or a zlib header
     except zlib.error as err:
