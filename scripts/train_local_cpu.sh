@@ -18,7 +18,7 @@ save() {
   step=$(ls "$RUN/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -n 1)
   mkdir -p "$(dirname "$TARBALL")"
   tar -czf "$TARBALL.tmp" -C "$RUN" config.gin "checkpoints/$step" && mv "$TARBALL.tmp" "$TARBALL"
-  $MT3 export-model "$RUN" --info recipe=gin/local_cpu.gin --info "train_command=bash scripts/train_local_cpu.sh"
+  $MT3 export-model "$RUN" -o mt3/pretrained/local_cpu --overwrite --info recipe=gin/local_cpu.gin --info "train_command=bash scripts/train_local_cpu.sh"
   echo "saved step $step: $TARBALL and mt3/pretrained (commit both)"
 }
 if [ "${1:-}" = "--save-only" ]; then save; exit 0; fi

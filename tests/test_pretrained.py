@@ -107,3 +107,44 @@ def test_shipped_model_transcribes_from_any_directory_with_no_flags(tmp_path):
 
     midi = next((tmp_path / "out").rglob("*.mid"))
     assert len(load_midi(midi).notes) > 0
+
+
+def test_export_model_never_deletes_a_users_folder_and_needs_o(exported, tmp_path, capsys):
+    """Issue 18's data loss: `export-model -o precious/` once replaced the whole folder, and no -o wrote into the
+    package's own model. Now a non-empty non-bundle -o is refused (even with --overwrite) before the checkpoint is
+    restored, -o is required, and --overwrite replaces a folder only when it is itself a bundle."""
+    from mt3 import cli
+
+    tiny, out, info = exported
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "thesis.txt").write_text("x")
+    shipped_sha = pretrained.sha256_of(SHIPPED / "params.npz")
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["export-model", str(tiny.model_dir), "-o", str(precious), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(precious) in err and "not empty" in err, err
+        assert (precious / "thesis.txt").read_text() == "x" and (precious / "sub").is_dir()
+    with pytest.raises(SystemExit) as exc:  # no -o: a usage error, never the package's model
+        cli.main(["export-model", str(tiny.model_dir)])
+    assert exc.value.code == 2 and "-o" in capsys.readouterr().err
+    assert pretrained.sha256_of(SHIPPED / "params.npz") == shipped_sha
+    # an existing bundle: refused without --overwrite, replaced with it (an older step here)
+    bundle = tmp_path / "bundle"
+    assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle), "--name", "b"]) == 0
+    capsys.readouterr()
+    assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    first_step = inference.checkpoint_steps(tiny.model_dir)[0]
+    assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle), "--overwrite",
+                     "--step", str(first_step)]) == 0
+    assert pretrained.read_info(bundle)["step"] == first_step
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["bundle", "precious"]  # no temp folders left
+    # a bundle that also holds someone's file is not "itself a bundle"
+    (bundle / "notes.txt").write_text("mine")
+    assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle), "--overwrite"]) == 2
+    assert (bundle / "notes.txt").read_text() == "mine"
+    # an -o that cannot be created is named before any work
+    (tmp_path / "a_file").write_text("")
+    assert cli.main(["export-model", str(tiny.model_dir), "-o", str(tmp_path / "a_file" / "m")]) == 2
+    assert "a_file" in capsys.readouterr().err.splitlines()[-1]

@@ -1,8 +1,12 @@
-"""`mt3 export-model MODEL_DIR [-o OUT] [--name NAME] [--step N]`: a trained model dir -> the bundled-model format.
+"""`mt3 export-model MODEL_DIR -o OUT [--overwrite] [--name NAME] [--step N]`: a trained model dir -> the bundled-model
+format.
 
 Thin: `export_model` restores the checkpoint and `mt3.pretrained.write_bundle` writes the bundle (bf16 params.npz +
-config.gin + model.json with a sha256). Without -o the model goes into the package (`mt3/pretrained/NAME`), where
-`mt3 transcribe` / `mt3 serve` / `mt3.load_model()` find it with no flags when NAME is the default model's name.
+config.gin + model.json with a sha256). `-o` is required and must be new or empty; `--overwrite` replaces a folder only
+when it is itself a bundle (never a folder of the user's files). Why no default: writing into the package's own
+`mt3/pretrained/local_cpu` silently replaced the model that `mt3 transcribe` / `serve` / `load_model()` use; doing that
+now takes `-o mt3/pretrained/local_cpu --overwrite` and prints a line saying so. The target is checked before the
+checkpoint is restored, so a bad -o costs nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mt3 import pretrained
 
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="model dir written by `mt3 train`")
-    parser.add_argument("-o", "--out", default=None, metavar="DIR",
-                        help="output folder (default: the package's mt3/pretrained/NAME)")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR",
+                        help="bundle folder to create (must not exist, or be empty)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR if it already holds a bundled model (and nothing else)")
     parser.add_argument("--name", default=pretrained.DEFAULT_MODEL_NAME,
                         help=f"model name recorded in model.json (default {pretrained.DEFAULT_MODEL_NAME})")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
@@ -29,16 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int | None = None,
-                 extra_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Checkpoint `step` (default: the latest) of a `mt3 train` model dir -> a bundled model in `out_dir`."""
+                 extra_info: Mapping[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Checkpoint `step` (default: the latest) of a `mt3 train` model dir -> a bundled model in `out_dir` (new or
+    empty; an existing bundle only with `overwrite`)."""
     import jax
 
     from mt3 import inference, pretrained
 
+    pretrained.check_bundle_target(out_dir, overwrite=overwrite)  # before the (slow) restore
     model = inference.parse_model_dir_gin(model_dir)
     params, step = inference.restore_params(model_dir, model, step)
     return pretrained.write_bundle(jax.device_get(params), Path(model_dir) / pretrained.CONFIG_FILE, out_dir,
-                                   name=name, step=step, extra_info=extra_info)
+                                   name=name, step=step, extra_info=extra_info, overwrite=overwrite)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,8 +59,13 @@ def main(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise InputError(None, f"--info needs KEY=VALUE, got {item!r}")
         extra[key] = value
-    out = Path(args.out) if args.out else pretrained.BUNDLED_DIR / args.name
-    info = export_model(args.model_dir, out, name=args.name, step=args.step, extra_info=extra)
+    out = Path(args.out)
+    pretrained.check_bundle_target(out, overwrite=args.overwrite)
+    if out.resolve() == (pretrained.BUNDLED_DIR / pretrained.DEFAULT_MODEL_NAME).resolve():
+        print(f"mt3 export-model: replacing the package's default model {out}: `mt3 transcribe`, `mt3 serve` and "
+              "`mt3.load_model()` will use this one", flush=True)
+    info = export_model(args.model_dir, out, name=args.name, step=args.step, extra_info=extra,
+                        overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"mt3 export-model: {args.model_dir} step {info['step']} -> {out} ({info['num_params']:,} params, "
           f"{size / 1e6:.1f} MB, sha256 {info['params_sha256'][:16]})")

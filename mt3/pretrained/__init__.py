@@ -116,10 +116,42 @@ def load_params(model_dir: str | os.PathLike, abstract_params: Any) -> tuple[dic
     return _unflatten(flat), int(info.get("step", 0))
 
 
+BUNDLE_FILES = frozenset({PARAMS_FILE, INFO_FILE, CONFIG_FILE})
+
+
+def check_bundle_target(out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuses (InputError naming `out_dir`) a target that would lose anything but a bundle: an existing file, a
+    non-empty folder that is not a bundle (someone's files), a bundle holding other files too, or a bundle without
+    `overwrite`; and a parent that cannot be created or written. Why: `export-model -o precious/` once replaced the
+    whole folder; a user's files must never go with it. Cheap, so `mt3 export-model` calls it before restoring."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir():
+            raise InputError(out_dir, "exists and is not a directory (-o names the bundle folder to create)")
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries:
+            if not is_bundled_model(out_dir):
+                raise InputError(out_dir, f"exists and is not empty ({len(entries)} entries, e.g. {entries[0]!r}) "
+                                          "and is not a bundled model: choose a new or empty folder")
+            others = sorted(set(entries) - BUNDLE_FILES)
+            if others:
+                raise InputError(out_dir, f"is a bundled model but also holds {others[:3]}: refusing to replace it")
+            if not overwrite:
+                raise InputError(out_dir, "already holds a bundled model (pass --overwrite to replace it)")
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(out_dir, f"cannot create it: {parent} is not a writable directory")
+
+
 def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int,
-                 extra_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 extra_info: Mapping[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Writes a bundled model (parameters rounded to bfloat16, the run's config.gin, model.json) to `out_dir`
     atomically: a temporary folder renamed at the end, readable by everyone (0644). Returns the model.json contents.
+
+    `out_dir` must be new or empty; with `overwrite` it may also be an existing bundle (and nothing else: see
+    `check_bundle_target`), which is renamed aside, replaced and only then deleted.
 
     Takes parameters, not a model dir, so this module never imports the inference code that reads bundles back
     (`commands/export_model.py` restores a checkpoint and calls this)."""
@@ -129,6 +161,7 @@ def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.P
     import ml_dtypes
 
     out_dir = Path(out_dir)
+    check_bundle_target(out_dir, overwrite=overwrite)
     flat = {k: np.asarray(v, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
             for k, v in _flatten(params).items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +176,19 @@ def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.P
         for path in tmp.iterdir():
             os.chmod(path, 0o644)
         os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        old = None
+        if out_dir.is_dir() and any(out_dir.iterdir()):  # an existing bundle (checked above): swap, then delete
+            check_bundle_target(out_dir, overwrite=overwrite)
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+        try:
+            os.replace(tmp, out_dir)  # an empty out_dir is replaced by the rename
+        except BaseException:
+            if old is not None:
+                os.replace(old / out_dir.name, out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
