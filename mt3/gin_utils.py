@@ -47,7 +47,7 @@ def register_configurables() -> None:
         return
     import gin
 
-    from mt3 import checkpoints, mixing, partitioning, trainer  # none of these imports gin_utils
+    from mt3 import augmentation, checkpoints, mixing, partitioning, trainer  # none of these imports gin_utils
     from mt3.models import models, network
 
     with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
@@ -59,6 +59,7 @@ def register_configurables() -> None:
         ext(checkpoints.CheckpointConfig, module="checkpoints")
         ext(partitioning.PartitionConfig, module="partitioning")
         ext(mixing.MixConfig, module="mixing")
+        ext(augmentation.AugmentConfig, module="augmentation")
         ext(partitioning.standard_logical_axis_rules, module="partitioning")
     _REGISTERED = True
 

@@ -149,23 +149,30 @@ def _stack_padded(arrays: list[np.ndarray], dtype, trailing: tuple = ()) -> tupl
 
 
 def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train",
-                                   mix_config=None):
+                                   mix_config=None, augment_config=None):
     """seqio preprocessor: parsed track records -> examples {'inputs': [L', hop] f32, 'targets': [T'] i32, ...}.
 
     `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments;
     adds 'id', 'start_time' and, on segment 0, the full-track reference 'sequence'). Training examples are audio mixes
     of several tracks' crops when `mix_config` (a `mixing.MixConfig`; None = the gin-bound
-    `mixing.training_mix_config()`, off by default) says so.
+    `mixing.training_mix_config()`, off by default) says so. Their audio is augmented (level, colour, room, noise)
+    when `augment_config` (an `augmentation.AugmentConfig`; None = the gin-bound one, off by default) says so.
     """
     import tensorflow as tf
 
     hop = config.spectrogram_config.hop_width
     input_length = int(sequence_length["inputs"])
 
+    if split_kind == "train" and augment_config is None:
+        from mt3 import augmentation
+
+        augment_config = augmentation.training_augment_config()
+
     def _train_np(audio_bytes, seq_bytes, element_seed):
         audio, ns = _parse(audio_bytes, seq_bytes)
-        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)])
+        rng = np.random.default_rng(_seed_words(element_seed))
         examples = list(training_examples(tokenize_track(audio, ns, config), config, input_length, rng))
+        examples = augmented_examples(examples, augment_config, element_seed)
         inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
@@ -183,7 +190,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
 
         mix_config = mixing.training_mix_config()
     if split_kind == "train" and mix_config.enabled:
-        return _mixed_training_dataset(dataset, config, mix_config, input_length)
+        return _mixed_training_dataset(dataset, config, mix_config, input_length, augment_config)
     if split_kind == "train":
         # seqio hands each element its own stateless seed, different every epoch (the repeat happens before this
         # post-cache step), yet reproducible for a given task seed: crops vary across epochs, resumes are exact.
@@ -213,7 +220,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     return ds.unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int):
+def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int, augment_config):
     """Training examples mixed across tracks: records are shuffled (seeded, so resumes stay exact), read in groups of
     `records_per_group`, and every group yields one example per crop, some summed with other tracks' crops."""
     import tensorflow as tf
@@ -223,9 +230,10 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
     hop = config.spectrogram_config.hop_width
 
     def _group_np(audio_bytes, seq_bytes, element_seed):
-        rng = np.random.default_rng([int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)])
+        rng = np.random.default_rng(_seed_words(element_seed))
         tracks = [tokenize_track(*_parse(a, q), config) for a, q in zip(audio_bytes, seq_bytes, strict=True)]
         examples = list(mixing.mixed_training_examples(tracks, config, mix_config, input_length, rng))
+        examples = augmented_examples(examples, augment_config, element_seed)
         inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
@@ -235,6 +243,22 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
     grouped = dataset.shuffle(4 * mix_config.records_per_group, seed=mix_config.seed).batch(
         mix_config.records_per_group)
     return _map(grouped).unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _seed_words(element_seed) -> list[int]:
+    return [int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)]
+
+
+def augmented_examples(examples: list[tuple[np.ndarray, np.ndarray]], augment_config,
+                       element_seed) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) pairs with augmented inputs. Its own generator, derived from the element's seed, so the crops
+    (drawn before) are the same with augmentation on or off, and each crop is augmented reproducibly."""
+    if augment_config is None or not augment_config.enabled:
+        return examples
+    from mt3 import augmentation
+
+    rng = np.random.default_rng([*_seed_words(element_seed), 0xA06])
+    return [(augmentation.augment_frames(inputs, augment_config, rng), targets) for inputs, targets in examples]
 
 
 def _seeded_examples_map(numpy_fn, hop: int, id_fn):
