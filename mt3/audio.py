@@ -12,9 +12,14 @@ No TensorFlow and no JAX here; soundfile/soxr/audioread are imported only when a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import re
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,30 @@ MAX_SAMPLE_RATE = 768000
 SHORT_DECODE_TOLERANCE_SECONDS = 0.25
 SHORT_DECODE_TOLERANCE_FRACTION = 0.02
 RESAMPLE_QUALITY = "soxr_hq"  # librosa's default res_type, i.e. what MT3's librosa.load used
+# The file extensions `mt3 transcribe DIR` picks up: what libsndfile decodes (wav .. w64) and what the ffmpeg fallback
+# decodes (m4a ..). One list, so a directory finds every file that `load_audio` reads when it is named directly.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".au", ".snd", ".caf",
+                    ".w64", ".m4a", ".aac", ".mp4", ".wma", ".webm")
+# Peak level below which a recording is called quiet: 40 dB under full scale. Training audio (fluidsynth renders,
+# MT3's datasets) peaks within ~20 dB of full scale, and the model sees the level as it is (nothing normalises it).
+QUIET_PEAK_DBFS = -40.0
+
+
+def peak_dbfs(samples: np.ndarray) -> float:
+    """Peak level in dB relative to full scale (-inf for silence)."""
+    peak = float(np.max(np.abs(samples))) if np.size(samples) else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else -math.inf
+
+
+def quiet_warning(samples: np.ndarray) -> str | None:
+    """A one-line note when the input peaks far below the level of training audio (None otherwise, and for silence,
+    which callers report on its own): such a recording is transcribed as it is, and usually gives few or no notes."""
+    level = peak_dbfs(samples)
+    if not math.isfinite(level) or level >= QUIET_PEAK_DBFS:
+        return None
+    return (f"the audio is very quiet (peak {level:.0f} dBFS; training audio peaks above {QUIET_PEAK_DBFS + 20:.0f} "
+            "dBFS and the input is not normalised), expect few or no notes: raise its level (e.g. normalise the "
+            "peak to -1 dBFS) and transcribe again")
 
 
 def _check_rate(path, rate, what: str) -> int:
@@ -59,14 +88,41 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.pad(out, (0, target_len - len(out)))
 
 
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _c_stderr_captured(notes: list[str]):
+    """Captures what C libraries write to file descriptor 2 (libmpg123's "Note: Illegal Audio-MPEG-Header ..." lines
+    on a damaged mp3) into `notes` instead of the user's terminal; the problem is reported once, in our error line."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            notes.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
 def _decode_soundfile(source) -> tuple[np.ndarray, int, float | None]:
     """[n, channels] float32, the native rate, and the seconds the header declares (None when it does not say)."""
     import soundfile
 
-    with soundfile.SoundFile(source) as f:
-        declared = f.frames / f.samplerate if f.frames > 0 and f.samplerate > 0 else None
-        data = f.read(dtype="float32", always_2d=True)
-        return data, f.samplerate, declared
+    notes: list[str] = []
+    try:
+        with _c_stderr_captured(notes), soundfile.SoundFile(source) as f:
+            declared = f.frames / f.samplerate if f.frames > 0 and f.samplerate > 0 else None
+            data = f.read(dtype="float32", always_2d=True)
+            return data, f.samplerate, declared
+    except Exception as err:
+        # libsndfile says "File does not exist or is not a regular file" for any file it cannot identify
+        message = re.sub(r"Error opening .*?: File does not exist or is not a regular file \(possibly a pipe\?\)\.?",
+                         "not a format libsndfile recognises", str(err))
+        raise RuntimeError(message + (f" [{notes[0]}]" if notes else "")) from err
 
 
 def _decode_audioread(path: str) -> tuple[np.ndarray, int, float | None]:
@@ -139,8 +195,6 @@ def _decode(name, path: str | None, data: bytes | None) -> tuple[np.ndarray, int
         if path is not None:
             decoded, rate, declared = _decode_audioread(path)
         else:
-            import tempfile
-
             suffix = Path(str(name)).suffix or ".bin"
             with tempfile.TemporaryDirectory() as tmp:
                 tmp_path = os.path.join(tmp, f"upload{suffix}")
@@ -148,11 +202,14 @@ def _decode(name, path: str | None, data: bytes | None) -> tuple[np.ndarray, int
                     f.write(data)
                 decoded, rate, declared = _decode_audioread(tmp_path)
     except Exception as err:
-        errors.append(f"audioread: {type(err).__name__}: {err}".rstrip(": "))
+        if type(err).__name__ == "NoBackendError":  # every backend (ffmpeg) failed to decode it
+            errors.append("ffmpeg cannot decode it either")
+        else:
+            errors.append(f"audioread: {type(err).__name__}: {err}".rstrip(": "))
     else:
         _check_complete(name, decoded, rate, declared, errors)
         return decoded, rate
-    detail = "; ".join(e.replace("\n", " ") for e in errors)
+    detail = "; ".join(e.replace("\n", " ").rstrip(". ") for e in errors)
     raise InputError(name, f"unreadable, corrupt or unsupported audio format ({detail[:300]})")
 
 

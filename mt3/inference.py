@@ -30,7 +30,6 @@ from mt3.errors import InputError
 # the codec's 10 ms grid survive a MIDI round trip exactly (note_seq's default 220 would move them by up to 1.1 ms).
 MIDI_TICKS_PER_QUARTER = 500
 MIDI_QPM = 120.0
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
 
 
 DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length

@@ -50,8 +50,9 @@ def _new_figure(rows: int = 1, *, height: float = 4.5):
     return fig
 
 
-def _draw_notes(ax, ns, colours: Mapping[str, tuple]) -> None:
-    """Draws every note of `ns` as a horizontal bar (one PolyCollection per instrument, fast for 10^4 notes)."""
+def _draw_notes(ax, ns, colours: Mapping[str, tuple], seconds: float | None = None) -> None:
+    """Draws every note of `ns` as a horizontal bar (one PolyCollection per instrument, fast for 10^4 notes). The time
+    axis spans `seconds` (the audio's duration, as the upload page draws it) or at least the notes."""
     from matplotlib.collections import PolyCollection
 
     boxes: dict[str, list] = {}
@@ -63,8 +64,10 @@ def _draw_notes(ax, ns, colours: Mapping[str, tuple]) -> None:
             [(start, low), (end, low), (end, high), (start, high)])
     for label, verts in boxes.items():
         ax.add_collection(PolyCollection(verts, facecolors=[colours[label]], edgecolors="none", label=label))
+    if ns.notes or seconds:
+        ax.set_xlim(0.0, max([float(seconds or 0.0),
+                              *(max(float(n.end_time), float(n.start_time) + MIN_BAR_SECONDS) for n in ns.notes)]))
     if ns.notes:
-        ax.set_xlim(0.0, max(max(float(n.end_time), float(n.start_time) + MIN_BAR_SECONDS) for n in ns.notes))
         pitches = [n.pitch for n in ns.notes]
         ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
     else:
@@ -90,17 +93,38 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def piano_roll_figure(ns, *, title: str | None = None):
-    """A matplotlib Figure of `ns` as a piano roll, notes coloured by instrument with a legend."""
+def displayable(text: str) -> str:
+    """`text` with the characters the plotting font has no glyph for replaced by '?': a Unicode file name (CJK,
+    emoji) otherwise draws boxes and makes matplotlib print a 'Glyph ... missing from font' warning per character."""
+    from matplotlib import font_manager
+
+    charmap = _font_charmap(font_manager.findfont(font_manager.FontProperties()))
+    return "".join(c if ord(c) in charmap or c.isspace() else "?" for c in text)
+
+
+_CHARMAPS: dict[str, frozenset[int]] = {}
+
+
+def _font_charmap(path: str) -> frozenset[int]:
+    if path not in _CHARMAPS:
+        from matplotlib import ft2font
+
+        _CHARMAPS[path] = frozenset(ft2font.FT2Font(path).get_charmap())
+    return _CHARMAPS[path]
+
+
+def piano_roll_figure(ns, *, title: str | None = None, seconds: float | None = None):
+    """A matplotlib Figure of `ns` as a piano roll, notes coloured by instrument with a legend; the time axis spans
+    `seconds` (the audio's duration) when given."""
     labels = instrument_labels(ns)
     colours = _colours(labels)
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    _draw_notes(ax, ns, colours)
+    _draw_notes(ax, ns, colours, seconds)
     if labels:
         ax.legend(handles=_legend_handles(labels, colours), **_LEGEND_OUTSIDE)
     if title:
-        ax.set_title(title)
+        ax.set_title(displayable(title))
     return fig
 
 
@@ -117,7 +141,7 @@ def reference_vs_estimate_figure(ref_ns, est_ns, *, title: str | None = None):
     if notes:  # each _draw_notes set its own limits; the shared axes must cover both
         ref_ax.set_xlim(0.0, max(max(float(n.end_time), float(n.start_time) + MIN_BAR_SECONDS) for n in notes))
         ref_ax.set_ylim(min(n.pitch for n in notes) - 2, max(n.pitch for n in notes) + 2)
-    ref_ax.set_title("Reference" if not title else f"{title} - reference")
+    ref_ax.set_title("Reference" if not title else displayable(f"{title} - reference"))
     est_ax.set_title("Estimate")
     ref_ax.set_xlabel("")
     if labels:
@@ -143,13 +167,14 @@ def metric_curves_figure(steps: Sequence[int], curves: Mapping[str, Sequence[flo
     if curves:
         ax.legend(loc="best", fontsize="small")
     if title:
-        ax.set_title(title)
+        ax.set_title(displayable(title))
     return fig
 
 
-def plot_piano_roll(ns, path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Writes `ns` as a piano-roll PNG at `path` (atomically); returns the path."""
-    return _save(piano_roll_figure(ns, title=title), path)
+def plot_piano_roll(ns, path: str | os.PathLike, *, title: str | None = None, seconds: float | None = None) -> Path:
+    """Writes `ns` as a piano-roll PNG at `path` (atomically), the time axis spanning `seconds` (the audio's duration)
+    when given; returns the path."""
+    return _save(piano_roll_figure(ns, title=title, seconds=seconds), path)
 
 
 def plot_reference_vs_estimate(ref_ns, est_ns, path: str | os.PathLike, *, title: str | None = None) -> Path:

@@ -203,10 +203,10 @@ async def _send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def _png_bytes(ns, title: str) -> bytes:
+def _png_bytes(ns, title: str, seconds: float) -> bytes:
     from mt3 import plotting
 
-    fig = plotting.piano_roll_figure(ns, title=title)
+    fig = plotting.piano_roll_figure(ns, title=title, seconds=seconds)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
@@ -277,16 +277,18 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
     async def index() -> str:
         return page
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: load balancers and `curl -I` probe with it
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model": im.describe(), "decoder": dict(decoder.stats),
                 "limits": {"max_upload_bytes": max_bytes, "max_audio_seconds": max_audio_seconds}}
 
     @app.post("/transcribe")
-    async def transcribe(file: UploadFile = File(...), format: str = Query("midi"),
+    async def transcribe(request: Request, file: UploadFile = File(...), format: str = Query("midi"),
                          midi: bool = Query(False, description="with format=json: include the MIDI as base64")):
         if format not in FORMATS:
             raise HTTPException(400, f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        if len((await request.form()).getlist("file")) > 1:  # FastAPI would silently take one of them
+            raise HTTPException(400, "several 'file' fields in one upload: send one file per request")
         name = Path(file.filename or "upload").name
         data = await file.read()
         if len(data) > max_bytes:
@@ -314,7 +316,8 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
                                      "X-Invalid-Events": str(result.invalid_events),
                                      "X-Dropped-Events": str(result.dropped_events)})
         if format == "png":
-            return Response(await run_in_threadpool(_png_bytes, result.ns, name), media_type="image/png")
+            png = await run_in_threadpool(_png_bytes, result.ns, name, result.audio_seconds)
+            return Response(png, media_type="image/png")
         body = {"name": name, "notes": result.notes(), "invalid_events": result.invalid_events,
                 "dropped_events": result.dropped_events, "seconds": round(result.audio_seconds, 3),
                 "segments": result.num_segments}
@@ -325,12 +328,35 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
     return UploadLimitMiddleware(app, max_bytes) if max_bytes > 0 else app
 
 
+def check_port(host: str, port: int) -> None:
+    """InputError unless `host:port` can be bound now (as uvicorn binds it, with SO_REUSEADDR). Checked before the
+    model loads, so a busy port is one line and exit 2 rather than a model load, a URL and uvicorn's Errno 98."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise InputError(None, f"--port must be in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise InputError(None, f"--host {host}: cannot resolve it ({err.strerror or err})") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            raise InputError(None, f"cannot listen on {host}:{port}: {err.strerror or err} (another server is "
+                                   "using that port? choose another --port)") from err
+
+
 def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 50.0,
           max_audio_seconds: float = 600.0, batch_size: int | None = None, gin_files=(), gin_bindings=()) -> None:
-    """`mt3 serve`: loads the model once, then runs uvicorn until interrupted."""
+    """`mt3 serve`: checks the port, loads the model once, then runs uvicorn until interrupted."""
     import uvicorn
 
     from mt3 import inference
+
+    check_port(host, port)
 
     im = inference.load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
                                         batch_size=batch_size)

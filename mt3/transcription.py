@@ -8,6 +8,10 @@ every name:
   `slakh/Track*/mix.flac` -> `OUT/TrackNNNNN/mix.mid`;
 - inputs that differ only in their extension (`song.mp3`, `song.ogg`) keep it: `OUT/song.mp3.mid`, `OUT/song.ogg.mid`.
 Each input gets NAME.mid, and on request NAME.png, NAME.notes.json, NAME.notes.csv and NAME.sonified.wav beside it.
+A file's outputs appear together or not at all: each is written under a temporary name and all are renamed at the end,
+so a full disk never leaves NAME.mid without its PNG (and a rerun is not refused over a half-written set).
+Directories are searched for `mt3.audio.AUDIO_EXTENSIONS` (what the loader reads), minus the tool's own outputs
+(`*.sonified.wav`, so a rerun into the input folder does not transcribe its own renders); skipped files are counted.
 
 The model work is `mt3.inference.InferenceModel.transcribe_many` (all files' segments share batches).
 """
@@ -23,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from mt3 import midi_io
+from mt3.audio import AUDIO_EXTENSIONS
 from mt3.errors import InputError
-from mt3.inference import AUDIO_EXTENSIONS
 
 SONIFY_SAMPLE_RATE = 44100
 SONIFY_SOUNDFONTS = ("FluidR3_GM.sf2", "default-GM.sf2", "TimGM6mb.sf2", "MuseScore_General.sf3")
@@ -40,17 +44,32 @@ class AudioInput:
     name: Path
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[AudioInput], list[InputError]]:
+def is_own_output(path: Path) -> bool:
+    """True for a file this tool writes that the loader could read back as audio (NAME.sonified.wav)."""
+    return path.name.lower().endswith(OUTPUT_SUFFIXES["wav"])
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike], *, skipped: dict[str, list[Path]] | None = None
+                  ) -> tuple[list[AudioInput], list[InputError]]:
     """Audio files named by `inputs` (directories expanded recursively, sorted) with collision-free output names
     (the module docstring's rules), and an error for each directory that holds no audio. Paths that do not exist are
-    kept, so the caller reports them with the other unreadable files."""
+    kept, so the caller reports them with the other unreadable files. Files a directory holds but that are not
+    transcribed go into `skipped` ("not audio": other extensions; "own output": *.sonified.wav)."""
     found: list[tuple[Path, Path]] = []  # (path, relative path incl. extension)
     direct: list[Path] = []
     errors: list[InputError] = []
+    skipped = {} if skipped is None else skipped
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            files = []
+            for p in sorted(p for p in path.rglob("*") if p.is_file()):
+                if p.suffix.lower() not in AUDIO_EXTENSIONS:
+                    skipped.setdefault("not audio", []).append(p)
+                elif is_own_output(p):
+                    skipped.setdefault("own output", []).append(p)
+                else:
+                    files.append(p)
             if not files:
                 errors.append(InputError(path, f"directory holds no audio files ({', '.join(AUDIO_EXTENSIONS)})"))
             found.extend((p, p.relative_to(path)) for p in files)
@@ -75,18 +94,22 @@ def output_paths(name: Path, out_dir: Path, kinds: Sequence[str]) -> dict[str, P
     return {kind: out_dir / (str(name) + OUTPUT_SUFFIXES[kind]) for kind in ("midi", *kinds)}
 
 
-def sonify(ns, path: str | os.PathLike, *, sample_rate: int = SONIFY_SAMPLE_RATE) -> str:
-    """Renders `ns` to a 16-bit WAV at `path` (atomically) and returns the renderer used.
+def sonify(ns, path: str | os.PathLike, *, seconds: float | None = None, sample_rate: int = SONIFY_SAMPLE_RATE) -> str:
+    """Renders `ns` to a 16-bit stereo WAV at `path` (atomically) and returns the renderer used.
 
     fluidsynth with a General MIDI soundfont when both are installed (scripts/setup.sh installs them; real instrument
     and drum sounds), else pretty_midi's sine synthesis (no drums). Peak-normalised to -1 dBFS only if it would clip.
+    The WAV lasts `seconds` (the input audio's duration, so it lines up with the recording; fluidsynth's release tail
+    past it is cut) or, without it, until the last note ends; it is always two channels (mono renders are duplicated),
+    whatever renderer or silence produced it.
     """
     import shutil
     import tempfile
 
     from mt3 import audio, rendering
 
-    seconds = max([0.5, *(n.end_time + 0.5 for n in ns.notes)])
+    if seconds is None:
+        seconds = max([0.0, *(n.end_time for n in ns.notes)])
     soundfont = next((p for name in SONIFY_SOUNDFONTS for d in rendering.SOUNDFONT_DIRS
                       if (p := Path(d) / name).is_file()), None)
     samples, renderer = None, "silence"
@@ -109,8 +132,11 @@ def sonify(ns, path: str | os.PathLike, *, sample_rate: int = SONIFY_SAMPLE_RATE
 
         pm = pretty_midi.PrettyMIDI(io.BytesIO(midi_io.midi_bytes(ns)))
         samples, renderer = pm.synthesize(fs=sample_rate).astype(np.float32), "pretty_midi sine synthesis"
-    if samples is None or not len(samples):
-        samples = np.zeros(int(seconds * sample_rate), np.float32)
+    length = int(round(seconds * sample_rate))
+    samples = np.zeros((length, 2), np.float32) if samples is None else np.asarray(samples, np.float32)
+    if samples.ndim == 1 or samples.shape[1] == 1:
+        samples = np.repeat(samples.reshape(-1, 1), 2, axis=1)
+    samples = np.pad(samples[:length, :2], ((0, max(0, length - len(samples))), (0, 0)))
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak > 0.89:
         samples = samples * (0.89 / peak)
@@ -122,9 +148,51 @@ def _report(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _check_output_dir(out_dir: Path) -> None:
+def check_output_dir(out_dir: Path) -> None:
+    """Refuses, before any model is loaded, an -o that is a file or that cannot be created or written (a read-only
+    mount, a folder without write permission): one InputError naming the user's path, not a temporary file."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a directory (-o names the directory the outputs go to)")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(out_dir, f"cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == out_dir else f"cannot be created: {existing} is not writable"
+        raise InputError(out_dir, f"{what} (read-only file system or no permission); choose another -o")
+
+
+def write_outputs(result, outputs: dict[str, Path], *, title: str) -> str | None:
+    """Writes one input's outputs all or nothing: each under a temporary name beside its final one, then all renamed.
+    On any error the temporaries (and anything already renamed) are removed and the error names the final path.
+    Returns the sonification renderer (None without --sonify)."""
+    from mt3 import plotting
+
+    writers = {"midi": lambda p: midi_io.write_midi(result.ns, p),
+               "png": lambda p: plotting.plot_piano_roll(result.ns, p, title=title, seconds=result.audio_seconds),
+               "json": lambda p: midi_io.write_notes_json(result.ns, p),
+               "csv": lambda p: midi_io.write_notes_csv(result.ns, p),
+               "wav": lambda p: sonify(result.ns, p, seconds=result.audio_seconds)}
+    temps = {kind: path.with_name(f".{path.name}.{os.getpid()}.partial") for kind, path in outputs.items()}
+    renderer, done = None, []
+    kind = "midi"
+    try:
+        for kind, temp in temps.items():
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            value = writers[kind](temp)
+            renderer = value if kind == "wav" else renderer
+        for kind, temp in temps.items():
+            os.replace(temp, outputs[kind])
+            done.append(outputs[kind])
+    except BaseException as err:
+        for path in [*temps.values(), *done]:
+            path.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        raise InputError(outputs[kind], f"cannot write output ({err.strerror or err}); none of this file's outputs "
+                                        "were kept") from err
+    return renderer
 
 
 def _plan(items: list[AudioInput], out_dir: Path, kinds: Sequence[str], overwrite: bool,
@@ -168,19 +236,24 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
     written). `model` (an InferenceModel) skips loading (tests, benchmarks); without `checkpoint` the default model
     (`mt3.pretrained.default_model_dir()`) is used and named on stderr.
     """
-    from mt3 import audio, plotting
+    from mt3 import audio
 
     out_dir = Path(output_dir)
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
+    if batch_size is not None and batch_size < 1:
+        raise InputError(None, f"--batch-size must be >= 1, got {batch_size}")
     failures: list[str] = []
 
     def fail(err: InputError) -> None:
         failures.append(str(err))
         _report(f"mt3 transcribe: error: {err}")
 
-    items, errors = expand_inputs(inputs)
+    skipped: dict[str, list[Path]] = {}
+    items, errors = expand_inputs(inputs, skipped=skipped)
     for err in errors:
         fail(err)
+    if skipped:
+        _report(_skipped_line(skipped))
     kinds = [k for k, wanted in (("png", png), ("json", notes_json), ("csv", notes_csv), ("wav", sonify_wav))
              if wanted]
     jobs: list[tuple[AudioInput, dict[str, Path], np.ndarray]] = []
@@ -193,6 +266,8 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         if not np.any(samples):
             _report(f"mt3 transcribe: warning: {item.path}: the audio is silent "
                     f"({len(samples) / audio.DEFAULT_SAMPLE_RATE:.2f} s, every sample zero): no notes")
+        elif (quiet := audio.quiet_warning(samples)) is not None:
+            _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
         jobs.append((item, outputs, samples))
     if not jobs:
         return failures
@@ -202,16 +277,9 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
     for (item, outputs, _), result in zip(jobs, results, strict=True):
         try:
-            midi_io.write_midi(result.ns, outputs["midi"])
-            if "png" in outputs:
-                plotting.plot_piano_roll(result.ns, outputs["png"], title=item.path.name)
-            if "json" in outputs:
-                midi_io.write_notes_json(result.ns, outputs["json"])
-            if "csv" in outputs:
-                midi_io.write_notes_csv(result.ns, outputs["csv"])
-            renderer = sonify(result.ns, outputs["wav"]) if "wav" in outputs else None
-        except OSError as err:
-            fail(InputError(err.filename or out_dir, f"cannot write output ({err.strerror or err})"))
+            renderer = write_outputs(result, outputs, title=item.path.name)
+        except InputError as err:
+            fail(err)
             continue
         extra = f"; {result.duplicate_notes_removed} duplicate notes removed" if result.duplicate_notes_removed else ""
         extra += f"; sonified with {renderer}" if renderer else ""
@@ -219,6 +287,20 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
                 f"({len(result.ns.notes)} notes; {result.invalid_events} invalid, {result.dropped_events} dropped "
                 f"events{extra})")
     return failures
+
+
+def _skipped_line(skipped: dict[str, list[Path]]) -> str:
+    """One line counting the files directories held that are not transcribed, by reason and extension."""
+    parts = []
+    if skipped.get("not audio"):
+        by_ext: dict[str, int] = {}
+        for p in skipped["not audio"]:
+            by_ext[p.suffix.lower() or "(none)"] = by_ext.get(p.suffix.lower() or "(none)", 0) + 1
+        exts = ", ".join(f"{ext} {n}" for ext, n in sorted(by_ext.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
+        parts.append(f"{len(skipped['not audio'])} not audio ({exts})")
+    if skipped.get("own output"):
+        parts.append(f"{len(skipped['own output'])} written by mt3 transcribe (*{OUTPUT_SUFFIXES['wav']})")
+    return (f"mt3 transcribe: skipped {' and '.join(parts)}; audio is {' '.join(AUDIO_EXTENSIONS)}")
 
 
 def resolve_model_dir(checkpoint: str | os.PathLike | None, command: str) -> Path:

@@ -19,7 +19,7 @@ import soundfile
 from test_inference import build_tiny_model
 from test_trainer import MT3, REPO, subprocess_env
 
-from mt3 import cli, midi_io
+from mt3 import cli, inference, midi_io
 from mt3.audio import write_wav
 
 
@@ -158,7 +158,9 @@ def test_mix_flac_tree_modes_sonify_and_csv(tiny, tmp_path, capsys, monkeypatch)
     assert rows[0] == "onset,offset,pitch,velocity,program,is_drum" and len(rows) == len(notes) + 1
     assert {row.rsplit(",", 1)[1] for row in rows[1:]} <= {"0", "1"}
     wav, rate = soundfile.read(out / "Track00001" / "mix.sonified.wav")
-    assert rate == 44100 and np.abs(wav).max() > 0.01 and len(wav) >= 44100 * max(n["offset"] for n in notes)
+    seconds = soundfile.info(str(root / "Track00001" / "mix.flac")).duration
+    assert rate == 44100 and np.abs(wav).max() > 0.01
+    assert wav.shape == (round(seconds * 44100), 2)  # the input's duration (no release tail), stereo
     assert "sonified with fluidsynth" in err or shutil.which("fluidsynth") is None
 
 
@@ -172,10 +174,12 @@ def test_sonify_without_fluidsynth_uses_a_simple_synth(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert transcription.sonify(ns, tmp_path / "a.wav") == "pretty_midi sine synthesis"
     wav, rate = soundfile.read(tmp_path / "a.wav")
-    spectrum = np.abs(np.fft.rfft(wav[: rate // 2]))
+    assert wav.shape == (rate // 2, 2)  # until the last note ends; stereo like fluidsynth's renders
+    spectrum = np.abs(np.fft.rfft(wav[: rate // 2, 0]))
     assert abs(np.argmax(spectrum) * rate / (rate // 2) - 440) < 5  # the note's pitch
     empty = note_seq.NoteSequence()
-    assert transcription.sonify(empty, tmp_path / "silent.wav") == "silence"
+    assert transcription.sonify(empty, tmp_path / "silent.wav", seconds=2.0) == "silence"
+    assert soundfile.read(tmp_path / "silent.wav")[0].shape == (2 * 44100, 2)  # the input's length, stereo
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -264,3 +268,93 @@ def test_transcribe_in_a_fresh_process_reads_config_gin_without_the_training_loo
                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "track4.mid").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 18: checked before the work, all-or-nothing outputs, what a directory holds, quiet input
+
+
+def test_unwritable_output_and_bad_batch_size_fail_before_the_model_loads(tmp_path, capsys):
+    """No model exists here: reaching the model would be a different error, so these lines prove the order."""
+    write_wav(tmp_path / "a.wav", np.sin(np.arange(16000) / 10).astype(np.float32))
+    no_model = ["--checkpoint", str(tmp_path / "no_model")]
+    code, err = run(["transcribe", str(tmp_path / "a.wav"), "-o", str(tmp_path / "o"), "--batch-size", "0",
+                     *no_model], capsys)
+    assert code == 2 and err.strip() == "mt3 transcribe: error: --batch-size must be >= 1, got 0"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root ignores permissions; a read-only mount does not
+        locked = next((Path(p) for p in ("/proc/sys", "/sys") if Path(p).is_dir() and not os.access(p, os.W_OK)),
+                      None)
+        if locked is None:
+            pytest.skip("no unwritable directory available to this user")
+    out = locked / "out"
+    code, err = run(["transcribe", str(tmp_path / "a.wav"), "-o", str(out), *no_model], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"mt3 transcribe: error: {out}: cannot be created: {locked} is not writable (read-only file system or no "
+        "permission); choose another -o"]
+
+
+def test_outputs_of_a_file_appear_together_or_not_at_all(tiny, tmp_path, capsys):
+    """A write that fails part-way (the file-size limit here: EFBIG, as a full disk gives ENOSPC) keeps none of that
+    file's outputs and names the user's path, so a rerun is not refused over a half-written set."""
+    import resource
+    import signal
+
+    from mt3 import transcription
+
+    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    out = tmp_path / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))  # the MIDI fits, the PNG does not
+    try:
+        failures = transcription.transcribe_files([tiny.wav(3)], out, png=True, notes_json=True, progress=False,
+                                                  model=model)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert len(failures) == 1 and failures[0].startswith(f"{out / 'track3.png'}: cannot write output ("), failures
+    assert "none of this file's outputs were kept" in failures[0] and ".partial" not in failures[0]
+    assert list(out.iterdir()) == []
+    assert transcription.transcribe_files([tiny.wav(3)], out, png=True, notes_json=True, progress=False,
+                                          model=model) == []
+    assert sorted(p.name for p in out.iterdir()) == ["track3.mid", "track3.notes.json", "track3.png"]
+
+
+def test_directories_take_every_readable_format_skip_own_outputs_and_say_so(tiny, tmp_path, capsys):
+    from mt3 import transcription
+    from mt3.audio import AUDIO_EXTENSIONS
+
+    samples, rate = soundfile.read(tiny.wav(3), dtype="float32")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, fmt in (("a.aiff", "AIFF"), ("b.au", "AU"), ("c.oga", "OGG"), ("d.wav", "WAV")):
+        soundfile.write(inputs / name, samples[: rate * 2], rate, format=fmt)
+        assert Path(name).suffix in AUDIO_EXTENSIONS
+    (inputs / "notes.txt").write_text("not audio")
+    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    assert transcription.transcribe_files([inputs], inputs, sonify_wav=True, progress=False, model=model) == []
+    err = capsys.readouterr().err
+    assert "skipped 1 not audio (.txt 1)" in err
+    for stem in "abcd":
+        assert (inputs / f"{stem}.mid").is_file() and soundfile.info(str(inputs / f"{stem}.sonified.wav")).channels == 2
+    # a rerun into the input folder: its own renders are skipped (and counted), not transcribed as new inputs
+    assert transcription.transcribe_files([inputs], inputs, overwrite=True, progress=False, model=model) == []
+    err = capsys.readouterr().err
+    assert "4 written by mt3 transcribe (*.sonified.wav)" in err and "sonified.sonified" not in err
+    assert not list(inputs.glob("*.sonified.mid"))
+
+
+def test_quiet_recording_gets_one_line_about_its_level(tiny, tmp_path, capsys):
+    from mt3 import transcription
+
+    samples, rate = soundfile.read(tiny.wav(3), dtype="float32")
+    write_wav(tmp_path / "quiet.wav", samples / np.abs(samples).max() * 10 ** (-55 / 20), rate, subtype="FLOAT")
+    write_wav(tmp_path / "loud.wav", samples, rate, subtype="FLOAT")
+    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    assert transcription.transcribe_files([tmp_path / "quiet.wav", tmp_path / "loud.wav"], tmp_path / "out",
+                                          progress=False, model=model) == []
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "very quiet" in line]
+    assert len(warnings) == 1 and "quiet.wav: the audio is very quiet (peak -55 dBFS" in warnings[0]

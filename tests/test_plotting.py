@@ -84,3 +84,31 @@ def test_metric_curves(tmp_path):
     with pytest.raises(ValueError, match="onset_f1"):
         plotting.plot_metric_curves(steps, {"onset_f1": [0.1]}, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_time_axis_spans_the_audio_and_unicode_titles_draw_without_warnings(music21_sequences, tmp_path, recwarn):
+    """A 2 s clip with notes in its first second is plotted over 0-2 s (as the upload page does), not 0-1 s; notes
+    past `seconds` still show. A CJK/emoji file name draws no boxes and no 'Glyph missing' warnings."""
+    import logging
+
+    ns = copy.deepcopy(music21_sequences["bach_chorale"])
+    del ns.notes[:]
+    ns.notes.add(pitch=60, start_time=0.1, end_time=0.9, velocity=80, program=0)
+    assert plotting.piano_roll_figure(ns, seconds=2.0).axes[0].get_xlim() == (0.0, 2.0)
+    assert plotting.piano_roll_figure(ns).axes[0].get_xlim() == (0.0, pytest.approx(0.9))
+    assert plotting.piano_roll_figure(ns, seconds=0.5).axes[0].get_xlim() == (0.0, pytest.approx(0.9))
+    empty = copy.deepcopy(ns)
+    del empty.notes[:]
+    assert plotting.piano_roll_figure(empty, seconds=3.0).axes[0].get_xlim() == (0.0, 3.0)
+
+    title = "曲 ♪ 🎹 Café.wav"
+    assert plotting.displayable(title) == "? ♪ ? Café.wav"  # DejaVu Sans has ♪ and é, not CJK or emoji
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("matplotlib").addHandler(handler)
+    try:
+        _read_png(plotting.plot_piano_roll(ns, tmp_path / "u.png", title=title, seconds=2.0))
+    finally:
+        logging.getLogger("matplotlib").removeHandler(handler)
+    assert not [w for w in recwarn if "Glyph" in str(w.message)] and not records

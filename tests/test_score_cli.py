@@ -107,3 +107,32 @@ def test_bad_input_exits_2_naming_the_file(music21_midi_files, tmp_path, capsys,
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("mt3 score: error:")
+
+
+def test_ref_against_itself_explains_the_frame_velocity_threshold(tmp_path, capsys):
+    """Quiet reference notes (velocity <= 30) are inactive reference frames but active estimated ones: REF vs REF has
+    onset F1 1 and frame F1 below 1, and the table says why next to the Frame row."""
+    ns = note_seq.NoteSequence()
+    for i, velocity in enumerate((100, 100, 20)):
+        ns.notes.add(pitch=60 + i, start_time=i * 0.5, end_time=i * 0.5 + 0.4, velocity=velocity, program=0)
+    path = tmp_path / "ref.mid"
+    write_midi(ns, path)
+    code, out, _ = _run(capsys, path, path)
+    lines = out.splitlines()
+    frame = next(i for i, line in enumerate(lines) if line.startswith("Frame "))
+    assert code == 0 and float(lines[frame].split()[-1]) < 0.9
+    assert "above summed velocity 30" in lines[frame + 1] and "against itself" in lines[frame + 1]
+
+
+def test_json_into_a_closed_pipe_stops_quietly(music21_midi_files):
+    """`mt3 score --json A B | head -c 600` once ended in a BrokenPipe traceback."""
+    from test_trainer import REPO, subprocess_env
+
+    path = music21_midi_files["string_quartet"]
+    proc = subprocess.Popen([sys.executable, "-m", "mt3.cli", "score", "--json", str(path), str(path)], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader goes away before anything is written (as `head` does after 600 bytes)
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 141  # 128 + SIGPIPE, as a shell reports a tool the closed pipe stopped

@@ -113,7 +113,7 @@ def test_bad_requests_get_reasons_and_the_service_keeps_serving(base_url, tiny):
         for leak in ("object at 0x", "BytesIO", "soundfile", "audioread", "NoBackendError", "Traceback"):
             assert leak not in detail, (leak, detail)
     assert not_audio.json()["detail"] == "notes.mp3: unreadable, corrupt or unsupported audio format (Format not " \
-                                         "recognised.)"
+                                         "recognised; ffmpeg cannot decode it either)"
     empty = _post(base_url, "empty.wav", b"")
     assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     too_long = _post(base_url, "long.wav", _wav_bytes(6.0))
@@ -196,3 +196,28 @@ def test_decoding_failure_is_a_one_line_500(tiny, caplog):
         assert requests.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"  # still serving
     assert any("device exploded" in r.getMessage() or (r.exc_info and "device exploded" in str(r.exc_info[1]))
                for r in caplog.records)
+
+
+def test_head_healthz_and_two_file_fields(base_url, tiny):
+    head = requests.head(f"{base_url}/healthz", timeout=10)
+    assert head.status_code == 200 and not head.content
+    data = tiny.wav(3).read_bytes()
+    two = requests.post(f"{base_url}/transcribe", files=[("file", ("a.wav", data)), ("file", ("b.wav", data))],
+                        timeout=120)
+    assert two.status_code == 400 and "several 'file' fields" in two.json()["detail"]
+
+
+def test_busy_port_and_bad_batch_size_are_one_line_before_the_model_loads(tmp_path, capsys):
+    """`mt3 serve --port BUSY` once loaded the model, printed a URL and then died in uvicorn (exit 3): now one line,
+    exit 2, and no model is needed to find out (the checkpoint named here does not even exist)."""
+    from mt3 import cli
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = cli.main(["serve", "--port", str(port), "--checkpoint", str(tmp_path / "no_model")])
+        err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "--port" in err, err
+    assert cli.main(["serve", "--batch-size", "0", "--checkpoint", str(tmp_path / "no_model")]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err

@@ -21,6 +21,13 @@ _ROWS = (
 _VELOCITY_ROWS = (("Onset + velocity", "onset_velocity"), ("Onset + offset + velocity", "onset_offset_velocity"))
 
 
+# Why `mt3 score REF REF` can give frame F1 below 1: MT3's frame metric (as Cerberus's) counts a REFERENCE frame active
+# only where the summed velocity exceeds metrics.REF_VELOCITY_THRESHOLD, an ESTIMATED frame wherever any note sounds.
+FRAME_NOTE = ("(Frame: reference frames count as active only above summed velocity {t}, estimated frames above 0, as "
+              "in MT3; quiet reference notes (velocity <= {t}) lower frame precision, so a file scored against itself "
+              "can be below 1.)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", metavar="REF.mid", help="reference (ground-truth) MIDI file")
     parser.add_argument("estimate", metavar="EST.mid", help="estimated (transcribed) MIDI file; may have no notes")
@@ -44,6 +51,9 @@ def format_report(result: dict, *, velocity: bool = False) -> str:
         sfx = suffix[0] if suffix else ""
         values = [result.get(f"{prefix}_{name}{sfx}") for name in ("precision", "recall", "f1")]
         lines.append(f"{label:<{width}}  " + "  ".join(f"{_fmt(v):>9}" for v in values))
+    from mt3.metrics import REF_VELOCITY_THRESHOLD
+
+    lines.append(FRAME_NOTE.format(t=REF_VELOCITY_THRESHOLD))
     classes = result.get("instrument_classes") or {}
     if classes:
         cwidth = max(len("instrument class"), *(len(name) for name in classes))

@@ -30,6 +30,11 @@ def main(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.max_audio_seconds <= 0:
         raise InputError(None, "--max-upload-mb and --max-audio-seconds must be positive")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
+    from mt3.server import check_port
+
+    check_port(args.host, args.port)  # before resolving and loading the model
     checkpoint = resolve_model_dir(args.checkpoint, "serve")  # names the default model when it is used
     serve(checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
           max_audio_seconds=args.max_audio_seconds, batch_size=args.batch_size, gin_files=args.gin_file,
