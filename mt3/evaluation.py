@@ -89,6 +89,13 @@ def _mixtures(table: Mapping[str, EvalTask]) -> dict[str, list[str]]:
     return mixtures
 
 
+def _did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def resolve_tasks(tasks: Sequence[str] = (), mixture: str | None = None, split: str | None = None) -> list[EvalTask]:
     """Eval task names (and/or one `*_eval` mixture) -> EvalTasks; `split` replaces every task's prepared split.
 
@@ -99,14 +106,16 @@ def resolve_tasks(tasks: Sequence[str] = (), mixture: str | None = None, split: 
     names = list(tasks)
     if mixture:
         if mixture not in mixtures:
-            raise InputError(None, f"unknown eval mixture {mixture!r}; known: {', '.join(sorted(mixtures))}")
+            raise InputError(None, f"unknown eval mixture {mixture!r}{_did_you_mean(mixture, mixtures)}; known: "
+                                   f"{', '.join(sorted(mixtures))}")
         names.extend(mixtures[mixture])
     if not names:
         raise InputError(None, "no eval tasks: pass --tasks T1,T2 or --mixture M (e.g. local_notes_ties_vb1_test)")
     out = []
     for name in dict.fromkeys(names):
         if name not in table:
-            raise InputError(None, f"unknown eval task {name!r}; known: {', '.join(sorted(table))}")
+            raise InputError(None, f"unknown eval task {name!r}{_did_you_mean(name, table)}; known: "
+                                   f"{', '.join(sorted(table))}")
         task = table[name]
         if split is not None:
             if split not in task.dataset.splits:

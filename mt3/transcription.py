@@ -151,16 +151,11 @@ def _report(message: str) -> None:
 def check_output_dir(out_dir: Path) -> None:
     """Refuses, before any model is loaded, an -o that is a file or that cannot be created or written (a read-only
     mount, a folder without write permission): one InputError naming the user's path, not a temporary file."""
+    from mt3.output_dirs import check_writable_dir
+
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "exists and is not a directory (-o names the directory the outputs go to)")
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(out_dir, f"cannot be created: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == out_dir else f"cannot be created: {existing} is not writable"
-        raise InputError(out_dir, f"{what} (read-only file system or no permission); choose another -o")
+    check_writable_dir(out_dir, "-o")
 
 
 def write_outputs(result, outputs: dict[str, Path], *, title: str) -> str | None:

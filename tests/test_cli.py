@@ -358,3 +358,20 @@ def test_quiet_recording_gets_one_line_about_its_level(tiny, tmp_path, capsys):
                                           progress=False, model=model) == []
     warnings = [line for line in capsys.readouterr().err.splitlines() if "very quiet" in line]
     assert len(warnings) == 1 and "quiet.wav: the audio is very quiet (peak -55 dBFS" in warnings[0]
+
+
+def test_train_checks_task_data_and_model_dir_before_writing_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MT3_DATA_DIR", str(tmp_path / "no_data"))
+    model_dir = tmp_path / "m"
+    base = ["train", "--gin_file=local_tiny.gin", "--model_dir", str(model_dir)]
+    code, err = run([*base, "--gin.MIXTURE_OR_TASK_NAME='local_notes_ties_vb1_trian'"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "unknown task or mixture 'local_notes_ties_vb1_trian' (did you mean local_notes_ties_vb1_train" in err
+    code, err = run(base, capsys)
+    assert code == 2 and err.count("\n") == 1 and "split 'train' of dataset 'local' is not prepared" in err, err
+    assert not model_dir.exists()
+    (tmp_path / "a_file").write_text("")
+    code, err = run(["train", "--gin_file=local_tiny.gin", "--model_dir", str(tmp_path / "a_file")], capsys)
+    assert code == 2 and "a_file: exists and is not a directory (--model_dir names a directory)" in err
+    code, err = run(["train", "--gin_file=local_tiny.gin", "--model_dir", str(tmp_path / "a_file" / "m")], capsys)
+    assert code == 2 and "is a file, not a directory" in err

@@ -33,6 +33,8 @@ def test_resolve_tasks():
     assert evaluation.resolve_tasks([TASK], split="train")[0].name == "local_notes_ties_vb1_train"
     with pytest.raises(InputError, match="unknown eval task 'nope_test'"):
         evaluation.resolve_tasks(["nope_test"])
+    with pytest.raises(InputError, match=r"'local_notes_ties_vb1_tset' \(did you mean local_notes_ties_vb1_test"):
+        evaluation.resolve_tasks(["local_notes_ties_vb1_tset"])
     with pytest.raises(InputError, match="no split 'test'"):
         evaluation.resolve_tasks(["guitarset_notes_ties_vb1_validation"], split="test")
     with pytest.raises(InputError, match="no eval tasks"):

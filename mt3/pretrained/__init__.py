@@ -138,11 +138,9 @@ def check_bundle_target(out_dir: str | os.PathLike, *, overwrite: bool = False) 
                 raise InputError(out_dir, f"is a bundled model but also holds {others[:3]}: refusing to replace it")
             if not overwrite:
                 raise InputError(out_dir, "already holds a bundled model (pass --overwrite to replace it)")
-    parent = out_dir.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(out_dir, f"cannot create it: {parent} is not a writable directory")
+    from mt3.output_dirs import check_writable_dir
+
+    check_writable_dir(out_dir.parent, "-o")
 
 
 def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.PathLike, *, name: str, step: int,
