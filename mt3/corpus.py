@@ -162,12 +162,22 @@ class Job:
     target_seconds: float
     soundfont: str
     drums: bool
+    stem_soundfonts: tuple[str, ...] = ()  # non-empty: each stem draws its bank from these (timbre diversity)
+
+    def stem_fonts(self, num_stems: int) -> list[str]:
+        """The bank of each stem: the track's one bank, or a per-stem draw from `stem_soundfonts` (seeded)."""
+        if not self.stem_soundfonts:
+            return [self.soundfont] * num_stems
+        rng = np.random.default_rng([self.seed, 11])
+        return [self.stem_soundfonts[int(i)] for i in rng.integers(len(self.stem_soundfonts), size=num_stems)]
 
 
 class Planner:
     """Plans tracks in rounds until every split holds its share (80/10/10 by duration) and at least one track."""
 
-    def __init__(self, minutes: float, seed: int, catalog: list[Source] | None = None):
+    def __init__(self, minutes: float, seed: int, catalog: list[Source] | None = None,
+                 soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS, per_stem: bool = False):
+        self.soundfonts, self.per_stem = tuple(soundfonts), per_stem
         self.rng = np.random.default_rng(seed)
         order = weighted_order(build_catalog(cost_budget(minutes)) if catalog is None else catalog, self.rng)
         self.queues = {s: [src for src in order if piece_split(src) == s] for s in SPLITS}  # each a varied order
@@ -195,11 +205,13 @@ class Planner:
                 self.cursors[split] += 1
                 seed = int(self.rng.integers(0, 2**63 - 1))
                 target = min(float(self.rng.uniform(*TARGET_SECONDS)), max(deficit, MIN_TRACK_SECONDS))
-                font = TRAIN_SOUNDFONTS[int(self.rng.integers(len(TRAIN_SOUNDFONTS)))]
+                font = self.soundfonts[int(self.rng.integers(len(self.soundfonts)))]
                 drums = bool(self.rng.random() < DRUM_FRACTION)
+                pool = self.soundfonts if self.per_stem else ()
                 if split == "test":
-                    font = TEST_SOUNDFONTS[0]
-                jobs.append(Job(f"Track{self.next_number:05d}", split, source, seed, round(target, 3), font, drums))
+                    font, pool = TEST_SOUNDFONTS[0], ()
+                jobs.append(Job(f"Track{self.next_number:05d}", split, source, seed, round(target, 3), font, drums,
+                                pool))
                 self.next_number += 1
                 deficit -= target
                 planned += 1
@@ -232,6 +244,7 @@ def _write_yaml(path: Path, obj) -> None:
 
 def track_metadata(job: Job, arrangement: arr.Arrangement, mix, stems_db: list[float | None]) -> dict:
     """metadata.yaml with exactly Slakh2100's keys (values documented in datasets/local_corpus.md)."""
+    fonts = job.stem_fonts(len(arrangement.instruments))
     uid = uuid.UUID(bytes=np.random.default_rng([job.seed, 7]).bytes(16), version=4)
     stems = {}
     for i, inst in enumerate(arrangement.instruments):
@@ -242,7 +255,7 @@ def track_metadata(job: Job, arrangement: arr.Arrangement, mix, stems_db: list[f
             "is_drum": bool(inst.is_drum),
             "midi_program_name": "Drums" if inst.is_drum else arr.program_name(inst.program),
             "midi_saved": True,
-            "plugin_name": job.soundfont,
+            "plugin_name": fonts[i],
             "program_num": 128 if inst.is_drum else int(inst.program),
         }
     return {
@@ -270,7 +283,8 @@ def _summary(job: Job, track_dir: Path, status: str) -> dict:
     return {
         "id": job.track_id, "split": job.split, "source": job.source.key, "status": status,
         "samples": int(sf.info(str(track_dir / "mix.flac")).frames),
-        "soundfont": job.soundfont, "drums": any(s["is_drum"] for s in stems.values()),
+        "soundfont": "+".join(sorted({s["plugin_name"] for s in stems.values()})),
+        "drums": any(s["is_drum"] for s in stems.values()),
         "programs": [int(s["program_num"]) for s in stems.values()],
     }
 
@@ -288,11 +302,16 @@ def build_track(job: Job, out_dir: str | os.PathLike) -> dict:
                 "reason": str(err)}
     label = f"{job.split}/{job.track_id} ({job.source.key})"
     num_samples = int(math.ceil((arrangement.end_seconds + TAIL_SECONDS) * SAMPLE_RATE))
-    raw = render_stems(arrangement.instruments, soundfont_path(job.soundfont), num_samples=num_samples, label=label)
+    fonts = job.stem_fonts(len(arrangement.instruments))
+    raw = np.zeros((len(fonts), num_samples), np.float32)
+    for font in sorted(set(fonts)):  # one fluidsynth call per bank
+        which = [i for i, f in enumerate(fonts) if f == font]
+        raw[which] = render_stems([arrangement.instruments[i] for i in which], soundfont_path(font),
+                                  num_samples=num_samples, label=label)
     for i, inst in enumerate(arrangement.instruments):
         if np.abs(raw[i]).max() < 1e-5:
             raise RuntimeError(f"{label}: stem S{i:02d} (program {inst.program}, drum={inst.is_drum}, "
-                               f"{len(inst.notes)} notes) rendered silent with {job.soundfont}")
+                               f"{len(inst.notes)} notes) rendered silent with {fonts[i]}")
     mix = mix_stems(raw, target_peak=TARGET_PEAK_DB)
     stems_db = [rms_db(s) for s in mix.stems]
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.track_id}.", dir=out_dir))
@@ -337,8 +356,17 @@ def _remove_stale_temp_dirs(out_dir: Path) -> None:
 
 
 def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, workers: int = 2,
-                 progress: bool = True) -> dict:
-    """Builds (or resumes) a local corpus of about `minutes` minutes of audio; returns what corpus.json holds."""
+                 progress: bool = True, soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS,
+                 per_stem_soundfonts: bool = False) -> dict:
+    """Builds (or resumes) a local corpus of about `minutes` minutes of audio; returns what corpus.json holds.
+
+    `soundfonts`: the banks of the train and validation splits (the test split always uses TEST_SOUNDFONTS); each track
+    draws one, or with `per_stem_soundfonts` each stem draws its own, so one mix blends banks (timbre diversity).
+    """
+    soundfonts = tuple(soundfonts)
+    banned = [f for f in soundfonts if f in TEST_SOUNDFONTS or f.lower().startswith("musescore")]
+    if banned or not soundfonts:
+        raise InputError(None, f"--soundfonts must name training banks, not the test timbre: {banned or 'none given'}")
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
@@ -356,14 +384,17 @@ def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, w
             old = json.loads(previous.read_text())
         except ValueError:
             old = {}
-        if (old.get("seed"), old.get("minutes")) != (seed, minutes):
+        old_fonts = (tuple(old.get("soundfonts", TRAIN_SOUNDFONTS)), bool(old.get("per_stem_soundfonts", False)))
+        if (old.get("seed"), old.get("minutes")) != (seed, minutes) or old_fonts != (soundfonts, per_stem_soundfonts):
             raise InputError(out_dir, f"holds a corpus built with --seed {old.get('seed')} --minutes "
-                                      f"{old.get('minutes')}; to build another --seed/--minutes use a new --out")
-    check_renderer()
+                                      f"{old.get('minutes')} --soundfonts {','.join(old_fonts[0])}"
+                                      f"{' --per-stem-soundfonts' if old_fonts[1] else ''}; to build another "
+                                      "--seed/--minutes/--soundfonts use a new --out")
+    check_renderer(soundfonts + TEST_SOUNDFONTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(out_dir)
 
-    planner = Planner(minutes, seed)
+    planner = Planner(minutes, seed, soundfonts=soundfonts, per_stem=per_stem_soundfonts)
     tracks: list[dict] = []
     skipped: list[dict] = []
     pool = None
@@ -402,6 +433,8 @@ def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, w
         "minutes": minutes,
         "sample_rate": SAMPLE_RATE,
         "fluidsynth_gain": FLUIDSYNTH_GAIN,
+        "soundfonts": list(soundfonts),
+        "per_stem_soundfonts": per_stem_soundfonts,
         "target_peak": TARGET_PEAK_DB,
         "splits": {
             split: {

@@ -31,6 +31,10 @@ TAIL_SECONDS = 1.0  # kept after the last note-off (release + reverb)
 GAP_SECONDS = 3.0  # silence between stems laid out in time: longer than any release tail we keep
 SOUNDFONT_DIRS = ("/usr/share/sounds/sf2", "/usr/share/sounds/sf3")
 TRAIN_SOUNDFONTS = ("FluidR3_GM.sf2", "TimGM6mb.sf2")
+# More GM banks for timbre diversity (issue 16; RENDERING.md "More timbres"): Csound's GM bank and an OPL3 FM bank.
+# FluidR3Mono/FluidR3_GS are left out: the same samples as FluidR3_GM. Every MuseScore General variant stays out of
+# training (the test timbre), and timidity + freepats too (the validation timbre of benchmarks/heldout.py).
+DIVERSE_TRAIN_SOUNDFONTS = TRAIN_SOUNDFONTS + ("sf_GMbank.sf2", "OPL-3_FM_128M.sf2")
 TEST_SOUNDFONTS = ("MuseScore_General_Lite.sf3",)
 SETUP_HINT = "run scripts/setup.sh (installs fluidsynth and the GM soundfonts)"
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small libsndfile1 ffmpeg
-              chromium chromium-driver)  # ffmpeg: m4a/aac decoding; chromium: the browser test of `mt3 serve`
+              chromium chromium-driver  # ffmpeg: m4a/aac decoding; chromium: the browser test of `mt3 serve`
+              csound-soundfont opl3-soundfont timidity freepats)  # more timbres: diverse training banks, held-out timbre
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

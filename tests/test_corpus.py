@@ -319,3 +319,31 @@ def test_slakh_converter_reads_the_corpus_unchanged(built, tmp_path):
             meta = yaml.safe_load((track / "metadata.yaml").read_text())
             assert {(n.is_drum, n.program) for n in rec.sequence.notes} == {
                 (s["is_drum"], 0 if s["is_drum"] else s["program_num"]) for s in meta["stems"].values()}
+
+
+def test_per_stem_soundfonts_blend_the_diverse_banks_and_keep_the_test_timbre(tmp_path):
+    """Timbre diversity: each train/validation stem is rendered with a bank drawn from the pool (mixes blend banks,
+    stems stay audible), the test split keeps MuseScore General, and a MuseScore bank is refused for training."""
+    out = tmp_path / "diverse"
+    rc = cli_main(["build-corpus", "--out", str(out), "--minutes", "2", "--seed", "5", "--workers", "1",
+                   "--soundfonts", "diverse", "--per-stem-soundfonts", "--no-progress"])
+    assert rc == 0
+    summary = yaml.safe_load((out / "corpus.json").read_text())
+    assert summary["soundfonts"] == list(rendering.DIVERSE_TRAIN_SOUNDFONTS) and summary["per_stem_soundfonts"]
+    used: set[str] = set()
+    blended = 0
+    for track in _tracks(out):
+        meta = yaml.safe_load((track / "metadata.yaml").read_text())
+        fonts = [s["plugin_name"] for s in meta["stems"].values()]
+        for name in meta["stems"]:
+            stem, _ = sf.read(str(track / "stems" / f"{name}.flac"))
+            assert np.abs(stem).max() > 1e-4, f"{track.name}/{name} is silent"
+        if track.parent.name == "test":
+            assert set(fonts) == {"MuseScore_General_Lite.sf3"}
+        else:
+            assert set(fonts) <= set(rendering.DIVERSE_TRAIN_SOUNDFONTS)
+            used |= set(fonts)
+            blended += len(set(fonts)) > 1
+    assert blended >= 1 and len(used) >= 3
+    with pytest.raises(InputError, match="test timbre"):
+        corpus.build_corpus(tmp_path / "bad", minutes=1, soundfonts=("MuseScore_General_Lite.sf3",))

@@ -1,4 +1,5 @@
-"""`mt3 build-corpus --out DIR --minutes N --seed S [--workers N]`: the offline stand-in for Slakh2100."""
+"""`mt3 build-corpus --out DIR --minutes N --seed S [--workers N] [--soundfonts ...] [--per-stem-soundfonts]`: the
+offline stand-in for Slakh2100."""
 
 from __future__ import annotations
 
@@ -10,14 +11,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, required=True, help="total minutes of rendered audio (80/10/10 split)")
     parser.add_argument("--seed", type=int, default=0, help="seed: same seed and minutes give the same corpus")
     parser.add_argument("--workers", type=int, default=2, help="parallel render processes (default 2)")
+    parser.add_argument("--soundfonts", default=None,
+                        help="comma-separated GM banks for the train/validation splits (default "
+                             "FluidR3_GM.sf2,TimGM6mb.sf2; 'diverse' = those + sf_GMbank.sf2,OPL-3_FM_128M.sf2); "
+                             "the test split always uses MuseScore General")
+    parser.add_argument("--per-stem-soundfonts", action="store_true",
+                        help="each stem draws its own bank from --soundfonts (one mix blends banks)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    from mt3 import rendering
     from mt3.corpus import build_corpus
 
+    fonts = rendering.TRAIN_SOUNDFONTS
+    if args.soundfonts == "diverse":
+        fonts = rendering.DIVERSE_TRAIN_SOUNDFONTS
+    elif args.soundfonts:
+        fonts = tuple(f.strip() for f in args.soundfonts.split(",") if f.strip())
     summary = build_corpus(args.out, minutes=args.minutes, seed=args.seed, workers=args.workers,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, soundfonts=fonts,
+                           per_stem_soundfonts=args.per_stem_soundfonts)
     for split, info in summary["splits"].items():
         print(f"{split}: {info['tracks']} tracks, {info['seconds'] / 60:.2f} min")
     if summary["skipped"]:
