@@ -26,8 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data-stats": ("data_stats", "Read examples of a task or mixture through the real pipeline and print statistics."),
     "train": ("train", "Train a model from gin configs (sharded over a JAX device mesh, resumable)."),
     "eval": ("eval", "Evaluate checkpoints on eval tasks: results.json, results.md and piano-roll PNGs."),
-    "transcribe": ("transcribe", "Transcribe audio files to multitrack MIDI (+ optional PNG and notes JSON)."),
-    "serve": ("serve", "Serve transcription over HTTP (upload page, POST /transcribe, GET /healthz)."),
+    "transcribe": ("transcribe", "Transcribe audio files or folders to multitrack MIDI (+ optional piano-roll PNG, "
+                                 "notes JSON/CSV and a sonified WAV)."),
+    "serve": ("serve", "Serve transcription over HTTP (upload page, POST /transcribe?format=midi|json|png, "
+                       "GET /healthz); see the README's HTTP API section."),
     "export-model": ("export_model", "Export a trained model dir as a bundled model (bf16 weights + config)."),
     "import-checkpoint": ("import_checkpoint", "Import a T5X checkpoint of MT3 (the released mt3/ismir2021 models) "
                                                "into a model dir."),

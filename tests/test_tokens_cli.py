@@ -115,3 +115,15 @@ def test_bad_inputs_exit_2_naming_the_file(tmp_path, capsys):
         assert code == 2
         assert str(path) in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "out.mid").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(band_midi, tmp_path, capsys):
+    out_path = tmp_path / "out.mid"
+    out_path.write_bytes(b"someone's file")
+    code, _, err = run(capsys, band_midi, "-o", out_path)
+    assert code == 2 and err.strip() == f"mt3 tokens: error: {out_path}: output exists (pass --overwrite to replace it)"
+    assert out_path.read_bytes() == b"someone's file"
+    assert run(capsys, band_midi, "-o", out_path, "--overwrite")[0] == 0
+    assert out_path.read_bytes()[:4] == b"MThd"
+    code, _, err = run(capsys, band_midi, "-o", band_midi, "--overwrite")
+    assert code == 2 and "would replace the input" in err

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "4.096 for ismir2021); longer than 10 s needs several shift tokens")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.mid", help="where to write the reconstruction")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.mid if it exists (default: refuse)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,6 +34,13 @@ def main(args: argparse.Namespace) -> int:
 
     if args.segment_seconds is not None and not args.segment_seconds >= 0.008:
         raise InputError(None, f"--segment-seconds must be at least one frame (0.008), got {args.segment_seconds}")
+    out = Path(args.output)
+    if out.is_dir():
+        raise InputError(out, "is a directory; -o names the MIDI file to write")
+    if out.exists() and not args.overwrite:  # as `mt3 transcribe`: outputs never replace a file silently
+        raise InputError(out, "output exists (pass --overwrite to replace it)")
+    if os.path.abspath(out) == os.path.abspath(args.input):
+        raise InputError(out, "-o would replace the input; choose another file")
     ns = load_midi(args.input)
     result = metrics_utils.note_sequence_round_trip(ns, vocab=args.vocab, segment_seconds=args.segment_seconds)
     write_midi(result["est_ns"], args.output)
