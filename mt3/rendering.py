@@ -76,6 +76,36 @@ def run_fluidsynth(midi_path: str | os.PathLike, soundfont: str | os.PathLike, w
         raise RuntimeError(f"fluidsynth exited with {proc.returncode}: {msg[-1] if msg else 'no output'}")
 
 
+TIMIDITY_FREEPATS = "timidity+freepats"  # a second synth engine and sample set: the held-out validation timbre
+
+
+def run_timidity(midi_path: str | os.PathLike, wav_path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
+                 config: str = "/etc/timidity/freepats.cfg") -> None:
+    """One offline render with TiMidity++ and the freepats samples (RENDERING.md "More timbres")."""
+    cmd = ["timidity", "-c", config, "-Ow", "-s", str(sample_rate), "-o", str(wav_path), str(midi_path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as err:
+        raise InputError("timidity", f"not found on PATH: {SETUP_HINT}") from err
+    if proc.returncode != 0 or not Path(wav_path).exists() or Path(wav_path).stat().st_size <= 44:
+        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise RuntimeError(f"timidity exited with {proc.returncode}: {msg[-1] if msg else 'no output'}")
+
+
+def render_midi(midi_path: str | os.PathLike, bank: str, *, num_samples: int,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A whole MIDI file as one mono float32 render of exactly `num_samples` samples (cut or zero-padded): with
+    fluidsynth and the soundfont file `bank`, or with TiMidity++ + freepats when `bank` is TIMIDITY_FREEPATS."""
+    with tempfile.TemporaryDirectory(prefix="mt3-render-") as tmp:
+        wav_path = Path(tmp) / "out.wav"
+        if bank == TIMIDITY_FREEPATS:
+            run_timidity(midi_path, wav_path, sample_rate=sample_rate)
+        else:
+            run_fluidsynth(midi_path, soundfont_path(bank), wav_path, sample_rate=sample_rate)
+        audio = read_mono(wav_path)[:num_samples]
+    return np.pad(audio, (0, num_samples - len(audio))).astype(np.float32)
+
+
 def read_mono(path: str | os.PathLike) -> np.ndarray:
     """fluidsynth writes stereo: average the channels (its GM pan positions are mostly near the centre)."""
     import soundfile as sf

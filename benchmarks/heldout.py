@@ -1,0 +1,234 @@
+"""Benchmark: held-out sets no training recipe may touch, our model beside Basic Pitch (issue 16, section 1).
+
+Sets (built once from a local corpus with `--build`, kept as prepared records under `--root`, default data/heldout):
+- `multi`:  the corpus's test split as rendered (music21 scores of test-split pieces, multi-instrument arrangements,
+            the held-out MuseScore General soundfont: never heard in training);
+- `piano`:  the same test-split pieces as solo piano (every pitched part on GM program 0, drums dropped), rendered
+            with MuseScore General;
+- `level`:  `multi` and `piano` again at -20 dB and -30 dB (files scaled at scoring time), relative to 0 dB;
+- `timbre`: the corpus's validation split re-rendered with TiMidity++ and freepats, a synth engine and samples used
+            neither in training nor in the test set. This is the recipe-selection set: select on `timbre`, report on
+            `multi`/`piano`/`level`, never the other way round.
+A piece's split is a hash of its music21 path, so no corpus (any seed, any size) trains on these pieces.
+Every render is peak-normalised to the corpus mixes' -1 dBFS, so "0 dB" is the training level.
+
+Scoring is `benchmarks.compare_peers.run` (the code and averaging of `mt3 eval`; drums excluded from the agnostic
+scores), once per set and level, with Basic Pitch beside ours unless `--no-peer` (the quick per-checkpoint selection
+run on `timbre`).
+
+Usage:
+  .venv/bin/python -m benchmarks.heldout --build [--corpus data/corpus_big]   # sets -> data/heldout (minutes)
+  .venv/bin/python -m benchmarks.heldout [--checkpoint DIR] [--sets multi,piano,level,timbre] [--no-peer]
+      [--max-tracks N] [--out benchmarks/results/heldout.md]
+Writes the markdown table and FILE.json beside it, atomically; prints the table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ROOT = REPO / "data" / "heldout"
+DEFAULT_CORPUS = REPO / "data" / "corpus_big"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "heldout.md"
+SETS = ("multi", "piano", "level", "timbre")
+LEVELS_DB = (-20.0, -30.0)
+PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.TARGET_PEAK_DB)
+# (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
+BUILDS = {
+    "multi": ("test", None, "as rendered"),
+    "piano": ("test", "MuseScore_General_Lite.sf3", "solo piano"),
+    "timbre": ("validation", "timidity+freepats", "as arranged"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# build
+
+
+def solo_piano(ns):
+    """The pitched notes of `ns` on one GM acoustic grand piano (program 0); drums dropped."""
+    import note_seq
+
+    out = note_seq.NoteSequence()
+    out.CopyFrom(ns)
+    del out.notes[:]
+    for n in ns.notes:
+        if not n.is_drum:
+            m = out.notes.add()
+            m.CopyFrom(n)
+            m.program, m.instrument = 0, 0
+    return out
+
+
+def render_sequence(ns, bank: str, num_samples: int):
+    """`ns` written as MIDI and rendered with `bank` (a soundfont, or TiMidity++ + freepats), peak-normalised."""
+    import note_seq
+    import numpy as np
+
+    from mt3 import rendering
+
+    with tempfile.TemporaryDirectory(prefix="heldout.") as tmp:
+        midi = Path(tmp) / "in.mid"
+        note_seq.sequence_proto_to_midi_file(ns, str(midi))
+        audio = rendering.render_midi(midi, bank, num_samples=num_samples)
+    peak = float(np.abs(audio).max(initial=0.0))
+    if peak <= 1e-6:
+        raise RuntimeError(f"{bank} rendered silence")
+    return (audio * (10.0 ** (PEAK_DB / 20.0) / peak)).astype(np.float32)
+
+
+def build(corpus: Path, prepared: Path, root: Path) -> None:
+    """Builds the sets from `prepared` (the corpus's prepared records; prepared from `corpus` first if missing)."""
+    from tqdm import tqdm
+
+    from mt3 import records
+    from mt3.cli import main as cli_main
+
+    if not records.split_is_complete(prepared, "test"):
+        if not (corpus / "corpus.json").exists():
+            raise SystemExit(f"{corpus}: no built corpus (mt3 build-corpus --out {corpus} --minutes 160 --seed 1)")
+        if cli_main(["prepare-data", "slakh", "--root", str(corpus), "--out", str(prepared)]) != 0:
+            raise SystemExit(f"prepare-data failed for {corpus}")
+    for name, (split, bank, _) in BUILDS.items():
+        if records.split_is_complete(root / name, "test"):
+            print(f"{name}: exists ({root / name})")
+            continue
+        recs = list(records.read_records(records.shard_paths(prepared, split)))
+        with records.ShardWriter(root / name, "test", "heldout") as writer:
+            for rec in tqdm(recs, desc=name, unit="track"):
+                ns = solo_piano(rec.sequence) if name == "piano" else rec.sequence
+                audio = rec.audio if bank is None else render_sequence(ns, bank, len(rec.audio))
+                writer.write(records.TrackRecord(id=f"{name}/{rec.id}", audio=audio, sequence=ns, dataset="heldout"))
+        print(f"{name}: {len(recs)} tracks -> {root / name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# score
+
+
+def _runs(sets: list[str]) -> list[tuple[str, str, float]]:
+    """(row label, set folder, gain dB) for what was asked."""
+    runs = []
+    for name in ("multi", "piano", "timbre"):
+        if name in sets:
+            runs.append((name, name, 0.0))
+    if "level" in sets:
+        runs += [(f"{name} {db:+.0f} dB", name, db) for name in ("multi", "piano") for db in LEVELS_DB]
+    return runs
+
+
+def score(args) -> dict[str, Any]:
+    from benchmarks import compare_peers
+    from mt3 import api
+
+    transcriber = api.load_model(args.checkpoint)
+    rows = []
+    for label, folder, db in _runs(args.sets):
+        run_args = argparse.Namespace(data_dir=args.root / folder, split="test", max_tracks=args.max_tracks,
+                                      checkpoint=args.checkpoint, basic_pitch_python=args.basic_pitch_python,
+                                      gain_db=db, peer=args.peer, transcriber=transcriber)
+        print(f"== {label}", flush=True)
+        report = compare_peers.run(run_args)
+        ours, peer = report["systems"]
+        rows.append({"set": label, "folder": folder, "gain_db": db, "tracks": report["data"]["tracks"],
+                     "audio_seconds": report["data"]["audio_seconds"], "ours": ours["mean"], "ours_rtf": ours["rtf"],
+                     "peer": peer["mean"] if args.peer else None, "peer_rtf": peer["rtf"] if args.peer else None,
+                     "invalid_events": sum(t["ours"]["invalid_events"] for t in report["tracks"]),
+                     "decoded_tokens": sum(t["ours"].get("decoded_tokens") or 0 for t in report["tracks"]),
+                     "model": report["model"], "basic_pitch": report["basic_pitch"], "load": report["load"]})
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": compare_peers.machine(), "rows": rows}
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    model = rows[0]["model"]
+    m = report["machine"]
+    peer = rows[0]["peer"] is not None
+    bp = rows[0]["basic_pitch"].get("basic_pitch")
+    zero = {r["folder"]: r["ours"].get("onset_f1") for r in rows if r["gain_db"] == 0.0}
+    lines = [
+        f"# Held-out sets: mt3 `{model['name']}` step {model['step']}" + (f" beside Basic Pitch {bp}" if peer else ""),
+        "",
+        f"Measured {report['date']} on {m['cpu']} (nproc {m['nproc']}, shared); `python -m benchmarks.heldout"
+        f"{'' if peer else ' --no-peer'}`; full-track decoding, mir_eval as `mt3 eval`; onset and onset+offset F1 are "
+        "instrument-agnostic on pitched notes (drums excluded); multi-instrument and drum F1 are ours only.",
+        "",
+        "| set | tracks | min | ours onset | ours on+off | multi-instr. | drum | ours onset / 0 dB | invalid % |"
+        + (" Basic Pitch onset | Basic Pitch on+off |" if peer else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else ""),
+    ]
+    for r in rows:
+        o = r["ours"]
+        rel = None
+        if r["gain_db"] != 0.0 and zero.get(r["folder"]) and o.get("onset_f1") is not None:
+            rel = o["onset_f1"] / zero[r["folder"]]
+        tokens = r["decoded_tokens"]
+        invalid = f"{100.0 * r['invalid_events'] / tokens:.1f}" if tokens else "—"
+        cells = [r["set"], str(r["tracks"]), f"{r['audio_seconds'] / 60:.1f}", _f(o.get("onset_f1")),
+                 _f(o.get("onset_offset_f1")), _f(o.get("multi_instrument_f1")), _f(o.get("drum_onset_f1")),
+                 _f(rel), invalid]
+        if peer:
+            cells += [_f(r["peer"].get("onset_f1")), _f(r["peer"].get("onset_offset_f1"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Sets: `multi` test-split pieces as arranged, MuseScore General; `piano` the same pieces as solo "
+              "piano, MuseScore General; `-20/-30 dB` those files scaled; `timbre` validation-split pieces rendered "
+              "with TiMidity++ + freepats (the selection set). Built by `python -m benchmarks.heldout --build`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", action="store_true", help="build the sets (from --corpus) and exit")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="the source corpus (build-corpus output)")
+    parser.add_argument("--prepared", type=Path, default=None,
+                        help="its prepared records (default: data/prepared_big/local for data/corpus_big)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the sets live")
+    parser.add_argument("--checkpoint", default=None, help="our model dir (default: the bundled model)")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    parser.add_argument("--no-peer", dest="peer", action="store_false", help="ours only (no Basic Pitch)")
+    parser.add_argument("--basic-pitch-python", default=None)
+    parser.add_argument("--max-tracks", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if args.build:
+        prepared = args.prepared or (REPO / "data" / "prepared_big" / "local")
+        build(args.corpus, prepared, args.root)
+        return 0
+    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = sorted(set(args.sets) - set(SETS))
+    if unknown:
+        parser.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
+    from mt3 import records
+
+    for _, folder, _ in _runs(args.sets):
+        if not records.split_is_complete(args.root / folder, "test"):
+            raise SystemExit(f"{args.root / folder}: no held-out set; run `python -m benchmarks.heldout --build` first")
+    report = score(args)
+    text = markdown(report)
+    with records.atomic_write(args.out, "w") as f:
+        f.write(text)
+    records.atomic_write_json(args.out.with_suffix(".json"), report)
+    print()
+    print(text)
+    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
