@@ -85,7 +85,7 @@ def _best_of(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    from mt3 import metrics_utils, note_sequences, vocabularies
+    from mt3 import metrics_utils, note_sequences, track_tokens, vocabularies
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=240.0)
@@ -96,13 +96,13 @@ def main() -> None:
     ns = note_sequences.trim_overlapping_notes(build_track(args.seconds))
     codec = vocabularies.build_codec(vocabularies.MT3_VOCAB_CONFIG)
     spec = note_sequences.NoteEncodingWithTiesSpec
-    frame_times = note_sequences.audio_frame_times(int((args.seconds + 0.1) * 16000))
+    frame_times = track_tokens.audio_frame_times(int((args.seconds + 0.1) * 16000))
     n_notes = len(ns.notes)
     n_programs = len({(n.program, n.is_drum) for n in ns.notes})
 
     def tokenize():
-        track = note_sequences.tokenize_note_sequence(ns, frame_times, codec, spec)
-        return [{"est_tokens": note_sequences.segment_targets(track, s, s + args.segment_frames, codec, True),
+        track = track_tokens.tokenize_note_sequence(ns, frame_times, codec, spec)
+        return [{"est_tokens": track_tokens.segment_targets(track, s, s + args.segment_frames, codec, True),
                  "start_time": float(frame_times[s])} for s in range(0, len(frame_times), args.segment_frames)]
 
     def detokenize():

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import event_codec, note_sequences, run_length_encoding, vocabularies
+from mt3 import event_codec, note_sequences, run_length_encoding, track_tokens, vocabularies
 
 # vocabulary preset -> how MT3 trains it: ties, program granularity, input length in frames (REFERENCE §0)
 VOCAB_SETTINGS: dict[str, dict[str, Any]] = {
@@ -104,12 +104,12 @@ def note_sequence_round_trip(ns, *, vocab: str = "mt3", segment_seconds: float |
     del ref_ns.control_changes[:]
     labels = note_sequences.trim_overlapping_notes(ref_ns)
     duration = max((n.end_time for n in labels.notes), default=0.0) + margin_seconds
-    frame_times = note_sequences.audio_frame_times(math.ceil(duration * note_sequences.SAMPLE_RATE))
-    track = note_sequences.tokenize_note_sequence(labels, frame_times, codec, spec)
+    frame_times = track_tokens.audio_frame_times(math.ceil(duration * note_sequences.SAMPLE_RATE))
+    track = track_tokens.tokenize_note_sequence(labels, frame_times, codec, spec)
 
     predictions, lengths = [], []
     for start in range(0, len(frame_times), segment_frames):
-        targets = note_sequences.segment_targets(track, start, start + segment_frames, codec,
+        targets = track_tokens.segment_targets(track, start, start + segment_frames, codec,
                                                  settings["include_ties"], settings["program_granularity"])
         predictions.append({"est_tokens": targets, "start_time": float(frame_times[start])})
         lengths.append(len(targets))

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mt3 import note_sequences, preprocessors
+from mt3 import note_sequences, preprocessors, track_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,7 @@ def mix_crops(crops: Sequence[Crop], config: preprocessors.TokenizeConfig, gains
     labels = merged
     if config.trim_overlapping_notes and not config.onsets_only:
         labels = note_sequences.trim_overlapping_notes(merged)
-    tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
+    tokens = track_tokens.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
                                                    mt3_compat=config.mt3_compat)
     track = preprocessors.Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=merged)
     return frames, preprocessors.segment_ids(track, 0, length, config)

@@ -6,7 +6,8 @@ pitch), drums last. With ties, each segment starts with the notes already soundi
 (program, pitch)) and a `tie` token, so segments decode independently yet stitch into whole notes.
 
 `tokenize_note_sequence` + `segment_targets` are the fast numpy path used by `mt3 tokens`, the seqio preprocessors and
-the benchmarks; they live in `mt3.track_tokens` and are re-exported here. They produce exactly what MT3's event-by-event
+the benchmarks; they live in `mt3.track_tokens`, which builds on this module (never the other way round: import them
+from there). They produce exactly what MT3's event-by-event
 encoder (`run_length_encoding.encode_and_index_events` with the functions below) produces; the tests check that token
 for token. note_seq is imported lazily.
 """
@@ -295,15 +296,3 @@ def map_midi_programs(tokens, codec: event_codec.Codec, granularity: str = "full
         raise ValueError(f"unknown program granularity {granularity!r}; choose one of "
                          f"{sorted(vocabularies.PROGRAM_GRANULARITIES)}")
     return vocabularies.PROGRAM_GRANULARITIES[granularity].tokens_map_fn(np.asarray(tokens, np.int32), codec)
-
-
-_TRACK_TOKENS_NAMES = frozenset({"TrackTokens", "audio_frame_times", "segment_targets", "tokenize_note_sequence"})
-
-
-def __getattr__(name: str):
-    """The vectorised tokenizer's names, from `mt3.track_tokens` (resolved lazily: that module imports this one)."""
-    if name in _TRACK_TOKENS_NAMES:
-        from mt3 import track_tokens
-
-        return getattr(track_tokens, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

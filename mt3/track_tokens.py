@@ -3,8 +3,8 @@ of any frame range (tie section, shift run-length encoding, redundant-state remo
 
 This is the training/inference hot path (`mt3 tokens`, the seqio preprocessors, the benchmarks). It produces exactly
 what MT3's event-by-event encoder (`run_length_encoding.encode_and_index_events` with the note functions of
-`mt3.note_sequences`) produces; the tests check that token for token. Split out of `note_sequences`, which re-exports
-these names.
+`mt3.note_sequences`) produces; the tests check that token for token. Split out of `note_sequences`; data flows one
+way: this module imports `note_sequences` (sample rate, hop, encoding specs), never the reverse.
 
 One deliberate difference from MT3, switchable: MT3's encoder never advances its state index after the last note event,
 so a segment that starts after a track's final events gets a tie section listing the notes sounding *before* those

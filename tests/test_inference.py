@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import inference, midi_io, note_sequences, vocabularies
+from mt3 import inference, midi_io, note_sequences, track_tokens, vocabularies
 from mt3.errors import InputError
 
 TRAIN_STEPS = 160
@@ -186,11 +186,11 @@ def test_sampling_changes_output_and_greedy_is_deterministic():
 
 
 def _segment_token_rows(ns, num_frames: int, segment_frames: int, codec) -> tuple[list[np.ndarray], list[float]]:
-    frame_times = note_sequences.audio_frame_times(num_frames * note_sequences.HOP_WIDTH - 1)
-    track = note_sequences.tokenize_note_sequence(ns, frame_times, codec, note_sequences.NoteEncodingWithTiesSpec)
+    frame_times = track_tokens.audio_frame_times(num_frames * note_sequences.HOP_WIDTH - 1)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, codec, note_sequences.NoteEncodingWithTiesSpec)
     rows, starts = [], []
     for start in range(0, len(frame_times), segment_frames):
-        targets = note_sequences.segment_targets(track, start, start + segment_frames, codec, True)
+        targets = track_tokens.segment_targets(track, start, start + segment_frames, codec, True)
         ids = np.zeros(300, np.int32)  # model output layout: ids, EOS, then PAD
         ids[: len(targets)] = vocabularies.encode_tokens(targets)
         ids[len(targets)] = vocabularies.EOS_ID

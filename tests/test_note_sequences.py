@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import metrics_utils, run_length_encoding, vocabularies
+from mt3 import metrics_utils, run_length_encoding, track_tokens, vocabularies
 from mt3 import note_sequences as nsq
 
 MT3_CODEC = vocabularies.build_codec(vocabularies.MT3_VOCAB_CONFIG)
@@ -30,13 +30,13 @@ def make_ns(notes):
 
 def frame_times_for(ns, margin=0.1):
     seconds = max((n.end_time for n in ns.notes), default=0.0) + margin
-    return nsq.audio_frame_times(int(np.ceil(seconds * 16000)))
+    return track_tokens.audio_frame_times(int(np.ceil(seconds * 16000)))
 
 
 def segment_predictions(ns, codec, spec, segment_frames, include_ties=True, granularity="full"):
     frame_times = frame_times_for(ns)
-    track = nsq.tokenize_note_sequence(ns, frame_times, codec, spec)
-    return [{"est_tokens": nsq.segment_targets(track, s, s + segment_frames, codec, include_ties, granularity),
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, codec, spec)
+    return [{"est_tokens": track_tokens.segment_targets(track, s, s + segment_frames, codec, include_ties, granularity),
              "start_time": float(frame_times[s])} for s in range(0, len(frame_times), segment_frames)]
 
 
@@ -94,19 +94,19 @@ WORKED_EXAMPLE = [(40, 0.0, 3.0, 32, False), (60, 0.5, 1.5, 0, False), (36, 1.0,
 
 def test_worked_example_token_for_token():
     ns = make_ns(WORKED_EXAMPLE)
-    frame_times = nsq.audio_frame_times(8 * 16000)
-    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteEncodingWithTiesSpec)
-    seg0 = vocabularies.encode_tokens(nsq.segment_targets(track, 0, 256, MT3_CODEC, True))
+    frame_times = track_tokens.audio_frame_times(8 * 16000)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteEncodingWithTiesSpec)
+    seg0 = vocabularies.encode_tokens(track_tokens.segment_targets(track, 0, 256, MT3_CODEC, True))
     assert list(seg0) + [vocabularies.EOS_ID] == [1134, 1167, 1133, 1044, 53, 1135, 1064, 103, 1299, 153, 1132, 1064,
                                                   1133, 1068, 1]
-    seg1 = nsq.segment_targets(track, 256, 512, MT3_CODEC, True)
+    seg1 = track_tokens.segment_targets(track, 256, 512, MT3_CODEC, True)
     E = lambda t, v: MT3_CODEC.encode_event(nsq.event_codec.Event(t, v))
     assert list(seg1) == [E("program", 0), E("pitch", 64), E("program", 32), E("pitch", 40), E("tie", 0),
                           E("shift", 46), E("program", 0), E("velocity", 0), E("pitch", 64), E("shift", 96),
                           E("program", 32), E("pitch", 40)]
     # REFERENCE §3.3: segment 1 starts at frame 256 (2.048 s), its origin is 2.04 s, so 2.50 s is shift 46
     # the segment with no notes sounding at its start (segment 3, 6.144 s) is a bare tie
-    assert list(nsq.segment_targets(track, 256 * 3, 256 * 4, MT3_CODEC, True)) == [E("tie", 0)]
+    assert list(track_tokens.segment_targets(track, 256 * 3, 256 * 4, MT3_CODEC, True)) == [E("tie", 0)]
 
 
 def test_worked_example_decodes_back():
@@ -187,7 +187,8 @@ def test_fast_tokenizer_equals_event_by_event_encoder(ns, codec, mt3_compat):
     """Token for token, with and without same-pitch overlaps, in both end-of-track tie modes."""
     frame_times = frame_times_for(ns, margin=0.3)
     events, starts, ends, state_events, state_indices = generic_encoding(ns, frame_times, codec, mt3_compat)
-    track = nsq.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteEncodingWithTiesSpec, mt3_compat=mt3_compat)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteEncodingWithTiesSpec,
+                                                mt3_compat=mt3_compat)
     np.testing.assert_array_equal(track.events, events)
     np.testing.assert_array_equal(track.event_start_indices, starts)
     np.testing.assert_array_equal(track.event_end_indices, ends)
@@ -198,7 +199,7 @@ def test_fast_tokenizer_equals_event_by_event_encoder(ns, codec, mt3_compat):
     # onsets only: pitch tokens in pitch order within a time step (MT3's sort), no state
     events, starts, ends, _, _ = run_length_encoding.encode_and_index_events(
         None, *nsq.note_sequence_to_onsets(ns), nsq.note_event_data_to_events, codec, frame_times)
-    track = nsq.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteOnsetEncodingSpec)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, codec, nsq.NoteOnsetEncodingSpec)
     np.testing.assert_array_equal(track.events, events)
     np.testing.assert_array_equal(track.event_start_indices, starts)
     np.testing.assert_array_equal(track.event_end_indices, ends)
@@ -210,9 +211,9 @@ def test_onsets_only_simultaneous_onsets_in_pitch_order_not_file_order():
     times, values = nsq.note_sequence_to_onsets(ns)
     assert [(t, v.pitch) for t, v in zip(times, values)] == [(0.5, 36), (0.5, 60), (0.2, 62), (0.5, 64)]
     frame_times = frame_times_for(ns)
-    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteOnsetEncodingSpec)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteOnsetEncodingSpec)
     E = lambda t, v: MT3_CODEC.encode_event(nsq.event_codec.Event(t, v))
-    targets = nsq.segment_targets(track, 0, len(frame_times), MT3_CODEC, False)
+    targets = track_tokens.segment_targets(track, 0, len(frame_times), MT3_CODEC, False)
     assert list(targets) == [E("shift", 20), E("pitch", 62), E("shift", 50), E("pitch", 36), E("pitch", 60),
                              E("pitch", 64)]
 
@@ -224,19 +225,19 @@ END_OF_TRACK = [(60, 0.0, 1.0, 0, False), (40, 0.5, 1.0, 32, False)]
 @pytest.mark.parametrize("mt3_compat", [False, True])
 def test_tie_section_after_the_last_note_event(mt3_compat):
     ns = make_ns(END_OF_TRACK)
-    frame_times = nsq.audio_frame_times(3 * 16000)
-    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, mt3_compat=mt3_compat)
+    frame_times = track_tokens.audio_frame_times(3 * 16000)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, MT3_CODEC, mt3_compat=mt3_compat)
     E = lambda t, v: MT3_CODEC.encode_event(nsq.event_codec.Event(t, v))
     sounding = [E("program", 0), E("pitch", 60), E("program", 32), E("pitch", 40), E("tie", 0)]
     # frame 125 (1.0 s) owns the offsets at step 100: both modes list the notes they end
-    assert list(nsq.segment_targets(track, 125, 256, MT3_CODEC, True)) == sounding + [
+    assert list(track_tokens.segment_targets(track, 125, 256, MT3_CODEC, True)) == sounding + [
         E("program", 0), E("velocity", 0), E("pitch", 60), E("program", 32), E("pitch", 40)]
-    after = list(nsq.segment_targets(track, 256, 512, MT3_CODEC, True))
+    after = list(track_tokens.segment_targets(track, 256, 512, MT3_CODEC, True))
     # ours: nothing sounds after 1.0 s -> `tie EOS`; MT3 never advances its state index past the final events, so
     # its targets list the notes sounding before them -> `program pitch ... tie EOS`
     assert after == (sounding if mt3_compat else [E("tie", 0)])
     # which is why ours is the default: stitched, MT3's targets decode with two invalid tie-section pitches
-    preds = [{"est_tokens": nsq.segment_targets(track, s, s + 256, MT3_CODEC, True),
+    preds = [{"est_tokens": track_tokens.segment_targets(track, s, s + 256, MT3_CODEC, True),
               "start_time": float(frame_times[s])} for s in range(0, len(frame_times), 256)]
     result = metrics_utils.event_predictions_to_ns(preds, MT3_CODEC, nsq.NoteEncodingWithTiesSpec)
     assert result["est_invalid_events"] == (2 if mt3_compat else 0)
@@ -258,12 +259,12 @@ def test_long_note_through_segments_holding_only_its_tie():
 def test_strict_frame_assignment_every_token_in_exactly_one_frame():
     # events exactly on frame times and on step boundaries between frames
     ns = make_ns([(60, 2.04, 2.048, 0, False), (61, 2.048, 2.05, 0, False), (62, 0.0, 0.008, 0, False)])
-    frame_times = nsq.audio_frame_times(3 * 16000)
-    track = nsq.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteEncodingSpec)
+    frame_times = track_tokens.audio_frame_times(3 * 16000)
+    track = track_tokens.tokenize_note_sequence(ns, frame_times, MT3_CODEC, nsq.NoteEncodingSpec)
     assert track.event_start_indices[0] == 0 and track.event_end_indices[-1] == len(track.events)
     np.testing.assert_array_equal(track.event_start_indices[1:], track.event_end_indices[:-1])
     # a token at step s belongs to the last frame with floor(t * 100) == s: frame 256 (2.048 s) owns step 204
-    seg1 = nsq.segment_targets(track, 256, 512, MT3_CODEC, False)
+    seg1 = track_tokens.segment_targets(track, 256, 512, MT3_CODEC, False)
     first = [MT3_CODEC.decode_event_index(t) for t in seg1[:3]]
     assert [e.type for e in first] == ["program", "velocity", "pitch"] and first[2].value == 60
 
@@ -328,11 +329,11 @@ def test_map_midi_programs_granularities():
 
 
 def test_segment_targets_rejects_bad_ranges():
-    frame_times = nsq.audio_frame_times(16000)
-    track = nsq.tokenize_note_sequence(make_ns(WORKED_EXAMPLE[:1]), frame_times, MT3_CODEC)
+    frame_times = track_tokens.audio_frame_times(16000)
+    track = track_tokens.tokenize_note_sequence(make_ns(WORKED_EXAMPLE[:1]), frame_times, MT3_CODEC)
     with pytest.raises(ValueError):
-        nsq.segment_targets(track, 10, 10, MT3_CODEC, True)
+        track_tokens.segment_targets(track, 10, 10, MT3_CODEC, True)
     with pytest.raises(ValueError):
-        nsq.segment_targets(track, len(frame_times), len(frame_times) + 5, MT3_CODEC, True)
+        track_tokens.segment_targets(track, len(frame_times), len(frame_times) + 5, MT3_CODEC, True)
     with pytest.raises(ValueError, match="pitch"):
-        nsq.tokenize_note_sequence(make_ns([(128, 0.0, 1.0, 0, False)]), frame_times, MT3_CODEC)
+        track_tokens.tokenize_note_sequence(make_ns([(128, 0.0, 1.0, 0, False)]), frame_times, MT3_CODEC)
