@@ -82,7 +82,9 @@ TIMIDITY_FREEPATS = "timidity+freepats"  # a second synth engine and sample set:
 def run_timidity(midi_path: str | os.PathLike, wav_path: str | os.PathLike, *, sample_rate: int = SAMPLE_RATE,
                  config: str = "/etc/timidity/freepats.cfg") -> None:
     """One offline render with TiMidity++ and the freepats samples (RENDERING.md "More timbres")."""
-    cmd = ["timidity", "-c", config, "-Ow", "-s", str(sample_rate), "-o", str(wav_path), str(midi_path)]
+    # --preserve-silence: TiMidity++ otherwise drops the silence before the first note, moving audio off the labels
+    cmd = ["timidity", "-c", config, "--preserve-silence", "-Ow", "-s", str(sample_rate), "-o", str(wav_path),
+           str(midi_path)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError as err:

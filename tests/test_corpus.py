@@ -347,3 +347,23 @@ def test_per_stem_soundfonts_blend_the_diverse_banks_and_keep_the_test_timbre(tm
     assert blended >= 1 and len(used) >= 3
     with pytest.raises(InputError, match="test timbre"):
         corpus.build_corpus(tmp_path / "bad", minutes=1, soundfonts=("MuseScore_General_Lite.sf3",))
+
+
+def test_timidity_renders_the_held_out_timbre_aligned_with_the_midi(tmp_path):
+    """`render_midi` with TiMidity++ + freepats (the held-out validation timbre of benchmarks/heldout.py): the exact
+    length asked for, audible, and a chorale's piano onsets within 30 ms (median) of the MIDI, as fluidsynth's are."""
+    source = next(s for s in corpus.build_catalog() if s.path == "bach/bwv66.6.mxl")
+    arr = arrangement.arrange(source, seed=3, target_seconds=30.0, drums=False)
+    melody = arrangement.copy_instrument(arr.instruments[0])
+    melody.program = 0
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
+    pm.instruments.append(melody)
+    midi = tmp_path / "melody.mid"
+    pm.write(str(midi))
+    num_samples = int((arr.end_seconds + 1.0) * 16000)
+    audio = rendering.render_midi(midi, rendering.TIMIDITY_FREEPATS, num_samples=num_samples)
+    assert audio.shape == (num_samples,) and audio.dtype == np.float32 and np.abs(audio).max() > 0.01
+    midi_onsets = np.unique(np.round([n.start for n in melody.notes], 4))
+    diffs = _onset_offsets(audio, midi_onsets, backtrack=False)
+    assert len(diffs) >= 0.8 * len(midi_onsets)
+    assert np.median(np.abs(diffs)) <= 0.030
