@@ -34,6 +34,44 @@ class CheckpointConfig:
             raise ValueError(f"CheckpointConfig.keep must be None (keep all) or >= 1, got {self.keep!r}")
 
 
+RESTORE_MODES = ("latest", "specific")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreCheckpointConfig:
+    """Where a new run's state comes from (gin: `checkpoints.RestoreCheckpointConfig`; names as T5X's).
+
+    Used only while the run's own model dir has no checkpoint: once it has saved, it resumes from itself, so a
+    preempted fine-tuning run continues rather than starting over.
+
+    path: a model dir to start from: trained by `mt3 train`, imported by `mt3 import-checkpoint`, or a bundled model
+      (params.npz + model.json, `mt3 export-model`); None: from scratch.
+    mode / step: 'latest' (the newest step that restores) or 'specific' (`step`), as T5X.
+    params_only: True (fine-tuning): parameters only, with this run's fresh optimizer state, step 0 and a fresh data
+      position, so any optimizer and schedule can follow. False: the whole train state (step, optimizer state, RNG),
+      which must match this run's optimizer; the data position too when `restore_dataset`.
+    fallback_to_scratch: parameters that the checkpoint lacks or holds with another shape are initialised fresh (and
+      listed) instead of stopping with exit 2; stored parameters the model lacks are then ignored (listed). This is
+      how a run adds parameters (e.g. a new auxiliary head) to an existing model.
+    """
+
+    path: str | None = None
+    mode: str = "latest"
+    step: int | None = None
+    params_only: bool = True
+    restore_dataset: bool = False
+    fallback_to_scratch: bool = False
+
+    def __post_init__(self):
+        if self.mode not in RESTORE_MODES:
+            raise ValueError(f"RestoreCheckpointConfig.mode must be one of {RESTORE_MODES}, got {self.mode!r}")
+        if (self.mode == "specific") != (self.step is not None):
+            raise ValueError("RestoreCheckpointConfig: mode 'specific' needs a step, and a step needs mode 'specific'")
+        if self.params_only and self.restore_dataset:
+            raise ValueError("RestoreCheckpointConfig: restore_dataset needs params_only=False (a fine-tuning run "
+                             "starts its data afresh)")
+
+
 def checkpoint_dir(model_dir: str | os.PathLike) -> Path:
     return Path(os.path.abspath(model_dir)) / CHECKPOINT_SUBDIR
 
@@ -202,3 +240,144 @@ def restore_newest(model_dir: str | os.PathLike, restore_step, *, step: int | No
         raise InputError(bad[0].path, f"checkpoint does not restore: {bad[0].reason}")
     raise InputError(checkpoint_dir(model_dir), f"none of the {len(bad)} checkpoints restores (steps "
                                                 f"{', '.join(str(b.step) for b in bad)}; newest: {bad[0].reason})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The input pipeline's position, per host, in the checkpoint's meta (`mt3.input_pipeline`: a few integers each)
+
+def gather_data_states(own: dict | None) -> dict:
+    """{'data_states': [one position per process]} for streams with a state (the indexed sampler), else {}. Every
+    process takes part (an all-gather of a few integers), so process 0 writes all positions in the one meta file,
+    in the same orbax step as the train state."""
+    import jax
+    import numpy as np
+
+    if own is None:
+        return {}
+    if jax.process_count() == 1:
+        return {"data_states": [own]}
+    from jax.experimental import multihost_utils
+
+    row = np.asarray([own["block"], own["offset"], *own["task_blocks"]], np.int32)
+    rows = np.asarray(multihost_utils.process_allgather(row)).reshape(jax.process_count(), -1)
+    return {"data_states": [{**own, "block": int(r[0]), "offset": int(r[1]), "task_blocks": [int(x) for x in r[2:]]}
+                            for r in rows]}
+
+
+def host_data_state(meta: dict, note) -> tuple[dict | None, int]:
+    """(this host's input-pipeline state, batches to skip) from checkpoint meta. Without states (checkpoints of the
+    seqio pipeline, or of code before the indexed sampler) the position is the number of batches to skip."""
+    import jax
+
+    states = meta.get("data_states")
+    if states is None:
+        return None, int(meta.get("data_position", 0))
+    if len(states) != jax.process_count():
+        note(f"the checkpoint's input-pipeline states are for {len(states)} process(es), this run has "
+             f"{jax.process_count()}: the data stream starts afresh")
+        return None, 0
+    return states[jax.process_index()], 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Starting a run from another model dir (fine-tuning): parameters only, or the whole state.
+
+def _flat(tree) -> dict[str, Any]:
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+    from flax import traverse_util
+
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def read_stored_params(model_dir: str | os.PathLike, *, step: int | None = None, warn=None
+                       ) -> tuple[dict[str, Any], int]:
+    """({'encoder/.../kernel': float32 numpy array}, step) of any model dir: orbax (trained or imported) or bundled.
+
+    Read without a target structure, so names and shapes can be compared with the new model before anything is used.
+    """
+    import numpy as np
+
+    from mt3 import pretrained
+    from mt3.errors import InputError
+
+    if pretrained.is_bundled_model(model_dir):
+        import ml_dtypes
+
+        info = pretrained.read_info(model_dir)
+        params_path = Path(model_dir) / pretrained.PARAMS_FILE
+        if pretrained.sha256_of(params_path) != info.get("params_sha256"):
+            raise InputError(params_path, "checksum differs from model.json (corrupt or replaced file)")
+        bundled_step = int(info.get("step", 0))
+        if step is not None and int(step) != bundled_step:
+            raise InputError(model_dir, f"bundled model holds step {bundled_step} only, not {step}")
+        with np.load(params_path) as stored:
+            return {k: stored[k].view(ml_dtypes.bfloat16).astype(np.float32) for k in stored.files}, bundled_step
+    import orbax.checkpoint as ocp
+
+    def restore_step(s: int):
+        tree = ocp.StandardCheckpointer().restore(checkpoint_dir(model_dir) / str(s) / "state")
+        return {k: np.asarray(v) for k, v in _flat(dict(tree["params"])).items()}
+
+    params, found, _ = restore_newest(model_dir, restore_step, step=step, warn=warn)
+    return params, found
+
+
+def merge_params(stored: dict[str, Any], fresh: dict[str, Any], *, fallback_to_scratch: bool,
+                 source: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """Flat stored parameters laid over the model's `fresh` ones: (merged flat tree, notes on what was not taken).
+
+    A name the model has but the checkpoint lacks, a shape that differs, or a stored name the model lacks stops with
+    one InputError line naming them, unless `fallback_to_scratch` (then those keep their fresh values / are ignored).
+    """
+    from mt3.errors import InputError
+
+    missing = sorted(set(fresh) - set(stored))
+    shapes = sorted(n for n in set(fresh) & set(stored) if tuple(stored[n].shape) != tuple(fresh[n].shape))
+    unexpected = sorted(set(stored) - set(fresh))
+    notes = ([f"not in the checkpoint: {', '.join(missing)}"] if missing else []) + \
+        ([f"other shape: {', '.join(f'{n} {list(stored[n].shape)} vs {list(fresh[n].shape)}' for n in shapes)}"]
+         if shapes else []) + ([f"not in the model: {', '.join(unexpected)}"] if unexpected else [])
+    if notes and not fallback_to_scratch:
+        raise InputError(source, "parameters differ from this run's model (" + "; ".join(notes) + "); set "
+                         "checkpoints.RestoreCheckpointConfig.fallback_to_scratch=True to initialise the differing "
+                         "ones fresh")
+    merged = {n: (value if n in missing or n in shapes else stored[n].astype(value.dtype))
+              for n, value in fresh.items()}
+    return merged, notes
+
+
+def initialize_from(config: RestoreCheckpointConfig, trainer, *, seed: int, note=None) -> tuple[Any, dict]:
+    """(train state, meta) of a new run started from `config.path` (see RestoreCheckpointConfig)."""
+    import jax
+    import numpy as np
+
+    note = note or (lambda line: None)
+    if not config.params_only:
+        checkpointer = Checkpointer(config.path, CheckpointConfig(async_save=False))
+        try:
+            (state, meta), step, _ = restore_newest(
+                config.path, lambda s: checkpointer.restore(trainer.abstract_state(), step=s), step=config.step,
+                steps=checkpointer.all_steps())
+        finally:
+            checkpointer.close()
+        if not config.restore_dataset:
+            meta = {k: v for k, v in meta.items() if k not in ("data_position", "data_states")}
+        note(f"restored the whole train state of step {step} from {config.path}")
+        return state, {**meta, "data_position": int(meta.get("data_position", 0))}
+    stored, step = read_stored_params(config.path, step=config.step)
+    state = trainer.init_state(seed)
+    fresh = _flat(jax.device_get(state.params))
+    merged, notes = merge_params(stored, fresh, fallback_to_scratch=config.fallback_to_scratch, source=config.path)
+    for line in notes:
+        note(f"fallback_to_scratch: {line}")
+    shardings = trainer.state_shardings.params
+    params = jax.tree_util.tree_map(
+        lambda value, sharding: jax.make_array_from_callback(value.shape, sharding, lambda index: value[index]),
+        _unflat({k: np.asarray(v) for k, v in merged.items()}), shardings)
+    note(f"parameters of step {step} from {config.path}; fresh optimizer state, step 0")
+    return state.replace(params=params), {"data_position": 0, "init_from": os.fspath(config.path), "init_step": step}

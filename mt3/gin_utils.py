@@ -57,6 +57,7 @@ def register_configurables() -> None:
         ext(models.ContinuousInputsEncoderDecoderModel, module="models")
         ext(trainer.OptimizerConfig, module="trainer")
         ext(checkpoints.CheckpointConfig, module="checkpoints")
+        ext(checkpoints.RestoreCheckpointConfig, module="checkpoints")
         ext(partitioning.PartitionConfig, module="partitioning")
         ext(mixing.MixConfig, module="mixing")
         ext(augmentation.AugmentConfig, module="augmentation")

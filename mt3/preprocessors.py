@@ -78,7 +78,9 @@ def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
     """Frames the audio and tokenizes the NoteSequence against those frame times (MT3's tokenize step)."""
     frames, frame_times = spectrograms.split_audio(np.asarray(audio, np.float32), config.spectrogram_config)
     labels = ns
-    if config.trim_overlapping_notes and not config.onsets_only:
+    # Onsets-only targets keep a note that starts with another of the same pitch and program (its onset is real and
+    # the encoding holds both); MT3 trims before encoding regardless, which mt3_compat reproduces.
+    if config.trim_overlapping_notes and (not config.onsets_only or config.mt3_compat):
         labels = note_sequences.trim_overlapping_notes(ns)
     tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
                                                    mt3_compat=config.mt3_compat)

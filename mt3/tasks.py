@@ -15,6 +15,7 @@ ismir2021 vocabulary), `local_mix_notes_ties_vb1_train` (the local corpus; what 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -88,13 +89,16 @@ def add_transcription_task_to_registry(
         functools.partial(tokenize_fn, config=config, split_kind="train"),
         too_long,
     ]
+    # MT3 trims same-pitch overlaps only when it builds training data: eval targets keep the dataset's notes.
     eval_preprocessors = [
         seqio.CacheDatasetPlaceholder(),
-        functools.partial(tokenize_fn, config=config, split_kind="eval"),
+        functools.partial(tokenize_fn, config=dataclasses.replace(config, trim_overlapping_notes=False),
+                          split_kind="eval"),
     ]
 
     # As in MT3, the train task's 'eval' split is the train-eval split under the same (random-crop) preprocessing:
     # teacher-forced eval during training sees crops like training does, deterministic for a seed.
+    _INDEXED_TASKS[f"{prefix}_train"] = (dataset_config, config, skip_too_long)
     seqio.TaskRegistry.add(
         f"{prefix}_train",
         source=_split_mapped_source({"train": dataset_config.train_split, "eval": dataset_config.train_eval_split}),
@@ -153,6 +157,30 @@ def _temperature_rate(dataset_config: datasets.DatasetConfig, temperature: float
 
 def _add_mixture(name: str, entries: Sequence[tuple[datasets.DatasetConfig, str]]) -> None:
     seqio.MixtureRegistry.add(name, [(task, _temperature_rate(cfg)) for cfg, task in entries])
+    _INDEXED_MIXTURES[name] = [task for _, task in entries]
+
+
+# What the indexed sampler (`mt3.input_pipeline`) needs to read a training task without seqio: its dataset, its
+# tokenize config and whether over-long targets are skipped; and the training mixtures' task lists (rates as above).
+_INDEXED_TASKS: dict[str, tuple[datasets.DatasetConfig, preprocessors.TokenizeConfig, bool]] = {}
+_INDEXED_MIXTURES: dict[str, list[str]] = {}
+
+
+def indexed_tasks(name: str, data_dir: str | None = None):
+    """`input_pipeline.IndexedTask`s of a registered training task or training mixture (rates as the seqio mixture:
+    MT3's temperature over the prepared hours), or None for a name registered some other way."""
+    from mt3 import input_pipeline
+
+    names = _INDEXED_MIXTURES.get(name, [name] if name in _INDEXED_TASKS else None)
+    if names is None or any(n not in _INDEXED_TASKS for n in names):
+        return None
+    out = []
+    for task in names:
+        config, tokenize_config, skip = _INDEXED_TASKS[task]
+        with datasets.data_dir_override(data_dir):
+            rate = _temperature_rate(config)(task) if len(names) > 1 else 1.0
+        out.append(input_pipeline.IndexedTask(task, config, tokenize_config, rate=rate, skip_too_long=skip))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

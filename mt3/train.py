@@ -16,19 +16,23 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mt3.checkpoints import CheckpointConfig
+from mt3 import input_pipeline
+from mt3.checkpoints import CheckpointConfig, RestoreCheckpointConfig
 from mt3.partitioning import PartitionConfig
 from mt3.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
+# The streams live in mt3.input_pipeline; these names stay importable from here as before.
+MODEL_FEATURES, PIPELINES = input_pipeline.MODEL_FEATURES, input_pipeline.PIPELINES
+make_batch_iterator, stream_state = input_pipeline.make_batch_iterator, input_pipeline.stream_state
+synthetic_batches, trim_target_padding = input_pipeline.synthetic_batches, input_pipeline.trim_target_padding
 
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 DATA_SOURCES = ("seqio", "synthetic")
 InferEvalFn = Callable[[int, Any], Mapping[str, float] | None]
 
@@ -41,8 +45,11 @@ InferEvalFn = Callable[[int, Any], Mapping[str, float] | None]
 class DatasetConfig:
     """One data stream (gin: `train/utils.DatasetConfig`, `train_eval/utils.DatasetConfig`, as T5X).
 
-    source 'seqio' reads `mt3.tasks.get_dataset(...)`; 'synthetic' makes random batches of the same features and
-    shapes (benchmarks, tests; deterministic in (seed, shard, batch index)). batch_size is the GLOBAL batch size.
+    source 'seqio' reads the prepared datasets of a registered task or mixture: with pipeline 'indexed' (default)
+    through the index-based sampler of `mt3.input_pipeline` (resume in constant time; `block_tracks` records per
+    shuffled block), with 'seqio' through `mt3.tasks.get_dataset(...)` (resume skips the consumed batches).
+    'synthetic' makes random batches of the same features and shapes (benchmarks, tests; deterministic in (seed,
+    shard, batch index)). batch_size is the GLOBAL batch size.
     """
 
     mixture_or_task_name: str = "mega_notes_ties_vb1_train"
@@ -58,8 +65,14 @@ class DatasetConfig:
     # Decoder padding cut per batch to the longest target rounded up to this multiple (None = fixed length, as T5X).
     # Local-corpus targets average ~63 of 256 tokens, so most decoder work is padding; one compile per length bucket.
     target_length_multiple: int | None = None
+    pipeline: str = "indexed"
+    block_tracks: int = 16
 
     def __post_init__(self):
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"DatasetConfig.pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
+        if not isinstance(self.block_tracks, int) or self.block_tracks < 1:
+            raise ValueError(f"DatasetConfig.block_tracks must be a positive int, got {self.block_tracks!r}")
         if self.source not in DATA_SOURCES:
             raise ValueError(f"DatasetConfig.source must be one of {DATA_SOURCES}, got {self.source!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -103,69 +116,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------------------------
-
-def synthetic_batches(cfg: DatasetConfig, *, host_batch_size: int, shard_id: int, vocab_size: int,
-                      input_depth: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Random batches with the contract's features: batch i depends only on (seed, shard_id, i), so skipping is free."""
-    length, target_length = cfg.task_feature_lengths["inputs"], cfg.task_feature_lengths["targets"]
-    index = start
-    while cfg.num_epochs is None or index < cfg.num_epochs:  # one "epoch" = one batch for synthetic data
-        rng = np.random.default_rng([cfg.seed or 0, shard_id, index])
-        inputs = rng.normal(scale=0.1, size=(host_batch_size, length, input_depth)).astype(np.float32)
-        lengths = rng.integers(1, target_length + 1, size=host_batch_size)
-        targets = rng.integers(3, vocab_size, size=(host_batch_size, target_length)).astype(np.int32)
-        positions = np.arange(target_length)[None]
-        targets[positions == (lengths[:, None] - 1)] = 1  # EOS
-        targets[positions >= lengths[:, None]] = 0
-        decoder_inputs = np.concatenate([np.zeros((host_batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-        yield {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-               "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
-        index += 1
-
-
-def make_batch_iterator(cfg: DatasetConfig, *, host_batch_size: int, shard_id: int, num_shards: int,
-                        skip_batches: int = 0, vocab_size: int = 1536,
-                        input_depth: int = 128) -> Iterator[dict[str, np.ndarray]]:
-    """This host's batches (numpy), starting after `skip_batches` already consumed."""
-    if cfg.target_length_multiple and num_shards > 1:
-        raise ValueError("target_length_multiple needs one data shard: hosts would disagree on batch shapes")
-    if cfg.source == "synthetic":
-        return synthetic_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, vocab_size=vocab_size,
-                                 input_depth=input_depth, start=skip_batches)
-    import tensorflow as tf  # lazy: only the seqio source needs TensorFlow
-
-    try:
-        tf.config.set_visible_devices([], "GPU")  # the input pipeline runs on CPU; the accelerators belong to JAX
-    except RuntimeError:  # TensorFlow's devices were initialised already (a second iterator): nothing to change
-        pass
-    from mt3 import tasks
-
-    ds = tasks.get_dataset(cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-                           split=cfg.split, batch_size=host_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-                           shard_id=shard_id, num_shards=num_shards, num_epochs=cfg.num_epochs,
-                           data_dir=cfg.data_dir)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
-    batches = ({k: v for k, v in batch.items() if k in MODEL_FEATURES} for batch in ds.as_numpy_iterator())
-    if cfg.target_length_multiple:
-        batches = (trim_target_padding(b, cfg.target_length_multiple) for b in batches)
-    return batches
-
-
-def trim_target_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-    """Cuts the decoder features to the batch's longest target rounded up to `multiple` (never longer than given).
-
-    Exact: the cut columns are padding (loss weight 0, masked out of attention), so loss and gradients are unchanged."""
-    targets = batch["decoder_target_tokens"]
-    longest = int(np.max(np.nonzero(np.any(targets > 0, axis=0))[0], initial=-1)) + 1
-    length = min(targets.shape[1], max(multiple, -(-longest // multiple) * multiple))
-    decoder = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights")
-    return {k: (v[:, :length] if k in decoder else v) for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Cadence helpers
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -196,6 +146,11 @@ class PreemptionGuard:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        """Whether this host got a signal (no cross-host agreement: for skipping work, not for stopping)."""
+        return self._requested
 
     def should_stop(self, step: int) -> bool:
         """Single host: whether a signal arrived. Multi-host: every `sync_period` steps, whether any host got one
@@ -259,13 +214,16 @@ def _mean_eval_metrics(per_batch: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict) -> dict[str, float]:
-    """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator)."""
+def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> dict[str, float]:
+    """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator); a
+    preemption signal (`guard`) ends it after the batch in progress."""
     from mt3 import trainer as trainer_lib
 
     batches = make_batch_iterator(cfg, skip_batches=0, **layout)
     per_batch = []
     for _, batch in zip(range(steps), batches, strict=False):
+        if guard is not None and guard.requested:
+            break
         global_batch = trainer.partitioner.make_global_batch(batch, cfg.batch_size)
         per_batch.append(trainer_lib.metrics_to_host(trainer.eval_step(params, global_batch)))
     return _mean_eval_metrics(per_batch)
@@ -300,17 +258,23 @@ def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries,
 
 
 def _periodic_eval(step: int, params, trainer, cfg: DatasetConfig | None, infer_eval_fn: InferEvalFn | None, *,
-                   steps: int, layout: dict, summaries: Summaries, bar) -> dict[str, float] | None:
+                   steps: int, layout: dict, summaries: Summaries, bar, guard=None) -> dict[str, float] | None:
     """Teacher-forced eval on `cfg`, then the inference-eval hook (decoding + transcription metrics), if any."""
     metrics = None
     if cfg is not None:
-        metrics = run_eval(trainer, params, cfg, steps=steps, layout=layout)
+        metrics = run_eval(trainer, params, cfg, steps=steps, layout=layout, guard=guard)
         summaries.write("eval", step, metrics)
         if bar is not None:
             bar.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    if infer_eval_fn is not None:
+    if infer_eval_fn is not None and not (guard is not None and guard.requested):
         summaries.write("infer_eval", step, infer_eval_fn(step, params) or {})
     return metrics
+
+
+def _data_meta(batches) -> dict:
+    from mt3 import checkpoints
+
+    return checkpoints.gather_data_states(stream_state(batches))
 
 
 def _out_of_time(started: float, budget_seconds: float | None) -> bool:
@@ -322,17 +286,29 @@ def _out_of_time(started: float, budget_seconds: float | None) -> bool:
 # ---------------------------------------------------------------------------------------------------------------
 
 def restore_or_init(trainer, checkpointer, *, seed: int, restore: bool) -> tuple[Any, int]:
-    """(state, batches consumed): the newest checkpoint in the model directory that restores, else fresh.
+    """(state, batches consumed): the newest checkpoint in the model directory that restores, else fresh."""
+    state, meta = _restore_or_init(trainer, checkpointer, seed=seed, restore=restore)
+    return state, int(meta["data_position"])
+
+
+def _restore_or_init(trainer, checkpointer, *, seed: int, restore: bool,
+                     init_cfg: RestoreCheckpointConfig | None = None) -> tuple[Any, dict]:
+    """(state, meta): the newest checkpoint in the model directory that restores, else the state `init_cfg` starts
+    from (fine-tuning), else fresh. meta has 'data_position' and, for the indexed sampler, 'data_states'.
 
     A checkpoint that exists but does not restore (a chunk file cut short) is named on one line and moved aside to
     MODEL_DIR/checkpoints_unrestorable/ (kept, never deleted: it may be recoverable), so that training can save that
     step again; the next older one is tried. When none restores, InputError (exit 2) rather than a fresh start.
     """
-    if not restore or checkpointer.latest_step() is None:
-        return trainer.init_state(seed), 0
     import sys
 
     from mt3 import checkpoints
+
+    if not restore or checkpointer.latest_step() is None:
+        if init_cfg is not None and init_cfg.path:
+            return checkpoints.initialize_from(init_cfg, trainer, seed=seed,
+                                               note=lambda line: print(f"mt3 train: {line}", flush=True))
+        return trainer.init_state(seed), {"data_position": 0}
 
     def warn(bad: checkpoints.BadCheckpoint) -> None:
         print(f"mt3 train: warning: {bad.describe()}", file=sys.stderr, flush=True)
@@ -344,16 +320,17 @@ def restore_or_init(trainer, checkpointer, *, seed: int, restore: bool) -> tuple
         print(f"mt3 train: moved the unrestorable checkpoint to {moved} (not deleted)", file=sys.stderr, flush=True)
     print(f"mt3 train: restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
           f"{checkpointer.directory}" + (" (the newest that restores)" if bad else ""), flush=True)
-    return state, int(meta["data_position"])
+    return state, meta
 
 
 def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
           train_eval_dataset_cfg: DatasetConfig | None = None, loop_cfg: TrainLoopConfig = TrainLoopConfig(),
           optimizer_cfg: OptimizerConfig = OptimizerConfig(), checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
           partition_cfg: PartitionConfig = PartitionConfig(), infer_eval_fn: InferEvalFn | None = None,
-          after_first_step: Callable[[], None] | None = None) -> TrainResult:
+          after_first_step: Callable[[], None] | None = None,
+          init_checkpoint_cfg: RestoreCheckpointConfig | None = None) -> TrainResult:
     """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data)."""
-    from mt3 import partitioning
+    from mt3 import checkpoints, partitioning
     from mt3 import trainer as trainer_lib
     from mt3.checkpoints import Checkpointer
 
@@ -371,8 +348,8 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
               flush=True)
     checkpointer = Checkpointer(model_dir_path, checkpoint_cfg)
     try:
-        state, position = restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed,
-                                          restore=checkpoint_cfg.restore)
+        state, meta = _restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed,
+                                       restore=checkpoint_cfg.restore, init_cfg=init_checkpoint_cfg)
     except BaseException:  # no checkpoint restores: stop orbax's background threads before reporting it
         checkpointer.close()
         raise
@@ -384,7 +361,10 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     eval_layout = dict(layout)
     if train_eval_dataset_cfg is not None:
         eval_layout["host_batch_size"] = partitioner.host_batch_size(train_eval_dataset_cfg.batch_size)
-    batches = make_batch_iterator(train_dataset_cfg, skip_batches=position, **layout)
+    note = (lambda line: print(f"mt3 train: note: {line}", flush=True)) if is_chief else None
+    data_state, skip = checkpoints.host_data_state(meta, note or (lambda line: None))
+    position = int(meta["data_position"])
+    batches = make_batch_iterator(train_dataset_cfg, skip_batches=skip, state=data_state, note=note, **layout)
 
     step = start_step = int(state.step)
     summaries = Summaries(model_dir_path, enabled=is_chief)
@@ -410,19 +390,24 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
                 after_first_step = None
             if is_due(step, loop_cfg.summary_period) or step == loop_cfg.total_steps:
                 host_metrics = _summarize(step, metrics, throughput, summaries, bar)
-            if is_due(step, checkpoint_cfg.period):
-                checkpointer.save(state, data_position=position, force=True)
-            if is_due(step, loop_cfg.eval_period):
+            # A signal skips this step's periodic save and evals: the final save below follows at once (schedulers
+            # send SIGKILL ~30 s after SIGTERM).
+            stop = guard.should_stop(step)
+            if is_due(step, checkpoint_cfg.period) and not stop:
+                checkpointer.save(state, data_position=position, force=True, extra=_data_meta(batches))
+            if is_due(step, loop_cfg.eval_period) and not stop:
                 eval_metrics = _periodic_eval(step, state.params, trainer, train_eval_dataset_cfg, infer_eval_fn,
                                               steps=loop_cfg.eval_steps, layout=eval_layout, summaries=summaries,
-                                              bar=bar if is_chief else None) or eval_metrics
-            if guard.should_stop(step):
+                                              bar=bar if is_chief else None, guard=guard) or eval_metrics
+            if stop or guard.should_stop(step):
                 stop_reason = "preempted"
                 break
             if _out_of_time(started, loop_cfg.max_train_seconds):
                 stop_reason = "time_budget"
                 break
-    checkpointer.save(state, data_position=position, force=True)
+    checkpointer.save(state, data_position=position, force=True, extra=_data_meta(batches))
+    if hasattr(batches, "close"):
+        batches.close()
     checkpointer.close()
     summaries.close()
     if is_chief:

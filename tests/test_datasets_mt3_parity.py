@@ -80,6 +80,43 @@ def test_maestro_overlaps_are_tokenized_as_they_are():
         E("pitch", 60), E("velocity", 1), E("pitch", 60), E("shift", 150), E("velocity", 0), E("pitch", 60), EOS]
 
 
+def test_eval_targets_keep_overlaps_as_mt3():
+    """MT3 trims only its training data: a Slakh inference-eval segment with a re-struck held note reads as the
+    dataset has it (onset, onset, offset, offset), the training task's as trimmed (issue #17)."""
+    import seqio
+
+    from mt3 import tasks  # noqa: F401
+
+    ns = _overlapping_piano()
+    task = seqio.get_mixture_or_task("slakh_notes_ties_vb1_validation")
+    (eval_config,) = [p.keywords["config"] for p in task.preprocessors if "config" in getattr(p, "keywords", {})]
+    assert not eval_config.trim_overlapping_notes and task_config("slakh_notes_ties_vb1_train").trim_overlapping_notes
+    track = preprocessors.tokenize_track(np.zeros(32000, np.float32), ns, eval_config)
+    got = list(vocabularies.decode_tokens(preprocessors.segment_ids(track, 0, 256, eval_config), MT3_CODEC.num_classes))
+    assert got == _targets("maestrov3_notes_ties_vb1_train", ns)  # untrimmed, as MAESTRO's
+    assert got != _targets("slakh_notes_ties_vb1_train", ns)
+
+
+def test_onsets_only_trims_like_mt3_under_mt3_compat():
+    """Two same-pitch, same-program notes starting together: onsets-only targets keep both onsets by default; with
+    mt3_compat the trim runs first, as MT3's, and the second note is gone."""
+    ns = note_seq.NoteSequence(ticks_per_quarter=220)
+    ns.notes.add(pitch=60, velocity=80, start_time=0.5, end_time=1.0, program=29)
+    ns.notes.add(pitch=60, velocity=80, start_time=0.5, end_time=1.5, program=29)
+    ns.notes.add(pitch=64, velocity=80, start_time=0.5, end_time=1.5, program=52)
+    ns.total_time = 1.5
+    pitch_60 = E("pitch", 60)
+    counts = {}
+    for compat in (False, True):
+        config = preprocessors.TokenizeConfig(onsets_only=True, include_ties=False, trim_overlapping_notes=True,
+                                              mt3_compat=compat)
+        track = preprocessors.tokenize_track(np.zeros(32000, np.float32), ns, config)
+        got = list(vocabularies.decode_tokens(preprocessors.segment_ids(track, 0, 256, config), MT3_CODEC.num_classes))
+        counts[compat] = got.count(pitch_60)
+        assert E("pitch", 64) in got
+    assert counts == {False: 2, True: 1}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # the end-of-track tie section: compat task variants
 

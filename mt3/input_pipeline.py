@@ -1,0 +1,418 @@
+"""Training input streams for `mt3 train`, each with a position that a checkpoint stores and a restart resumes from.
+
+Three kinds (`DatasetConfig.pipeline` / `.source`):
+
+- "indexed" (default for the registered transcription tasks): an index-based deterministic sampler. Each host takes
+  its share of a split's records (record i with i % num_hosts == host); every epoch of a task is a seeded permutation
+  of those records, cut into blocks of `block_tracks` records; a block's examples (one random crop per 2000-frame
+  chunk, MT3's rule, or MT3-style audio mixes within the block) are produced by plain numpy code and emitted in a
+  seeded order. The mixture's task for global block b is drawn from (seed, b) with the task rates. Everything is a pure
+  function of (seed, task, epoch, block), so the position is (block, offset in block, blocks drawn per task): a few
+  integers. A restart recomputes only the block it stopped in, so resume costs the same at step 10 and step 10^6.
+  Records are read by byte offset (a header scan of each shard, no data read), without TensorFlow.
+- "seqio": MT3's seqio pipeline (`mt3.tasks.get_dataset`), deterministic for a seed; resume rebuilds it and skips the
+  batches consumed (time grows with the step). Checkpoints written before the indexed sampler existed resume this way.
+- "synthetic": random batches, batch i a pure function of (seed, shard, i).
+
+See docs/architecture.md, "Resume", for why an index-based sampler rather than tf.data iterator checkpointing.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+PIPELINES = ("indexed", "seqio")
+STATE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic batches and the decoder-padding cut (shared by every stream)
+# ---------------------------------------------------------------------------------------------------------------
+
+def synthetic_batches(cfg, *, host_batch_size: int, shard_id: int, vocab_size: int,
+                      input_depth: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Random batches with the contract's features: batch i depends only on (seed, shard_id, i), so skipping is free."""
+    length, target_length = cfg.task_feature_lengths["inputs"], cfg.task_feature_lengths["targets"]
+    index = start
+    while cfg.num_epochs is None or index < cfg.num_epochs:  # one "epoch" = one batch for synthetic data
+        rng = np.random.default_rng([cfg.seed or 0, shard_id, index])
+        inputs = rng.normal(scale=0.1, size=(host_batch_size, length, input_depth)).astype(np.float32)
+        lengths = rng.integers(1, target_length + 1, size=host_batch_size)
+        targets = rng.integers(3, vocab_size, size=(host_batch_size, target_length)).astype(np.int32)
+        positions = np.arange(target_length)[None]
+        targets[positions == (lengths[:, None] - 1)] = 1  # EOS
+        targets[positions >= lengths[:, None]] = 0
+        decoder_inputs = np.concatenate([np.zeros((host_batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+        yield {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
+               "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+        index += 1
+
+
+def trim_target_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Cuts the decoder features to the batch's longest target rounded up to `multiple` (never longer than given).
+
+    Exact: the cut columns are padding (loss weight 0, masked out of attention), so loss and gradients are unchanged."""
+    targets = batch["decoder_target_tokens"]
+    longest = int(np.max(np.nonzero(np.any(targets > 0, axis=0))[0], initial=-1)) + 1
+    length = min(targets.shape[1], max(multiple, -(-longest // multiple) * multiple))
+    decoder = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights")
+    return {k: (v[:, :length] if k in decoder else v) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading prepared records by index (no TensorFlow)
+# ---------------------------------------------------------------------------------------------------------------
+
+def record_offsets(path: str | os.PathLike) -> list[int]:
+    """Byte offsets of the records of one TFRecord shard, from their 12-byte headers (the data is seeked over)."""
+    from mt3.errors import InputError
+
+    offsets, size = [], os.path.getsize(path)
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < size:
+            header = f.read(12)
+            if len(header) < 12:
+                raise InputError(path, "truncated TFRecord file")
+            (length,) = struct.unpack("<Q", header[:8])
+            offsets.append(pos)
+            pos += 12 + length + 4
+            if pos > size:
+                raise InputError(path, "truncated TFRecord file")
+            f.seek(pos)
+    return offsets
+
+
+def read_record(path: str, offset: int):
+    """The `records.TrackRecord` stored at `offset` of a shard."""
+    from mt3 import records
+
+    with open(path, "rb") as f:
+        f.seek(offset)
+        (length,) = struct.unpack("<Q", f.read(12)[:8])
+        data = f.read(length)
+    return records.parse_example_bytes(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedTask:
+    """One registered training task as the indexed sampler needs it (built by `mt3.tasks.indexed_tasks`)."""
+
+    name: str
+    dataset_config: Any  # mt3.datasets.DatasetConfig
+    tokenize_config: Any  # mt3.preprocessors.TokenizeConfig
+    rate: float = 1.0
+    skip_too_long: bool = False
+
+    @property
+    def salt(self) -> int:
+        return zlib.crc32(self.name.encode())
+
+
+def host_records(task: IndexedTask, split: str, shard_id: int, num_shards: int, data_dir=None
+                 ) -> list[tuple[str, int]]:
+    """(shard path, byte offset) of this host's records of a task's split (split 'eval' = the train-eval split)."""
+    from mt3 import datasets, records
+    from mt3.errors import InputError
+
+    config = task.dataset_config
+    name = {"train": config.train_split, "eval": config.train_eval_split}.get(split, split)
+    path = config.path(data_dir)
+    if not records.split_is_complete(path, name):
+        raise InputError(path, f"split {name!r} of dataset {config.name!r} is not prepared (no complete "
+                               f"{name}.manifest.json); run `mt3 prepare-data {config.converter} --root ... --out "
+                               f"{path}` or set ${datasets.DATA_DIR_ENV}")
+    datasets.check_program_mapping(config, name, data_dir)
+    located = [(shard, offset) for shard in records.shard_paths(path, name) for offset in record_offsets(shard)]
+    mine = located[shard_id::num_shards]
+    if not mine:
+        raise InputError(path, f"split {name!r} has {len(located)} records: too few for {num_shards} hosts")
+    return mine
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The indexed stream
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class IndexedPosition:
+    """Where a host's indexed stream stands: the next example is number `offset` of global block `block`, and
+    `task_blocks[t]` blocks of task t were drawn before `block`. Stored in checkpoints as a small JSON dict."""
+
+    block: int = 0
+    offset: int = 0
+    task_blocks: tuple[int, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"version": STATE_VERSION, "kind": "indexed", "block": self.block, "offset": self.offset,
+                "task_blocks": list(self.task_blocks)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> IndexedPosition:
+        if obj.get("kind") != "indexed" or obj.get("version") != STATE_VERSION:
+            raise ValueError(f"not an indexed input-pipeline state: {obj!r}")
+        return cls(int(obj["block"]), int(obj["offset"]), tuple(int(n) for n in obj["task_blocks"]))
+
+
+def _words(*parts: int) -> list[int]:
+    return [int(p) & 0xFFFFFFFF for p in parts]
+
+
+class IndexedStream:
+    """Batches of model features from registered transcription tasks; `.position` is what a checkpoint stores.
+
+    Blocks are computed ahead by a thread pool (`workers`), in order; memory is bounded by `workers + 2` blocks.
+    """
+
+    def __init__(self, tasks: Sequence[IndexedTask], *, split: str, task_feature_lengths: dict, batch_size: int,
+                 seed: int, shard_id: int = 0, num_shards: int = 1, num_epochs: int | None = None,
+                 block_tracks: int = 16, data_dir=None, position: IndexedPosition | None = None,
+                 workers: int | None = None, mix_config=None, augment_config=None,
+                 target_length_multiple: int | None = None, shuffle: bool = True):
+        if block_tracks < 1:
+            raise ValueError(f"block_tracks must be >= 1, got {block_tracks}")
+        if split != "train":  # eval targets keep same-pitch overlaps, as MT3's (only its training data is trimmed)
+            tasks = [dataclasses.replace(t, tokenize_config=dataclasses.replace(
+                t.tokenize_config, trim_overlapping_notes=False)) for t in tasks]
+        self.tasks = list(tasks)
+        self.input_length = int(task_feature_lengths["inputs"])
+        self.target_length = int(task_feature_lengths["targets"])
+        self.batch_size, self.seed, self.num_epochs, self.block_tracks = batch_size, int(seed or 0), num_epochs, \
+            block_tracks
+        self.records = [host_records(t, split, shard_id, num_shards, data_dir) for t in self.tasks]
+        self.blocks_per_epoch = [-(-len(r) // block_tracks) for r in self.records]
+        rates = np.array([max(t.rate, 0.0) for t in self.tasks], np.float64)
+        self.probabilities = rates / rates.sum() if rates.sum() > 0 else np.full(len(rates), 1 / len(rates))
+        position = position or IndexedPosition(task_blocks=(0,) * len(self.tasks))
+        if len(position.task_blocks) != len(self.tasks):
+            raise ValueError(f"input-pipeline state has {len(position.task_blocks)} tasks, this stream "
+                             f"{len(self.tasks)}")
+        self.position = position
+        self.batches = 0
+        self._mix, self._augment, self._multiple = mix_config, augment_config, target_length_multiple
+        self._shuffle = shuffle
+        self._closed = False
+        self._workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self._iterator = self._batches()
+
+    # ----- pure functions of (seed, task, epoch, block) -----
+    def _task_of_block(self, block: int) -> int:
+        if len(self.tasks) == 1:
+            return 0
+        return int(np.random.default_rng(_words(self.seed, 0x5EED, block)).choice(len(self.tasks),
+                                                                                   p=self.probabilities))
+
+    def block_records(self, task: int, task_block: int) -> tuple[int, list[tuple[str, int]]] | None:
+        """(epoch, this block's records) of the task's `task_block`-th block; None past `num_epochs`."""
+        epoch, index = divmod(task_block, self.blocks_per_epoch[task])
+        if self.num_epochs is not None and epoch >= self.num_epochs:
+            return None
+        records = self.records[task]
+        order = np.arange(len(records))
+        if self._shuffle:
+            order = np.random.default_rng(_words(self.seed, self.tasks[task].salt, epoch)).permutation(len(records))
+        picked = order[index * self.block_tracks:(index + 1) * self.block_tracks]
+        return epoch, [records[int(i)] for i in picked]
+
+    def block_examples(self, task: int, task_block: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The (inputs, target ids) examples of one block, in emission order (None past the last epoch)."""
+        from mt3 import preprocessors
+
+        found = self.block_records(task, task_block)
+        if found is None:
+            return None
+        epoch, located = found
+        spec = self.tasks[task]
+        config = spec.tokenize_config
+        key = (self.seed, spec.salt, epoch, task_block)
+        tracks = []
+        for path, offset in located:
+            if self._closed:  # the stream was closed (preemption): do not hold up the process exit
+                return []
+            record = read_record(path, offset)
+            tracks.append(preprocessors.tokenize_track(record.audio, record.sequence, config))
+        examples: list[tuple[np.ndarray, np.ndarray]] = []
+        if self._mix is not None and self._mix.enabled:
+            from mt3 import mixing
+
+            group = self._mix.records_per_group
+            for g in range(0, len(tracks), group):
+                rng = np.random.default_rng(_words(*key, 1, g))
+                part = list(mixing.mixed_training_examples(tracks[g:g + group], config, self._mix,
+                                                           self.input_length, rng))
+                examples += preprocessors.augmented_examples(part, self._augment, np.array(_words(*key, 1, g)))
+        else:
+            for j, track in enumerate(tracks):
+                rng = np.random.default_rng(_words(*key, 0, j))
+                part = list(preprocessors.training_examples(track, config, self.input_length, rng))
+                examples += preprocessors.augmented_examples(part, self._augment, np.array(_words(*key, 0, j)))
+        if spec.skip_too_long:
+            examples = [e for e in examples if len(e[1]) <= self.target_length]
+        if not self._shuffle:
+            return examples
+        order = np.random.default_rng(_words(*key, 2)).permutation(len(examples))
+        return [examples[int(i)] for i in order]
+
+    # ----- the stream -----
+    def _schedule(self) -> Iterator[tuple[int, int, int, tuple[int, ...]]]:
+        """(global block, task, task block, task_blocks before it) from the current position on."""
+        counts = list(self.position.task_blocks)
+        block = self.position.block
+        while True:
+            task = self._task_of_block(block)
+            before = tuple(counts)
+            counts[task] += 1
+            yield block, task, before[task], before
+            block += 1
+
+    def _examples(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], IndexedPosition]]:
+        """Each example with the position after it."""
+        schedule = self._schedule()
+        skip = self.position.offset
+        # Not a `with` block: leaving the stream (a preemption) must not wait for blocks computed ahead.
+        pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="mt3-data")
+        pending: collections.deque = collections.deque()
+        try:
+            while True:
+                while len(pending) < self._workers + 1:
+                    block, task, task_block, before = next(schedule)
+                    pending.append((block, before, pool.submit(self.block_examples, task, task_block)))
+                block, before, future = pending.popleft()
+                examples = future.result()
+                if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
+                    return
+                for index in range(skip, len(examples)):
+                    yield examples[index], IndexedPosition(block, index + 1, before)
+                skip = 0
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        examples = self._examples()
+        while True:
+            chunk = []
+            for item in examples:
+                chunk.append(item)
+                if len(chunk) == self.batch_size:
+                    break
+            if len(chunk) < self.batch_size:  # drop_remainder, as seqio batches
+                return
+            batch = model_features([e for e, _ in chunk], self.input_length, self.target_length)
+            if self._multiple:
+                batch = trim_target_padding(batch, self._multiple)
+            self.position, self.batches = chunk[-1][1], self.batches + 1
+            yield batch
+
+    def close(self) -> None:
+        """Stops the blocks being computed ahead (their threads return at the next record)."""
+        self._closed = True
+        self._iterator.close()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+
+def model_features(examples: Sequence[tuple[np.ndarray, np.ndarray]], input_length: int,
+                   target_length: int) -> dict[str, np.ndarray]:
+    """(inputs, target ids) pairs -> the feature converter's batch: inputs zero-padded to L, targets trimmed/padded
+    to T, decoder inputs = targets shifted right with 0 as BOS, loss weight 1 on non-pad targets (seqio's rules)."""
+    hop = examples[0][0].shape[-1]
+    inputs = np.zeros((len(examples), input_length, hop), np.float32)
+    targets = np.zeros((len(examples), target_length), np.int32)
+    for i, (x, y) in enumerate(examples):
+        x, y = x[:input_length], y[:target_length]
+        inputs[i, :len(x)] = x
+        targets[i, :len(y)] = y
+    decoder_inputs = np.concatenate([np.zeros((len(examples), 1), np.int32), targets[:, :-1]], axis=1)
+    return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
+            "decoder_loss_weights": (targets > 0).astype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing and opening a stream
+# ---------------------------------------------------------------------------------------------------------------
+
+def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards: int, skip_batches: int = 0,
+                        vocab_size: int = 1536, input_depth: int = 128, state: dict | None = None,
+                        note=None) -> Iterator[dict[str, np.ndarray]]:
+    """This host's batches (numpy) of `cfg` (a `train.DatasetConfig`).
+
+    `state` (an indexed position as stored in a checkpoint) resumes the indexed sampler where it stopped. Without it,
+    `skip_batches` > 0 means a checkpoint from a seqio-pipeline run: the seqio pipeline is rebuilt and that many
+    batches skipped, as before (`note(line)` says so). A fresh stream uses `cfg.pipeline`; names the indexed sampler
+    does not know (a task registered elsewhere) use seqio, with a note.
+    """
+    if cfg.target_length_multiple and num_shards > 1:
+        raise ValueError("target_length_multiple needs one data shard: hosts would disagree on batch shapes")
+    if cfg.source == "synthetic":
+        return synthetic_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, vocab_size=vocab_size,
+                                 input_depth=input_depth, start=skip_batches)
+    note = note or (lambda line: None)
+    indexed = None
+    if state is not None or (cfg.pipeline == "indexed" and not skip_batches):
+        from mt3 import tasks
+
+        indexed = tasks.indexed_tasks(cfg.mixture_or_task_name, data_dir=cfg.data_dir)
+        if indexed is None and state is not None:
+            raise ValueError(f"the checkpoint's input-pipeline state is for the indexed sampler, which does not know "
+                             f"{cfg.mixture_or_task_name!r}")
+        if indexed is None:
+            note(f"{cfg.mixture_or_task_name!r} is not a registered transcription task or mixture: the seqio pipeline "
+                 f"reads it (resuming it skips the consumed batches)")
+    elif skip_batches and cfg.pipeline == "indexed":
+        note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
+             f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")
+    if indexed is not None:
+        from mt3 import augmentation, mixing
+
+        return IndexedStream(
+            indexed, split=cfg.split, task_feature_lengths=dict(cfg.task_feature_lengths),
+            batch_size=host_batch_size, seed=cfg.seed or 0, shard_id=shard_id, num_shards=num_shards,
+            num_epochs=cfg.num_epochs, block_tracks=cfg.block_tracks, data_dir=cfg.data_dir,
+            position=IndexedPosition.from_json(state) if state is not None else None,
+            mix_config=mixing.training_mix_config(), augment_config=augmentation.training_augment_config(),
+            target_length_multiple=cfg.target_length_multiple, shuffle=cfg.shuffle)
+    return seqio_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, num_shards=num_shards,
+                         skip_batches=skip_batches)
+
+
+def seqio_batches(cfg, *, host_batch_size: int, shard_id: int, num_shards: int,
+                  skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The seqio pipeline's batches after `skip_batches` (each skipped batch is read and preprocessed again)."""
+    import tensorflow as tf  # lazy: only the seqio pipeline needs TensorFlow
+
+    try:
+        tf.config.set_visible_devices([], "GPU")  # the input pipeline runs on CPU; the accelerators belong to JAX
+    except RuntimeError:  # TensorFlow's devices were initialised already (a second iterator): nothing to change
+        pass
+    from mt3 import tasks
+
+    ds = tasks.get_dataset(cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+                           split=cfg.split, batch_size=host_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                           shard_id=shard_id, num_shards=num_shards, num_epochs=cfg.num_epochs,
+                           data_dir=cfg.data_dir)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    batches = ({k: v for k, v in batch.items() if k in MODEL_FEATURES} for batch in ds.as_numpy_iterator())
+    if cfg.target_length_multiple:
+        batches = (trim_target_padding(b, cfg.target_length_multiple) for b in batches)
+    return batches
+
+
+def stream_state(batches) -> dict | None:
+    """The JSON position a checkpoint stores for this stream (None: batches consumed say it all)."""
+    position = getattr(batches, "position", None)
+    return position.to_json() if position is not None else None
