@@ -238,3 +238,26 @@ def test_silence_and_very_short_files_are_valid_for_transcription(tmp_path):
         audio.load_audio(silent)
     with pytest.raises(InputError, match="zero samples"):
         audio.load_audio(empty)
+
+
+def test_damaged_mp3_is_one_clear_error_and_no_decoder_chatter(tmp_path, capfd):
+    """Random bytes named .mp3: libmpg123 used to print "Note: Illegal Audio-MPEG-Header ..." to the terminal and
+    libsndfile's message claimed the existing file "does not exist"."""
+    path = tmp_path / "random.mp3"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError) as err:
+        audio.load_audio(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: unreadable, corrupt or unsupported audio format")
+    assert "does not exist" not in message and "\n" not in message
+    captured = capfd.readouterr()
+    assert "Illegal Audio-MPEG-Header" not in captured.err + captured.out
+
+
+def test_quiet_warning_is_about_the_input_level():
+    t = np.arange(16000) / 16000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    assert audio.quiet_warning(0.5 * tone) is None and audio.quiet_warning(np.zeros(100, np.float32)) is None
+    line = audio.quiet_warning(tone * 10 ** (-50 / 20))
+    assert line is not None and "peak -50 dBFS" in line and "not normalised" in line
+    assert audio.AUDIO_EXTENSIONS == tuple(dict.fromkeys(audio.AUDIO_EXTENSIONS))  # one list, no repeats

@@ -375,3 +375,16 @@ def test_train_checks_task_data_and_model_dir_before_writing_anything(tmp_path, 
     assert code == 2 and "a_file: exists and is not a directory (--model_dir names a directory)" in err
     code, err = run(["train", "--gin_file=local_tiny.gin", "--model_dir", str(tmp_path / "a_file" / "m")], capsys)
     assert code == 2 and "is a file, not a directory" in err
+
+
+def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
+    """`data-stats` imports TensorFlow, whose C++ start-up lines (oneDNN, cuda stubs) used to precede the one error
+    line; TF_CPP_MIN_LOG_LEVEL is deliberately unset here, as in a new user's shell."""
+    env = {k: v for k, v in subprocess_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["MT3_DATA_DIR"] = str(tmp_path / "nothing_prepared")
+    argv = MT3 + ["data-stats", "local_notes_ties_vb1_train", "--num", "1"]
+    quiet = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 2 and quiet.stderr.count("\n") == 1, quiet.stderr
+    assert quiet.stderr.startswith("mt3 data-stats: error: ") and "is not prepared" in quiet.stderr
+    verbose = subprocess.run(argv + ["--verbose"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 2 and verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
