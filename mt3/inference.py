@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import metrics_utils, midi_io, note_sequences, spectrograms, vocabularies
+from mt3 import metrics_utils, midi_io, note_sequences, program_consistency, spectrograms, vocabularies
 from mt3.errors import InputError
 
 # Ticks per quarter note of the MIDI files we write. At the default 120 qpm this is 1000 ticks per second, so times on
@@ -34,6 +34,30 @@ MIDI_QPM = 120.0
 
 DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length
 
+# Seconds JAX spent tracing, lowering and compiling in this process (jax.monitoring events), so `mt3 transcribe` and
+# the benchmark can say how much of a run was compilation (each decoder shape compiles once per process).
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_COMPILE = {"seconds": 0.0, "listening": False}
+
+
+def compile_seconds() -> float:
+    """Tracing + lowering + XLA compile seconds so far in this process (counted from the first InferenceModel)."""
+    return _COMPILE["seconds"]
+
+
+def _listen_to_compiles() -> None:
+    if _COMPILE["listening"]:
+        return
+    import jax
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event in _COMPILE_EVENTS:
+            _COMPILE["seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    _COMPILE["listening"] = True
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
@@ -43,6 +67,14 @@ class InferenceConfig:
 
     temperature > 0 samples from softmax(logits / temperature) (restricted to the top_k ids when top_k > 0), with
     a per-batch rng derived from `seed`; temperature 0 is greedy (top_k ignored).
+
+    compact_decoding (greedy only): `decoding.greedy_decode_compacting`, the same tokens as the fixed-shape loop, but
+    finished rows are dropped and the KV cache grows on demand (docs/instrument_consistency.md, "Decoding speed").
+
+    Instrument consistency (`mt3.program_consistency`; greedy only; all off = MT3's behaviour): `programs` restricts
+    every segment's program tokens to a user-given set; `two_pass_programs` decodes twice, the second time restricted
+    to the programs holding >= `min_program_share` of the first pass's pitched notes; `reassign_programs` ('family',
+    'dominant') moves notes to the file's dominant program of their GM family / of the file after stitching.
     """
 
     batch_size: int = 32
@@ -50,6 +82,11 @@ class InferenceConfig:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
+    compact_decoding: bool = True
+    programs: tuple[int, ...] | None = None
+    two_pass_programs: bool = False
+    min_program_share: float = 0.05
+    reassign_programs: str = "none"
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -61,6 +98,22 @@ class InferenceConfig:
             raise ValueError(f"InferenceConfig.temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"InferenceConfig.top_k must be an int >= 0 (0 = no restriction), got {self.top_k!r}")
+        from mt3 import program_consistency
+
+        object.__setattr__(self, "programs", program_consistency.check_programs(self.programs,
+                                                                                "InferenceConfig.programs"))
+        if self.reassign_programs not in program_consistency.REASSIGN_MODES:
+            raise ValueError(f"InferenceConfig.reassign_programs must be one of {program_consistency.REASSIGN_MODES}"
+                             f", got {self.reassign_programs!r}")
+        if not 0.0 <= self.min_program_share < 1.0:
+            raise ValueError(f"InferenceConfig.min_program_share must be in [0, 1), got {self.min_program_share!r}")
+        if (self.programs is not None or self.two_pass_programs) and self.temperature > 0:
+            raise ValueError("InferenceConfig.programs / two_pass_programs constrain greedy decoding; "
+                             "set temperature = 0")
+
+    @property
+    def constrains_programs(self) -> bool:
+        return self.programs is not None or self.two_pass_programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +179,7 @@ class InferenceModel:
 
         from mt3.models import decoding
 
+        _listen_to_compiles()
         net_config = model.module.config
         if net_config.input_frontend != "frames":
             raise ValueError("inference needs a model whose encoder reads raw sample frames (input_frontend='frames'), "
@@ -201,20 +255,36 @@ class InferenceModel:
                          audio_seconds=len(samples) / self.sample_rate)
 
     # ----- decoding -----
-    def predict_batch(self, frames: np.ndarray) -> tuple[np.ndarray, int]:
+    def predict_batch(self, frames: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Decodes up to `batch_size` segments [b, L, hop]; returns (ids [b, max_decode_len], decoder steps run).
 
-        Fewer rows than the batch size are padded with silent segments so the jitted decoder keeps one shape.
+        `allowed` (bool [b, vocab_size]) restricts each row's tokens (greedy only; `program_consistency`).
+        Rows are padded with silent segments to one of few shapes so the jitted decoder is reused: the batch size
+        for the fixed-shape loop, the next power of two (at most the batch size) for the compacting one.
         """
         import jax
+
+        from mt3.models import decoding
 
         frames = np.asarray(frames, np.float32)
         rows = frames.shape[0]
         if not 0 < rows <= self.batch_size or frames.shape[1:] != (self.input_frames, self.hop_width):
             raise ValueError(f"predict_batch takes [1..{self.batch_size}, {self.input_frames}, {self.hop_width}] "
                              f"frames, got {frames.shape}")
-        if rows < self.batch_size:
-            frames = np.concatenate([frames, np.zeros((self.batch_size - rows, *frames.shape[1:]), np.float32)])
+        greedy = self.config.temperature == 0.0
+        if allowed is not None and not greedy:
+            raise ValueError("a token mask (allowed) needs greedy decoding (temperature 0)")
+        compact = greedy and (self.config.compact_decoding or allowed is not None)
+        padded = min(decoding.next_power_of_two(rows), self.batch_size) if compact else self.batch_size
+        if rows < padded:
+            frames = np.concatenate([frames, np.zeros((padded - rows, *frames.shape[1:]), np.float32)])
+            if allowed is not None:
+                allowed = np.concatenate([allowed, np.ones((padded - rows, allowed.shape[1]), bool)])
+        if compact:
+            ids, steps = decoding.greedy_decode_compacting(self.model.module, self.params, frames,
+                                                           max_decode_len=self.config.max_decode_len,
+                                                           allowed=allowed)
+            return ids[:rows], steps
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), self._batches_run)
         self._batches_run += 1
         ids, steps = self._predict(self.params, frames, rng)
@@ -225,8 +295,9 @@ class InferenceModel:
         return vocabularies.trim_eos(vocabularies.decode_tokens(ids, self.codec.num_classes))
 
     def decode_segments(self, frames: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False,
-                        desc: str = "decoding") -> list[np.ndarray]:
-        """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size`."""
+                        desc: str = "decoding", allowed: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size`; `allowed` gives
+        each segment's token mask (bool [vocab_size]) for a constrained greedy decode."""
         from tqdm import tqdm
 
         out: list[np.ndarray] = []
@@ -234,7 +305,8 @@ class InferenceModel:
         with tqdm(total=total, desc=desc, unit="seg", disable=not progress) as bar:
             for start in range(0, total, self.batch_size):
                 chunk = np.stack([np.asarray(f, np.float32) for f in frames[start:start + self.batch_size]])
-                ids, _ = self.predict_batch(chunk)
+                mask = None if allowed is None else np.stack(allowed[start:start + self.batch_size])
+                ids, _ = self.predict_batch(chunk) if mask is None else self.predict_batch(chunk, mask)
                 out.extend(self.ids_to_tokens(row) for row in ids)
                 bar.update(len(chunk))
         return out
@@ -262,16 +334,37 @@ class InferenceModel:
     def transcribe_many(self, audios: Sequence[np.ndarray], *, progress: bool = True,
                         desc: str = "transcribing") -> list[Transcription]:
         """Several files at once: their segments share batches (the last batch of one file is filled with the next
-        file's segments), so many short files cost about as much as one long one."""
+        file's segments), so many short files cost about as much as one long one. The config's instrument
+        consistency options (`program_consistency`) apply per file."""
         segmented = [self.segment_audio(a) for a in audios]
         # digital silence (every sample 0, or none) has no notes: not decoded, so no model can invent any there
-        silent = [not np.any(np.asarray(a)) for a in audios]
-        frames = [seg for s, quiet in zip(segmented, silent, strict=True) if not quiet for seg in s.frames]
-        tokens = self.decode_segments(frames, progress=progress, desc=desc)
+        counts = [len(s.frames) if np.any(np.asarray(a)) else 0 for a, s in zip(audios, segmented, strict=True)]
+        frames = [seg for s, n in zip(segmented, counts, strict=True) for seg in s.frames[:n]]
+        sets = [self.config.programs] * len(audios)
+        if self.config.two_pass_programs and self.config.programs is None:
+            first = self._decode_and_stitch(segmented, counts, frames, None, progress, f"{desc} (pass 1)")
+            sets = [program_consistency.estimate_program_set(r.ns, self.config.min_program_share) for r in first]
+            desc = f"{desc} (pass 2)"
+        results = self._decode_and_stitch(segmented, counts, frames, sets, progress, desc)
+        if self.config.reassign_programs != "none":
+            for r in results:
+                r.ns = program_consistency.reassign_programs(r.ns, self.config.reassign_programs)
+        return results
+
+    def _decode_and_stitch(self, segmented: list[_Segments], counts: list[int], frames: list[np.ndarray],
+                           program_sets: list[tuple[int, ...] | None] | None, progress: bool,
+                           desc: str) -> list[Transcription]:
+        allowed = None
+        if program_sets is not None and any(p is not None for p in program_sets):
+            vocab = self.model.module.config.vocab_size
+            masks = [program_consistency.allowed_ids(self.codec, p or (), vocab) for p in program_sets]
+            allowed = [m for m, n in zip(masks, counts, strict=True) for _ in range(n)]
+        tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed)
         results, offset = [], 0
-        for s, quiet in zip(segmented, silent, strict=True):
-            n = 0 if quiet else len(s.frames)
+        for i, (s, n) in enumerate(zip(segmented, counts, strict=True)):
             results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))
+            if allowed is not None and program_sets[i]:
+                results[-1].ns = program_consistency.restrict_to_set(results[-1].ns, program_sets[i])
             offset += n
         return results
 

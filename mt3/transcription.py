@@ -266,10 +266,21 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         jobs.append((item, outputs, samples))
     if not jobs:
         return failures
+    import time
+
+    from mt3 import inference
+
     if model is None:
+        started = time.perf_counter()
         model = _load_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
                             batch_size=batch_size)
+        _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s")
+    compiled, started = inference.compile_seconds(), time.perf_counter()
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
+    wall, compile_s = time.perf_counter() - started, inference.compile_seconds() - compiled
+    audio_s = sum(r.audio_seconds for r in results)
+    _report(f"mt3 transcribe: decoded {audio_s:.1f} s of audio in {wall:.1f} s, {compile_s:.1f} s of it compiling "
+            f"(RTF {max(wall - compile_s, 0.0) / max(audio_s, 1e-9):.3f} without compiling)")
     for (item, outputs, _), result in zip(jobs, results, strict=True):
         try:
             renderer = write_outputs(result, outputs, title=item.path.name)

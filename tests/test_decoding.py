@@ -130,3 +130,47 @@ def test_max_decode_len_truncates_without_eos(memorised_model):
                                  return_num_steps=True)
     np.testing.assert_array_equal(np.asarray(ids), MEMORISED_TARGETS[:, :3])
     assert int(steps) == 3
+
+
+def _eos_with_spread_lengths(ids: np.ndarray) -> int:
+    """A token id whose first occurrence differs most across rows: used as EOS, rows stop at different steps."""
+    def first(token):
+        hits = [np.flatnonzero(row == token) for row in ids]
+        return [h[0] if len(h) else ids.shape[1] for h in hits]
+    return max(range(2, int(ids.max()) + 1), key=lambda t: len(set(first(t))))
+
+
+@pytest.mark.parametrize("first_len", [3, 8, 64])
+def test_compacting_greedy_equals_decode_token_for_token(first_len):
+    """Rows that stop at many different steps (finished rows dropped, the cache grown 3 -> 6 -> 12 -> ...): every
+    row's ids equal `decode`'s on the full batch with the full-length cache."""
+    config = tiny_config(vocab_size=48, num_decoder_layers=2)
+    module = network.Transformer(config)
+    params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(3))
+    enc = jnp.asarray(np.random.default_rng(4).normal(size=(11, 6, 24)), jnp.float32)
+    free = np.asarray(decoding.decode(module, params, enc, max_decode_len=40, eos_id=-5))
+    eos = _eos_with_spread_lengths(free)
+    reference, ref_steps = decoding.decode(module, params, enc, max_decode_len=40, eos_id=eos, return_num_steps=True)
+    reference = np.asarray(reference)
+    lengths = [(np.flatnonzero(r == eos)[:1].tolist() or [40])[0] for r in reference]
+    assert len(set(lengths)) >= 4, lengths  # the rows really end at different steps
+    ids, steps = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=40, eos_id=eos,
+                                                   first_len=first_len)
+    np.testing.assert_array_equal(ids, reference)
+    assert steps == int(ref_steps)
+
+
+def test_compacting_greedy_stops_at_eos_and_respects_the_logit_mask(memorised_model):
+    model, params, batch = memorised_model
+    frames = batch["encoder_input_tokens"]
+    ids, steps = decoding.greedy_decode_compacting(model.module, params, frames, max_decode_len=8, first_len=2)
+    np.testing.assert_array_equal(ids, MEMORISED_TARGETS)
+    assert steps == 5
+    allowed = np.ones((3, 16), bool)
+    allowed[0, 9] = False  # row 0 may not emit its memorised second token
+    masked, _ = decoding.greedy_decode_compacting(model.module, params, frames, max_decode_len=8,
+                                                  allowed=jnp.asarray(allowed))
+    assert masked[0, 0] == 5 and masked[0, 1] != 9
+    np.testing.assert_array_equal(masked[1:], MEMORISED_TARGETS[1:])
+    with pytest.raises(ValueError, match="allowed"):
+        decoding.greedy_decode_compacting(model.module, params, frames, max_decode_len=8, allowed=allowed[:2])

@@ -8,9 +8,11 @@ through mt3.train's gin API for a couple of hundred steps: enough to emit real n
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +168,49 @@ def test_batches_share_one_compiled_shape_and_match_single_files(tiny, tiny_im):
         assert midi_io.notes_to_dicts(a.ns) == midi_io.notes_to_dicts(b.ns)
         assert (a.invalid_events, a.dropped_events) == (b.invalid_events, b.dropped_events)
     assert together[0].ns.notes, "the trained model should transcribe some notes"
-    assert tiny_im._predict._cache_size() == 1  # 5 segments, 3 and 2 per call, one compiled shape
+
+
+def test_compacting_decoder_gives_the_fixed_shape_decoders_tokens_on_real_audio(tiny, tiny_im):
+    """Today's fixed-shape loop (all rows, a max_decode_len cache) vs the default compacting decoder, on the
+    trained model's real audio: identical tokens; the fixed-shape loop keeps one compiled shape for 3- and 2-row
+    batches."""
+    from mt3.audio import load_audio
+
+    fixed = inference.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "COMPACT_DECODING = False"])
+    assert tiny_im.config.compact_decoding and not fixed.config.compact_decoding
+    frames = [f for i in (3, 4) for f in tiny_im.segment_audio(load_audio(tiny.wav(i))).frames]
+    compact_tokens = tiny_im.decode_segments(frames)
+    fixed_tokens = fixed.decode_segments(frames)
+    assert len(frames) == 6 and len({len(t) for t in fixed_tokens}) >= 3  # rows end at different steps
+    for a, b in zip(compact_tokens, fixed_tokens, strict=True):
+        np.testing.assert_array_equal(a, b)
+    long_audio, short_audio = load_audio(tiny.wav(3)), load_audio(tiny.wav(4))[: 16000 * 3]
+    fixed.transcribe_many([long_audio, short_audio], progress=False)
+    assert fixed._predict._cache_size() == 1  # 5 segments, 3 and 2 per call (batch 4), one compiled shape
+
+
+def test_program_options_constrain_and_two_pass_uses_the_first_pass_set(tiny):
+    """A user program set leaves no other program in the notes; two-pass decodes with pass 1's set."""
+    from mt3 import program_consistency
+    from mt3.audio import load_audio
+
+    audio = [load_audio(tiny.wav(i)) for i in (3, 4)]
+    plain = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    first = plain.transcribe_many(audio, progress=False)
+    found = [program_consistency.program_note_counts(r.ns) for r in first]
+    assert all(found)
+    user = inference.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "PROGRAMS = [40]"])
+    for r in user.transcribe_many(audio, progress=False):
+        assert set(program_consistency.program_note_counts(r.ns)) <= {40}
+    two = inference.load_inference_model(tiny.model_dir, gin_bindings=[
+        *tiny.bindings, "TWO_PASS_PROGRAMS = True", "MIN_PROGRAM_SHARE = 0.3", "REASSIGN_PROGRAMS = 'family'"])
+    for r, pass1 in zip(two.transcribe_many(audio, progress=False), first, strict=True):
+        allowed = program_consistency.estimate_program_set(pass1.ns, 0.3)  # reassignment stays inside it too
+        assert set(program_consistency.program_note_counts(r.ns)) <= set(allowed)
+    with pytest.raises(ValueError, match="greedy"):
+        inference.InferenceConfig(programs=(0,), temperature=1.0)
+    with pytest.raises(ValueError, match="programs"):
+        inference.InferenceConfig(programs=(0, 200))
 
 
 def test_sampling_changes_output_and_greedy_is_deterministic():
@@ -290,6 +334,7 @@ def test_transcribe_cli_many_files_one_corrupt(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     error_lines = [line for line in err.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and "broken.wav" in error_lines[0] and "first.wav" not in error_lines[0]
+    assert re.search(r"model loaded in [\d.]+ s", err) and re.search(r"[\d.]+ s of it compiling", err)
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}{ext}" for stem in ("first", "second") for ext in (".mid", ".png", ".notes.json"))
     import pretty_midi
@@ -340,3 +385,15 @@ def test_decode_length_defaults_to_the_models_training_target_length(tiny):
     assert own.config.max_decode_len == 256
     bound = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     assert bound.config.max_decode_len == 192
+
+
+def test_transcribe_programs_flag_is_checked_before_anything_loads(tmp_path, capsys):
+    from mt3 import cli
+    from mt3.commands import transcribe
+
+    assert cli.main(["transcribe", str(tmp_path / "a.wav"), "-o", str(tmp_path / "out"), "--programs", "0,piano"]) == 2
+    assert "--programs: '0,piano' is not a comma-separated list" in capsys.readouterr().err
+    args = argparse.Namespace(programs="33,0", two_pass_programs=True, reassign_programs="family")
+    assert transcribe.consistency_bindings(args) == [
+        "inference.InferenceConfig.programs = [0, 33]", "inference.InferenceConfig.two_pass_programs = True",
+        "inference.InferenceConfig.reassign_programs = 'family'"]

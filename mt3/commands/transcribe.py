@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sonify", action="store_true",
                         help="also write NAME.sonified.wav: the MIDI rendered with fluidsynth and a General MIDI "
                              "soundfont when installed, else a simple sine synth")
+    parser.add_argument("--programs", default=None, metavar="P,P,...",
+                        help="the GM programs playing (e.g. 0,33,40): notes may only take these programs (a decoder "
+                             "mask; drums unaffected). Instrument consistency: docs/instrument_consistency.md")
+    parser.add_argument("--two-pass-programs", action="store_true",
+                        help="decode twice: the second pass may only use the programs the first pass found "
+                             "(gin MIN_PROGRAM_SHARE of the pitched notes, default 0.05)")
+    parser.add_argument("--reassign-programs", choices=("none", "family", "dominant"), default=None,
+                        help="after decoding, move each note to the file's dominant program of its GM family "
+                             "(family) or of the whole file (dominant)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(gin_bindings=[])
@@ -52,7 +61,26 @@ def main(args: argparse.Namespace) -> int:
 
     failures = transcribe_files(
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
-        gin_bindings=args.gin_bindings, step=args.step, batch_size=args.batch_size, png=args.png,
-        notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
+        gin_bindings=[*args.gin_bindings, *consistency_bindings(args)], step=args.step, batch_size=args.batch_size,
+        png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
         progress=not args.no_progress)
     return 2 if failures else 0
+
+
+def consistency_bindings(args: argparse.Namespace) -> list[str]:
+    """--programs / --two-pass-programs / --reassign-programs as gin bindings of inference.InferenceConfig."""
+    from mt3 import program_consistency
+    from mt3.errors import InputError
+
+    bindings = []
+    if getattr(args, "programs", None) is not None:
+        try:
+            programs = program_consistency.parse_programs(args.programs)
+        except ValueError as err:
+            raise InputError(None, str(err)) from None
+        bindings.append(f"inference.InferenceConfig.programs = {list(programs)}")
+    if getattr(args, "two_pass_programs", False):
+        bindings.append("inference.InferenceConfig.two_pass_programs = True")
+    if getattr(args, "reassign_programs", None):
+        bindings.append(f"inference.InferenceConfig.reassign_programs = '{args.reassign_programs}'")
+    return bindings

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -142,3 +143,122 @@ def decode_uncached(module, params: Any, encoder_inputs: Array, *, max_decode_le
     Same outputs as `decode` (same rng stream), O(T^2) decoder work; for tests and the cache speed benchmark."""
     return _run(module, params, encoder_inputs, cached=False, max_decode_len=max_decode_len, temperature=temperature,
                 top_k=top_k, rng=rng, eos_id=eos_id, return_num_steps=return_num_steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Greedy decoding that stops paying for finished rows and unused cache (`greedy_decode_compacting`).
+#
+# Why: profiling MT3's network on the CPU (docs/instrument_consistency.md, "Decoding speed") showed the per-step cost
+# grows with the batch rows AND with the self-attention cache length, even for rows that already emitted EOS and for
+# cache positions not written yet. `decode` keeps all B rows and a max_decode_len-long cache for every step, so a batch
+# whose longest segment needs 130 tokens pays 130 steps x 32 rows x 1,024 cache positions. Here the loop leaves the
+# compiled program whenever half the rows are done (they are then dropped: the live rows are gathered into the next
+# power-of-two batch) or the cache is full (it is then doubled, up to max_decode_len). Shapes come from a small set
+# (batch: powers of two; cache: first_len * 2^k), so each compiles once per process and is reused across batches.
+# Every row computes what `decode` computes for it (same greedy rule, same positions, masked cache slots add exact
+# zeros), which tests check token for token.
+
+FIRST_CACHE_LEN = 128  # cache slots of the first chunk; MT3's segments mostly end within 64-256 tokens
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@functools.partial(jax.jit, static_argnames=("module", "cache_len"))
+def _encode_and_init_cache(module, params: Any, encoder_inputs: Array, *, cache_len: int) -> Any:
+    encoded = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
+    return init_cache(module, params, encoded, cache_len)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out"))
+def _greedy_chunk(module, params: Any, cache: Any, token: Array, out: Array, done: Array, allowed: Array, step: Array,
+                  min_live: Array, *, eos_id: int):
+    """Greedy steps until every row is done, the cache (= out's length) is full, or at most `min_live` rows are
+    still running. `allowed` [B, V] masks ids a row may emit (all True: plain greedy)."""
+    batch, length = out.shape
+    # cross-attention keys/values live in the cache, so the decoder never reads the encoder output again
+    encoded = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
+
+    def cond(carry):
+        step, _, _, done, _ = carry
+        live = jnp.sum(jnp.logical_not(done))
+        return jnp.logical_and(step < length, jnp.logical_and(live > 0, live > min_live))
+
+    def body(carry):
+        step, token, out, done, cache = carry
+        logits, variables = module.apply({"params": params, "cache": cache}, encoded, token[:, None],
+                                         decoder_positions=jnp.full((batch, 1), step, jnp.int32),
+                                         enable_dropout=False, decode=True, mutable=["cache"], method=module.decode)
+        logits = jnp.where(allowed, logits[:, 0], -jnp.inf)
+        next_token = jnp.where(done, PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        out = jax.lax.dynamic_update_slice(out, next_token[:, None], (0, step))
+        return step + 1, next_token, out, jnp.logical_or(done, next_token == eos_id), variables["cache"]
+
+    return jax.lax.while_loop(cond, body, (step, token, out, done, cache))
+
+
+def _is_self_cache(path) -> bool:
+    return getattr(path[-1], "key", None) in ("cached_key", "cached_value")
+
+
+@functools.partial(jax.jit, static_argnames=("length",))
+def _grow(cache: Any, out: Array, *, length: int) -> tuple[Any, Array]:
+    """Self-attention caches and `out` padded with zeros (never attended: masked by the cache index) to `length`."""
+    def pad(x):
+        return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+    cache = jax.tree_util.tree_map_with_path(lambda p, x: pad(x) if _is_self_cache(p) else x, cache)
+    return cache, pad(out)
+
+
+@jax.jit
+def _take_rows(tree: Any, rows: Array) -> Any:
+    """Rows `rows` of every batched leaf (the shared scalar cache index stays)."""
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0), tree)
+
+
+def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_decode_len: int,
+                             allowed: Array | None = None, first_len: int = FIRST_CACHE_LEN,
+                             eos_id: int = EOS_ID) -> tuple[np.ndarray, int]:
+    """Greedy decoding, token for token `decode`'s, that drops finished rows and grows the KV cache on demand.
+
+    Returns (ids int32 numpy [B, max_decode_len], decoder steps run). `allowed` (bool [B, vocab_size]) restricts
+    what each row may emit (a decoder logit mask; `mt3.program_consistency` builds it); None allows everything.
+    Host-driven between compiled chunks, so call it outside `jit`.
+    """
+    _check_args(max_decode_len, 0.0, 0, None)
+    batch = encoder_inputs.shape[0]
+    vocab = module.config.vocab_size
+    allowed = jnp.ones((batch, vocab), bool) if allowed is None else jnp.asarray(allowed, bool)
+    if allowed.shape != (batch, vocab):
+        raise ValueError(f"allowed must be bool [{batch}, {vocab}], got {allowed.shape}")
+    length = min(int(first_len), max_decode_len)
+    cache = _encode_and_init_cache(module, params, encoder_inputs, cache_len=length)
+    result = np.zeros((batch, max_decode_len), np.int32)
+    rows = np.arange(batch)  # original row of each live slot (-1: a finished filler)
+    token = jnp.full((batch,), DECODER_START_ID, jnp.int32)
+    out = jnp.zeros((batch, length), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+    step = jnp.zeros((), jnp.int32)
+    while True:
+        slots = len(rows)
+        min_live = slots // 2 if slots > 1 else 0
+        step, token, out, done, cache = _greedy_chunk(module, params, cache, token, out, done, allowed, step,
+                                                      jnp.asarray(min_live, jnp.int32), eos_id=eos_id)
+        steps_run, done_h = int(step), np.asarray(done)
+        live = np.flatnonzero(~done_h & (rows >= 0))
+        if len(live) == 0 or steps_run >= max_decode_len:
+            real = rows >= 0
+            result[rows[real], :out.shape[1]] = np.asarray(out)[real]
+            return result, steps_run
+        if steps_run == out.shape[1]:
+            cache, out = _grow(cache, out, length=min(2 * out.shape[1], max_decode_len))
+        if len(live) <= min_live:
+            finished = np.flatnonzero(done_h & (rows >= 0))
+            result[rows[finished], :out.shape[1]] = np.asarray(out)[finished]
+            new_slots = next_power_of_two(len(live))
+            filler = np.flatnonzero(done_h)[: new_slots - len(live)]  # done rows only emit PAD
+            keep = np.concatenate([live, filler]).astype(np.int32)
+            cache, token, out, done, allowed = _take_rows((cache, token, out, done, allowed), jnp.asarray(keep))
+            rows = np.concatenate([rows[live], np.full(len(filler), -1)])
