@@ -10,6 +10,8 @@ from __future__ import annotations
 import seqio
 import tensorflow as tf
 
+from mt3 import frame_targets
+
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
 
@@ -36,3 +38,15 @@ class ContinuousInputsEncDecFeatureConverter(seqio.EncDecFeatureConverter):
         d = super()._convert_example(features)
         d["decoder_loss_weights"] = tf.cast(d["decoder_loss_weights"], tf.float32)
         return d
+
+    def __call__(self, ds, task_feature_lengths):
+        """seqio's conversion; training examples that carry frame targets (`mt3.frame_targets`, made only when the
+        auxiliary loss is on) keep them as seqio passthrough features, padded or cut to the inputs' length like the
+        frames they label. Without them this is exactly seqio's conversion."""
+        rolls = [k for k in frame_targets.FEATURES if k in ds.element_spec]
+        if not rolls or self._passthrough_features:
+            return super().__call__(ds, task_feature_lengths)
+        converter = type(self)(pack=False, passthrough_features={
+            k: FeatureSpec(dtype=tf.uint8, rank=2) for k in rolls})
+        lengths = {**task_feature_lengths, **{k: task_feature_lengths["inputs"] for k in rolls}}
+        return converter(ds, lengths)

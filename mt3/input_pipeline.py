@@ -178,7 +178,7 @@ class IndexedStream:
                  seed: int, shard_id: int = 0, num_shards: int = 1, num_epochs: int | None = None,
                  block_tracks: int = 16, data_dir=None, position: IndexedPosition | None = None,
                  workers: int | None = None, mix_config=None, augment_config=None,
-                 target_length_multiple: int | None = None, shuffle: bool = True):
+                 target_length_multiple: int | None = None, shuffle: bool = True, frame_targets: bool = False):
         if block_tracks < 1:
             raise ValueError(f"block_tracks must be >= 1, got {block_tracks}")
         if split != "train":  # eval targets keep same-pitch overlaps, as MT3's (only its training data is trimmed)
@@ -201,6 +201,7 @@ class IndexedStream:
         self.batches = 0
         self._mix, self._augment, self._multiple = mix_config, augment_config, target_length_multiple
         self._shuffle = shuffle
+        self._frame_targets = frame_targets  # piano rolls for the auxiliary encoder heads (mt3.frame_targets)
         self._closed = False
         self._workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._iterator = self._batches()
@@ -258,6 +259,12 @@ class IndexedStream:
                 examples += preprocessors.augmented_examples(part, self._augment, np.array(_words(*key, 0, j)))
         if spec.skip_too_long:
             examples = [e for e in examples if len(e[1]) <= self.target_length]
+        if self._frame_targets:  # (inputs, ids, onset roll, frame roll), decoded from the untruncated ids
+            from mt3 import frame_targets
+
+            fps = config.spectrogram_config.frames_per_second
+            examples = [(x, y, *frame_targets.rolls_from_ids(y, len(x), config.codec, fps,
+                                                             include_ties=config.include_ties)) for x, y in examples]
         if not self._shuffle:
             return examples
         order = np.random.default_rng(_words(*key, 2)).permutation(len(examples))
@@ -328,17 +335,25 @@ class IndexedStream:
 def model_features(examples: Sequence[tuple[np.ndarray, np.ndarray]], input_length: int,
                    target_length: int) -> dict[str, np.ndarray]:
     """(inputs, target ids) pairs -> the feature converter's batch: inputs zero-padded to L, targets trimmed/padded
-    to T, decoder inputs = targets shifted right with 0 as BOS, loss weight 1 on non-pad targets (seqio's rules)."""
+    to T, decoder inputs = targets shifted right with 0 as BOS, loss weight 1 on non-pad targets (seqio's rules).
+    Examples may carry two more items, onset and frame rolls [L', 128] (`mt3.frame_targets`): 'aux_onsets' and
+    'aux_frames', zero-padded to L."""
     hop = examples[0][0].shape[-1]
     inputs = np.zeros((len(examples), input_length, hop), np.float32)
     targets = np.zeros((len(examples), target_length), np.int32)
-    for i, (x, y) in enumerate(examples):
+    for i, (x, y, *_) in enumerate(examples):
         x, y = x[:input_length], y[:target_length]
         inputs[i, :len(x)] = x
         targets[i, :len(y)] = y
     decoder_inputs = np.concatenate([np.zeros((len(examples), 1), np.int32), targets[:, :-1]], axis=1)
-    return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
-            "decoder_loss_weights": (targets > 0).astype(np.float32)}
+    batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
+             "decoder_loss_weights": (targets > 0).astype(np.float32)}
+    if len(examples[0]) > 2:  # frame-target rolls (mt3.frame_targets.FEATURES), zero-padded to L like the inputs
+        for k, key in enumerate(("aux_onsets", "aux_frames"), start=2):
+            batch[key] = np.zeros((len(examples), input_length, examples[0][k].shape[-1]), np.uint8)
+            for i, example in enumerate(examples):
+                batch[key][i, :len(example[k])] = example[k][:input_length]
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,7 +391,7 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
         note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
              f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")
     if indexed is not None:
-        from mt3 import augmentation, mixing
+        from mt3 import augmentation, frame_targets, mixing
 
         return IndexedStream(
             indexed, split=cfg.split, task_feature_lengths=dict(cfg.task_feature_lengths),
@@ -384,7 +399,8 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
             num_epochs=cfg.num_epochs, block_tracks=cfg.block_tracks, data_dir=cfg.data_dir,
             position=IndexedPosition.from_json(state) if state is not None else None,
             mix_config=mixing.training_mix_config(), augment_config=augmentation.training_augment_config(),
-            target_length_multiple=cfg.target_length_multiple, shuffle=cfg.shuffle)
+            target_length_multiple=cfg.target_length_multiple, shuffle=cfg.shuffle,
+            frame_targets=frame_targets.training_enabled() and cfg.split == "train")
     return seqio_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, num_shards=num_shards,
                          skip_batches=skip_batches)
 
@@ -406,7 +422,10 @@ def seqio_batches(cfg, *, host_batch_size: int, shard_id: int, num_shards: int,
                            data_dir=cfg.data_dir)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    batches = ({k: v for k, v in batch.items() if k in MODEL_FEATURES} for batch in ds.as_numpy_iterator())
+    from mt3 import frame_targets
+
+    keep = MODEL_FEATURES + frame_targets.FEATURES  # [B, L, 128] rolls, only there when the auxiliary loss is on
+    batches = ({k: v for k, v in batch.items() if k in keep} for batch in ds.as_numpy_iterator())
     if cfg.target_length_multiple:
         batches = (trim_target_padding(b, cfg.target_length_multiple) for b in batches)
     return batches

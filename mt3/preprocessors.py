@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, vocabularies
+from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, track_tokens, vocabularies
 
 MAX_NUM_CACHED_FRAMES = 2000  # MT3's cache chunk (16 s); a training crop never crosses one
 
@@ -70,7 +70,7 @@ class Track:
 
     frames: np.ndarray  # [n, hop] float32
     frame_times: np.ndarray  # [n] float64 seconds
-    tokens: object  # note_sequences.TrackTokens
+    tokens: object  # track_tokens.TrackTokens
     sequence: object  # the (reference) NoteSequence as stored in the record
 
 
@@ -82,7 +82,7 @@ def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
     # the encoding holds both); MT3 trims before encoding regardless, which mt3_compat reproduces.
     if config.trim_overlapping_notes and (not config.onsets_only or config.mt3_compat):
         labels = note_sequences.trim_overlapping_notes(ns)
-    tokens = note_sequences.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
+    tokens = track_tokens.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
                                                    mt3_compat=config.mt3_compat)
     return Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=ns)
 
@@ -90,7 +90,7 @@ def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
 def segment_ids(track: Track, start: int, end: int, config: TokenizeConfig) -> np.ndarray:
     """Vocabulary ids (with EOS) of the targets for frames [start, end)."""
     codec = config.codec
-    targets = note_sequences.segment_targets(track.tokens, start, end, codec, config.include_ties)
+    targets = track_tokens.segment_targets(track.tokens, start, end, codec, config.include_ties)
     if config.program_granularity != "full":
         targets = note_sequences.map_midi_programs(targets, codec, config.program_granularity)
         targets = run_length_encoding.remove_redundant_state_changes(targets, codec)
@@ -151,7 +151,7 @@ def _stack_padded(arrays: list[np.ndarray], dtype, trailing: tuple = ()) -> tupl
 
 
 def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_length, split_kind: str = "train",
-                                   mix_config=None, augment_config=None):
+                                   mix_config=None, augment_config=None, frame_targets: bool | None = None):
     """seqio preprocessor: parsed track records -> examples {'inputs': [L', hop] f32, 'targets': [T'] i32, ...}.
 
     `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments;
@@ -159,6 +159,8 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     of several tracks' crops when `mix_config` (a `mixing.MixConfig`; None = the gin-bound
     `mixing.training_mix_config()`, off by default) says so. Their audio is augmented (level, colour, room, noise)
     when `augment_config` (an `augmentation.AugmentConfig`; None = the gin-bound one, off by default) says so.
+    Training examples also carry 'aux_onsets'/'aux_frames' piano rolls [L', 128] (`mt3.frame_targets`, for the
+    encoder's auxiliary heads) when `frame_targets` is True (None = gin's AUX_FRAME_LOSS_WEIGHT > 0; off by default).
     """
     import tensorflow as tf
 
@@ -169,6 +171,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
         from mt3 import augmentation
 
         augment_config = augmentation.training_augment_config()
+    rolls_config = config if split_kind == "train" and _frame_targets_on(frame_targets) else None
 
     def _train_np(audio_bytes, seq_bytes, element_seed):
         audio, ns = _parse(audio_bytes, seq_bytes)
@@ -192,11 +195,11 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
 
         mix_config = mixing.training_mix_config()
     if split_kind == "train" and mix_config.enabled:
-        return _mixed_training_dataset(dataset, config, mix_config, input_length, augment_config)
+        return _mixed_training_dataset(dataset, config, mix_config, input_length, augment_config, rolls_config)
     if split_kind == "train":
         # seqio hands each element its own stateless seed, different every epoch (the repeat happens before this
         # post-cache step), yet reproducible for a given task seed: crops vary across epochs, resumes are exact.
-        _map = _seeded_examples_map(_train_np, hop, lambda ex: ex["id"])
+        _map = _seeded_examples_map(_train_np, hop, lambda ex: ex["id"], rolls_config)
         ds = _map(dataset)
     elif split_kind == "eval":
         def _map(ex):
@@ -222,7 +225,8 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     return ds.unbatch().map(_unpad_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int, augment_config):
+def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_length: int, augment_config,
+                            rolls_config=None):
     """Training examples mixed across tracks: records are shuffled (seeded, so resumes stay exact), read in groups of
     `records_per_group`, and every group yields one example per crop, some summed with other tracks' crops."""
     import tensorflow as tf
@@ -240,7 +244,8 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
 
-    _map = _seeded_examples_map(_group_np, hop, lambda ex: ex["id"][0])  # a group's examples carry its first id
+    # a group's examples carry its first id
+    _map = _seeded_examples_map(_group_np, hop, lambda ex: ex["id"][0], rolls_config)
 
     grouped = dataset.shuffle(4 * mix_config.records_per_group, seed=mix_config.seed).batch(
         mix_config.records_per_group)
@@ -263,26 +268,54 @@ def augmented_examples(examples: list[tuple[np.ndarray, np.ndarray]], augment_co
     return [(augmentation.augment_frames(inputs, augment_config, rng), targets) for inputs, targets in examples]
 
 
-def _seeded_examples_map(numpy_fn, hop: int, id_fn):
+def _seeded_examples_map(numpy_fn, hop: int, id_fn, rolls_config: TokenizeConfig | None = None):
     """A seqio map (one stateless seed per element) running `numpy_fn(audio, sequence, seed) -> (inputs, input
-    lengths, targets, target lengths)` and returning the padded examples with their lengths and ids."""
+    lengths, targets, target lengths)` and returning the padded examples with their lengths and ids; with
+    `rolls_config`, also the frame-target rolls decoded from each example's target ids (`mt3.frame_targets`)."""
     import seqio
     import tensorflow as tf
 
+    from mt3 import frame_targets
+
+    def _with_rolls(*args):
+        inputs, in_len, targets, tgt_len = numpy_fn(*args)
+        return (inputs, in_len, targets, tgt_len, *frame_targets.batch_rolls(
+            targets, tgt_len, inputs.shape[1], rolls_config.codec, rolls_config.spectrogram_config.frames_per_second,
+            include_ties=rolls_config.include_ties))
+
+    dtypes = [tf.float32, tf.int32, tf.int32, tf.int32] + [tf.uint8] * (2 if rolls_config is not None else 0)
+
     @seqio.map_over_dataset(num_seeds=1)
     def _map(ex, seed):
-        inputs, in_len, targets, tgt_len = tf.numpy_function(
-            numpy_fn, [ex["audio"], ex["sequence"], seed], [tf.float32, tf.int32, tf.int32, tf.int32], stateful=False)
-        return {"inputs": tf.ensure_shape(inputs, [None, None, hop]), "inputs_length": in_len,
-                "targets": tf.ensure_shape(targets, [None, None]), "targets_length": tgt_len,
-                "id": tf.fill([tf.shape(in_len)[0]], id_fn(ex))}
+        inputs, in_len, targets, tgt_len, *rolls = tf.numpy_function(
+            numpy_fn if rolls_config is None else _with_rolls, [ex["audio"], ex["sequence"], seed], dtypes,
+            stateful=False)
+        out = {"inputs": tf.ensure_shape(inputs, [None, None, hop]), "inputs_length": in_len,
+               "targets": tf.ensure_shape(targets, [None, None]), "targets_length": tgt_len,
+               "id": tf.fill([tf.shape(in_len)[0]], id_fn(ex))}
+        for key, roll in zip(frame_targets.FEATURES, rolls, strict=False):
+            out[key] = tf.ensure_shape(roll, [None, None, frame_targets.NUM_PITCHES])
+        return out
 
     return _map
+
+
+def _frame_targets_on(frame_targets: bool | None) -> bool:
+    if frame_targets is not None:
+        return bool(frame_targets)
+    from mt3 import frame_targets as frame_targets_lib
+
+    return frame_targets_lib.training_enabled()
 
 
 def _unpad_example(ex):
     """Cuts a padded example back to its lengths and drops the length features."""
     out = dict(ex)
+    from mt3 import frame_targets
+
+    for key in frame_targets.FEATURES:  # one row per input frame
+        if key in out:
+            out[key] = ex[key][: ex["inputs_length"]]
     out["inputs"] = ex["inputs"][: out.pop("inputs_length")]
     out["targets"] = ex["targets"][: out.pop("targets_length")]
     return out

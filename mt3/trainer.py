@@ -27,7 +27,7 @@ LossFn = Callable[[Any, Batch, Array | None], tuple[Array, dict[str, Array]]]
 LR_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay")
 OPTIMIZERS = ("adafactor", "adamw")
 # Metrics that add up over microbatches; 'accuracy' is re-weighted by num_tokens; anything else is averaged.
-SUMMED_METRICS = ("loss", "z_loss", "cross_ent_loss", "num_tokens")
+SUMMED_METRICS = ("loss", "z_loss", "cross_ent_loss", "num_tokens", "aux_onset_loss", "aux_frame_loss")
 
 
 # ---------------------------------------------------------------------------------------------------------------

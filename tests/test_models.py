@@ -164,3 +164,99 @@ def test_model_package_never_imports_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "assert 'seqio' not in sys.modules, 'seqio imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def _with_rolls(batch, seed=3):
+    """The tiny batch plus piano rolls of its 5 encoder frames (as the training pipeline adds them)."""
+    rng = np.random.default_rng(seed)
+    shape = batch["encoder_input_tokens"].shape[:2] + (128,)
+    frames = (rng.random(shape) < 0.1).astype(np.uint8)
+    onsets = frames * (rng.random(shape) < 0.5).astype(np.uint8)
+    return {**batch, "aux_onsets": jnp.asarray(onsets), "aux_frames": jnp.asarray(frames)}
+
+
+def _numpy_frame_bce(logits, targets):
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    t = np.asarray(targets, np.float64)
+    return float(np.sum(np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)), axis=-1)))
+
+
+def test_aux_heads_off_leave_params_loss_and_metrics_unchanged(tiny):
+    """Weight 0 (MT3's presets): no head parameters, and rolls in the batch are ignored."""
+    model, params, batch = tiny
+    off = models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=0.0)
+    fresh = off.init_params(jax.random.PRNGKey(0))
+    assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(params) and set(fresh) == {
+        "encoder", "decoder"}
+    plain = jax.jit(model.loss_fn)(params, batch, jax.random.PRNGKey(5))
+    with_rolls = jax.jit(off.loss_fn)(params, _with_rolls(batch), jax.random.PRNGKey(5))
+    assert set(with_rolls[1]) == set(plain[1])
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(with_rolls), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_aux_loss_adds_weighted_frame_bce_and_trains_only_the_encoder_side(tiny):
+    model, params, batch = tiny
+    weight = 0.5
+    aux = models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=weight)
+    aux_params = jax.jit(aux.init_params)(jax.random.PRNGKey(0))
+    assert set(aux_params) == {"encoder", "decoder", models.AUX_HEADS}
+    for key in ("encoder", "decoder"):  # the network's parameters are the plain model's (same init rng)
+        for a, b in zip(jax.tree.leaves(aux_params[key]), jax.tree.leaves(params[key]), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert models.count_params(aux_params[models.AUX_HEADS]) == 2 * (32 * 128 + 128)
+    rolled = _with_rolls(batch)
+    loss, metrics = jax.jit(aux.loss_fn)(aux_params, rolled, None)
+    token_loss, token_metrics = jax.jit(model.loss_fn)(params, batch, None)
+    encoded = model.module.apply({"params": params}, batch["encoder_input_tokens"], enable_dropout=False,
+                                 method=network.Transformer.encode)
+    onset_logits, frame_logits = network.FrameHeads().apply({"params": aux_params[models.AUX_HEADS]}, encoded)
+    assert float(metrics["aux_onset_loss"]) == pytest.approx(_numpy_frame_bce(onset_logits, rolled["aux_onsets"]),
+                                                             rel=1e-5)
+    assert float(metrics["aux_frame_loss"]) == pytest.approx(_numpy_frame_bce(frame_logits, rolled["aux_frames"]),
+                                                             rel=1e-5)
+    assert float(loss) == pytest.approx(float(token_loss) + weight * (float(metrics["aux_onset_loss"])
+                                                                      + float(metrics["aux_frame_loss"])), rel=1e-6)
+    assert float(metrics["cross_ent_loss"]) == pytest.approx(float(token_metrics["cross_ent_loss"]), rel=1e-6)
+    # Gradients: the heads and the encoder get the auxiliary signal; the decoder's are exactly the token loss's.
+    grads = jax.jit(jax.grad(lambda p: aux.loss_fn(p, rolled, None)[0]))(aux_params)
+    token_grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(params)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(grads[models.AUX_HEADS]))
+    for a, b in zip(jax.tree.leaves(grads["decoder"]), jax.tree.leaves(token_grads["decoder"]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(np.asarray(grads["encoder"]["encoder_norm"]["scale"]),
+                           np.asarray(token_grads["encoder"]["encoder_norm"]["scale"]))
+    # Eval batches carry no rolls: teacher-forced eval is the token loss alone, comparable across arms.
+    eval_metrics = jax.jit(aux.eval_fn)(aux_params, batch)
+    assert set(eval_metrics) == set(token_metrics)
+    assert float(eval_metrics["loss"]) == pytest.approx(float(token_loss), rel=1e-6)
+    with pytest.raises(ValueError, match="AUX_FRAME_LOSS_WEIGHT"):
+        aux.loss_fn(aux_params, batch, None)
+    with pytest.raises(ValueError, match="aux_frame_loss_weight"):
+        models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=-1.0)
+
+
+def test_prediction_ignores_the_aux_heads(tiny):
+    """Inference and decoding never need the heads: the same network parameters decode the same ids with or without
+    them in the tree."""
+    model, params, batch = tiny
+    aux = models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=1.0)
+    aux_params = jax.jit(aux.init_params)(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(aux.predict_batch(aux_params, batch, max_decode_len=6)),
+                                  np.asarray(model.predict_batch(params, batch, max_decode_len=6)))
+
+
+def test_aux_metrics_sum_over_microbatches(tiny):
+    """With gradient accumulation the batch's aux losses are the sums of its microbatches' (as the token loss)."""
+    from mt3 import trainer
+
+    model, _, batch = tiny
+    aux = models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=1.0)
+    aux_params = jax.jit(aux.init_params)(jax.random.PRNGKey(0))
+    rolled = _with_rolls(batch)
+    _, whole = trainer.compute_gradients(aux_params, rolled, jax.random.PRNGKey(0), loss_fn=lambda p, b, r: aux.loss_fn(
+        p, b, None))
+    _, micro = trainer.compute_gradients(aux_params, rolled, jax.random.PRNGKey(0), loss_fn=lambda p, b, r: aux.loss_fn(
+        p, b, None), num_microbatches=2)
+    for key in ("loss", "aux_onset_loss", "aux_frame_loss"):
+        assert float(micro[key]) == pytest.approx(float(whole[key]), rel=1e-5), key

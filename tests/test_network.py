@@ -234,3 +234,75 @@ def test_config_validation_names_allowed_values():
         tiny_config(emb_dim=0)
     with pytest.raises(ValueError, match="dropout_rate"):
         tiny_config(dropout_rate=1.0)
+
+
+def test_conv_frontend_counts_axes_and_default_tree():
+    """'conv' adds the conv stack and widens the projection; 'dense' (the default) is MT3's tree, untouched."""
+    config = tiny_config(encoder_frontend="conv", conv_channels=4, conv_freq_pool=4)
+    model = models.ContinuousInputsEncoderDecoderModel(network.Transformer(config))
+    shapes = model.abstract_params()
+    assert models.count_params(shapes) == models.expected_param_count(config)
+    conv = shapes["encoder"]["conv_frontend"]
+    assert conv["conv_0_kernel"].shape == (3, 7, 1, 4) and conv["conv_1_kernel"].shape == (3, 5, 4, 4)
+    assert shapes["encoder"]["continuous_inputs_projection"]["kernel"].shape == (24 // 4 * 4, 32)
+    specs = model.params_logical_axes()["encoder"]["conv_frontend"]
+    assert tuple(specs["conv_1_kernel"]) == layers.CONV_KERNEL_AXES and tuple(specs["conv_0_bias"]) == ("conv_out",)
+    dense = models.ContinuousInputsEncoderDecoderModel(network.Transformer(tiny_config())).abstract_params()
+    assert "conv_frontend" not in dense["encoder"]
+    assert network.T5Config().encoder_frontend == "dense"
+    with pytest.raises(ValueError, match="conv_freq_pool"):
+        tiny_config(encoder_frontend="conv", conv_freq_pool=5)
+    with pytest.raises(ValueError, match="dense"):
+        tiny_config(encoder_frontend="cqt")
+
+
+def test_conv_frontend_is_local_in_frequency_and_time():
+    """The pitch prior: a change in one mel bin of one frame reaches only nearby pooled bins and frames (3x7 conv,
+    pool 4, 3x5 conv: +-3 bins then +-2 pooled bins; +-1 frame twice)."""
+    frontend = layers.ConvFrontend(channels=4, freq_pool=4)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 12, 64)), jnp.float32)
+    params = frontend.init(jax.random.PRNGKey(0), x)
+    base = np.asarray(frontend.apply(params, x)).reshape(12, 16, 4)
+    moved = np.asarray(frontend.apply(params, x.at[0, 6, 30].add(5.0))).reshape(12, 16, 4)
+    changed = np.argwhere(np.abs(moved - base).max(-1) > 0)
+    assert len(changed) > 0
+    assert changed[:, 0].min() >= 4 and changed[:, 0].max() <= 8  # frames 6 +- 2
+    assert changed[:, 1].min() >= (30 - 3) // 4 - 2 and changed[:, 1].max() <= (30 + 3) // 4 + 2
+
+
+def test_conv_frontend_trains_end_to_end_from_frames():
+    config = tiny_config(encoder_frontend="conv", input_depth=512, input_frontend="frames")
+    model = models.ContinuousInputsEncoderDecoderModel(network.Transformer(config))
+    params = jax.jit(model.init_params)(jax.random.PRNGKey(0))
+    enc = jnp.asarray(np.random.default_rng(1).normal(scale=0.1, size=(2, 8, 128)), jnp.float32)
+    _, inp, tgt = random_batch(config, length=8)
+    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": inp, "decoder_target_tokens": tgt}
+    grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, None)[0]))(params)
+    for g in jax.tree.leaves(grads["encoder"]["conv_frontend"]):
+        assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
+
+
+def test_lever_presets_only_set_their_knobs():
+    """gin/levers/*.gin read after a preset turn on exactly their lever (and include nothing)."""
+    code = """
+import json, sys, gin
+from mt3 import gin_utils
+gin_utils.register_configurables()
+out = {}
+for lever in ('', 'levers/aux_loss.gin', 'levers/conv_frontend.gin'):
+    gin.clear_config()
+    for f in ['model_small.gin', 'model_tiny.gin'] + ([lever] if lever else []):
+        gin.parse_config_file('gin/' + f)
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    cfg = model.module.config
+    out[lever or 'base'] = [model.aux_frame_loss_weight, cfg.encoder_frontend, cfg.conv_channels, cfg.emb_dim]
+json.dump(out, sys.stdout)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = json.loads(proc.stdout)
+    assert out["base"] == [0.0, "dense", 8, 128]
+    assert out["levers/aux_loss.gin"] == [1.0, "dense", 8, 128]
+    assert out["levers/conv_frontend.gin"] == [0.0, "conv", 8, 128]
+    for name in ("aux_loss", "conv_frontend"):
+        lines = (REPO / "gin" / "levers" / f"{name}.gin").read_text().splitlines()
+        assert not [line for line in lines if line.startswith(("include", "import"))]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mt3 import train
+from mt3 import frame_targets, train, vocabularies
 from mt3.models import models, network
 
 
@@ -51,3 +51,57 @@ def test_refused_with_several_data_shards():
     cfg = train.DatasetConfig(target_length_multiple=64)
     with pytest.raises(ValueError, match="one data shard"):
         next(iter(train.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=2)))
+
+
+def test_cut_keeps_the_frame_targets_whole():
+    batch = _batch([10, 70])
+    batch["aux_onsets"] = np.ones((2, 8, 128), np.uint8)
+    cut = train.trim_target_padding(batch, 64)
+    assert cut["aux_onsets"].shape == (2, 8, 128) and cut["decoder_target_tokens"].shape == (2, 128)
+
+
+def _batches(tmp_path, music21_sequences, monkeypatch, bindings, pipeline):
+    import gin
+    from data_fixtures import sub_sequence, write_prepared_dataset
+
+    from mt3 import datasets, gin_utils, tasks
+
+    gin_utils.register_configurables()
+    if not (tmp_path / "local").exists():
+        pieces = [(f"t{i}", sub_sequence(music21_sequences["bach_chorale"], 3.0 * i, 3.0 * i + 6.0)) for i in range(4)]
+        write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    cfg = train.DatasetConfig(mixture_or_task_name=f"{tasks._MT3_PREFIXES['local']}_train",
+                              task_feature_lengths={"inputs": 256, "targets": 256}, batch_size=2, shuffle=False,
+                              target_length_multiple=64, data_dir=str(tmp_path), pipeline=pipeline)
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(bindings)
+    try:
+        return list(zip(range(3), train.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=1),
+                        strict=False))
+    finally:
+        with gin.unlock_config():
+            gin.clear_config()
+
+
+@pytest.mark.parametrize("pipeline", ["indexed", "seqio"])
+def test_trainer_batches_carry_frame_targets_only_when_the_aux_loss_is_on(tmp_path, music21_sequences, monkeypatch,
+                                                                          pipeline):
+    """Both input pipelines (the indexed sampler; seqio's feature converter and the trainer's filter): rolls padded
+    to the encoder length when on; with the weight at 0 the batches are exactly the model features they were."""
+    off = _batches(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 0.0"], pipeline)
+    on = _batches(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 1.0"], pipeline)
+    assert len(off) == len(on) == 3
+    for (_, a), (_, b) in zip(off, on, strict=True):
+        assert set(a) == set(train.MODEL_FEATURES)
+        assert set(b) == set(train.MODEL_FEATURES) | {"aux_onsets", "aux_frames"}
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+        assert b["aux_onsets"].shape == b["aux_frames"].shape == (2, 256, 128) and b["aux_frames"].dtype == np.uint8
+        assert b["aux_frames"].sum() > 0
+        codec = vocabularies.build_codec(vocabularies.MT3_VOCAB_CONFIG)
+        for i, ids in enumerate(b["decoder_target_tokens"]):  # the rolls are those of the row's targets
+            onsets, frames = frame_targets.rolls_from_ids(ids, 256, codec, 125.0, include_ties=True)
+            np.testing.assert_array_equal(b["aux_onsets"][i], onsets)
+            assert not np.any(b["aux_frames"][i] & ~frames)  # (a crop's notes end with it; zero padding after)

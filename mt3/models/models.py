@@ -3,6 +3,11 @@ parameter init with logical axes, and batched prediction through `mt3.models.dec
 
 The loss is summed over target tokens by default (MT3's `loss_normalizing_factor=None`): with Adafactor the update
 does not depend on the loss scale, so normalise (e.g. 'NUM_REAL_TARGET_TOKENS') when switching optimizer.
+
+Optional dense auxiliary supervision (off by default, as MT3): with `aux_frame_loss_weight > 0` linear onset/frame
+heads (`network.FrameHeads`, parameters under 'aux_frame_heads') read the encoder output and a binary cross entropy
+against the batch's piano rolls (`mt3.frame_targets`) is added to the token loss. They are training-only: prediction
+and decoding ignore them, and with the weight at 0 the parameters, the loss and the step are exactly MT3's.
 No TensorFlow is imported here.
 """
 
@@ -22,6 +27,8 @@ Array = jax.Array
 Batch = Mapping[str, Any]
 
 LOSS_NORMALIZING_FACTORS = ("NUM_REAL_TARGET_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
+AUX_HEADS = "aux_frame_heads"  # top-level parameter key of the auxiliary heads (present only when they are on)
+AUX_ONSETS, AUX_FRAMES = "aux_onsets", "aux_frames"  # batch features, as mt3.frame_targets.FEATURES
 
 
 def cross_entropy_with_logits(logits: Array, soft_targets: Array, z_loss: float) -> tuple[Array, Array]:
@@ -65,6 +72,17 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array
     return jnp.sum(loss), jnp.sum(z), weight_sum
 
 
+def frame_bce(logits: Array, targets: Array) -> Array:
+    """Binary cross entropy of [B, L, P] logits against 0/1 rolls: mean over pitches, summed over frames and batch.
+
+    Why this scale: a frame's mean over 128 pitches is ~0.1 for an all-silent guess and a few hundredths once learnt,
+    so 256 frames weigh about as much as a crop's ~60 summed target-token losses: weight 1 is a balanced start."""
+    logits = jnp.asarray(logits, jnp.float32)
+    targets = jnp.asarray(targets, jnp.float32)
+    per_cell = jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    return jnp.sum(jnp.mean(per_cell, axis=-1))
+
+
 def count_params(params: Any) -> int:
     """Total number of parameter scalars in a (possibly boxed, possibly abstract) parameter tree."""
     leaves = jax.tree_util.tree_leaves(nn.unbox(params))
@@ -82,6 +100,9 @@ def expected_param_count(config: network.T5Config) -> int:
     encoder_layer = attention + mlp + 2 * e
     decoder_layer = 2 * attention + mlp + 3 * e
     input_projection = config.input_depth * e
+    if config.encoder_frontend == "conv":
+        c = config.conv_channels
+        input_projection = (config.input_depth // config.conv_freq_pool) * c * e + (7 * 3 * c + c) + (5 * 3 * c * c + c)
     return (config.num_encoder_layers * encoder_layer + config.num_decoder_layers * decoder_layer + input_projection
             + 2 * v * e + 2 * e)
 
@@ -97,7 +118,7 @@ class ContinuousInputsEncoderDecoderModel:
     """Loss, eval and prediction around a `network.Transformer` whose encoder takes continuous inputs."""
 
     def __init__(self, module: network.Transformer, *, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-                 loss_normalizing_factor: float | str | None = None):
+                 loss_normalizing_factor: float | str | None = None, aux_frame_loss_weight: float = 0.0):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if z_loss < 0.0:
@@ -107,7 +128,10 @@ class ContinuousInputsEncoderDecoderModel:
                              f"got {loss_normalizing_factor!r}")
         if isinstance(loss_normalizing_factor, int | float) and loss_normalizing_factor <= 0:
             raise ValueError(f"loss_normalizing_factor must be positive, got {loss_normalizing_factor}")
+        if not aux_frame_loss_weight >= 0.0:
+            raise ValueError(f"aux_frame_loss_weight must be >= 0, got {aux_frame_loss_weight}")
         self.module = module
+        self.aux_frame_loss_weight = float(aux_frame_loss_weight)
         self.z_loss = float(z_loss)
         self.label_smoothing = float(label_smoothing)
         self.loss_normalizing_factor = loss_normalizing_factor
@@ -122,8 +146,13 @@ class ContinuousInputsEncoderDecoderModel:
         shapes.update(batch_shapes or {})
         encoder_inputs = jnp.zeros(shapes["encoder_input_tokens"], jnp.float32)
         decoder_inputs = jnp.zeros(shapes["decoder_input_tokens"], jnp.int32)
-        return self.module.init({"params": rng}, encoder_inputs, decoder_inputs, decoder_inputs,
-                                enable_dropout=False)["params"]
+        params = self.module.init({"params": rng}, encoder_inputs, decoder_inputs, decoder_inputs,
+                                  enable_dropout=False)["params"]
+        if not self.aux_enabled:
+            return params
+        encoded = jnp.zeros(shapes["encoder_input_tokens"][:2] + (self.config.emb_dim,), jnp.float32)
+        heads = network.FrameHeads().init({"params": jax.random.fold_in(rng, 1)}, encoded)["params"]
+        return {**params, AUX_HEADS: heads}
 
     def init_params(self, rng: Array, batch_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
         """Fresh float32 parameters (plain arrays). batch_shapes: {'encoder_input_tokens': (B, L, D),
@@ -142,11 +171,32 @@ class ContinuousInputsEncoderDecoderModel:
         """ShapeDtypeStruct tree of the parameters (for checkpoint restore targets and counting without memory)."""
         return nn.unbox(jax.eval_shape(lambda: self._init_boxed(jax.random.PRNGKey(0), batch_shapes)))
 
+    @property
+    def aux_enabled(self) -> bool:
+        """Whether the auxiliary frame heads exist (and the loss needs the batch's frame targets)."""
+        return self.aux_frame_loss_weight > 0.0
+
     # ----- loss and metrics -----
     def _logits(self, params: Any, batch: Batch, dropout_rng: Array | None) -> Array:
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
         return self.module.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                                  batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs)
+
+    def _logits_and_aux(self, params: Any, batch: Batch, dropout_rng: Array | None
+                        ) -> tuple[Array, dict[str, Array] | None]:
+        """Token logits, and the auxiliary metrics when the heads are on and the batch has frame targets (training
+        batches; eval-split batches have none, so teacher-forced eval stays the token loss alone)."""
+        if not (self.aux_enabled and AUX_ONSETS in batch):
+            return self._logits(params, batch, dropout_rng), None
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+        net_params = {k: v for k, v in params.items() if k != AUX_HEADS}
+        encoded, logits = self.module.apply(
+            {"params": net_params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs,
+            method=network.Transformer.encode_and_decode)
+        onset_logits, frame_logits = network.FrameHeads().apply({"params": params[AUX_HEADS]}, encoded)
+        return logits, {"aux_onset_loss": frame_bce(onset_logits, batch[AUX_ONSETS]),
+                        "aux_frame_loss": frame_bce(frame_logits, batch[AUX_FRAMES])}
 
     def _normalizing_factor(self, targets: Array, weights: Array) -> float | Array | None:
         factor = self.loss_normalizing_factor
@@ -156,7 +206,8 @@ class ContinuousInputsEncoderDecoderModel:
             return float(np.prod(targets.shape))
         return factor
 
-    def _loss_and_metrics(self, logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
+    def _loss_and_metrics(self, logits: Array, batch: Batch, aux: dict[str, Array] | None = None
+                          ) -> tuple[Array, dict[str, Array]]:
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights")
         weights = (targets > 0).astype(jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
@@ -166,17 +217,29 @@ class ContinuousInputsEncoderDecoderModel:
         correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * weights
         metrics = {"loss": loss, "z_loss": z_loss, "cross_ent_loss": loss - z_loss,
                    "accuracy": jnp.sum(correct) / jnp.maximum(weight_sum, 1.0), "num_tokens": weight_sum}
+        if aux is not None:
+            factor = self._normalizing_factor(targets, weights)
+            aux = {k: v if factor is None else v / factor for k, v in aux.items()}
+            loss = loss + self.aux_frame_loss_weight * (aux["aux_onset_loss"] + aux["aux_frame_loss"])
+            metrics.update(aux, loss=loss)
         return loss, metrics
 
     def loss_fn(self, params: Any, batch: Batch, dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
         """(loss, metrics{loss, z_loss, cross_ent_loss, accuracy, num_tokens}); dropout on iff dropout_rng is given.
 
-        loss is summed over weighted target tokens (divided by loss_normalizing_factor when set)."""
-        return self._loss_and_metrics(self._logits(params, batch, dropout_rng), batch)
+        loss is summed over weighted target tokens (divided by loss_normalizing_factor when set). With the auxiliary
+        heads on, loss also holds aux_frame_loss_weight * (aux_onset_loss + aux_frame_loss), both in the metrics."""
+        if self.aux_enabled and AUX_ONSETS not in batch:
+            raise ValueError(f"aux_frame_loss_weight={self.aux_frame_loss_weight} needs frame targets "
+                             f"({AUX_ONSETS!r}, {AUX_FRAMES!r}) in the training batch: set the gin macro "
+                             "AUX_FRAME_LOSS_WEIGHT (the data pipeline makes them when it is > 0)")
+        logits, aux = self._logits_and_aux(params, batch, dropout_rng)
+        return self._loss_and_metrics(logits, batch, aux)
 
     def eval_fn(self, params: Any, batch: Batch) -> dict[str, Array]:
-        """Deterministic metrics (same keys as loss_fn)."""
-        return self._loss_and_metrics(self._logits(params, batch, None), batch)[1]
+        """Deterministic metrics (same keys as loss_fn; aux_* only for batches with frame targets)."""
+        logits, aux = self._logits_and_aux(params, batch, None)
+        return self._loss_and_metrics(logits, batch, aux)[1]
 
     def score_batch(self, params: Any, batch: Batch) -> Array:
         """Per-example summed log-likelihood of the targets [B] (no z-loss, no smoothing)."""

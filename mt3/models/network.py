@@ -21,6 +21,9 @@ from mt3.models import layers
 Array = jax.Array
 
 INPUT_FRONTENDS = ("frames", "features")
+# How the log-mel (or features) reach emb_dim: 'dense' is MT3's bias-free projection; 'conv' a small 2-D conv stack
+# over (time, frequency) first, a pitch prior (layers.ConvFrontend), then the same projection of its feature maps.
+ENCODER_FRONTENDS = ("dense", "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,8 @@ class T5Config:
     input_frontend 'frames': encoder inputs are float32 [B, L, 128] raw samples turned into log-mel inside the
     network; 'features': encoder inputs are already [B, L, input_depth] features (tests, precomputed spectrograms).
     spectrogram_config is an `mt3.spectrograms.SpectrogramConfig` (None = its defaults).
+    encoder_frontend 'dense' (MT3: log-mel -> projection) or 'conv' (log-mel -> `layers.ConvFrontend` with
+    conv_channels channels and frequency pooling conv_freq_pool -> projection); 'dense' keeps MT3's parameter tree.
     dtype is the activation dtype ('float32' or 'bfloat16'); parameters, logits and softmax stay float32.
     """
 
@@ -47,10 +52,13 @@ class T5Config:
     max_length: int = 2048
     input_frontend: str = "frames"
     spectrogram_config: Any = None
+    encoder_frontend: str = "dense"
+    conv_channels: int = 8
+    conv_freq_pool: int = 4
 
     def __post_init__(self):
         for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
-                     "num_decoder_layers", "input_depth", "max_length"):
+                     "num_decoder_layers", "input_depth", "max_length", "conv_channels", "conv_freq_pool"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}")
@@ -61,6 +69,12 @@ class T5Config:
         layers.canonical_dtype(self.dtype)  # validates
         if self.input_frontend not in INPUT_FRONTENDS:
             raise ValueError(f"T5Config.input_frontend must be one of {INPUT_FRONTENDS}, got {self.input_frontend!r}")
+        if self.encoder_frontend not in ENCODER_FRONTENDS:
+            raise ValueError(f"T5Config.encoder_frontend must be one of {ENCODER_FRONTENDS}, "
+                             f"got {self.encoder_frontend!r}")
+        if self.encoder_frontend == "conv" and self.input_depth % self.conv_freq_pool:
+            raise ValueError(f"T5Config.conv_freq_pool ({self.conv_freq_pool}) must divide input_depth "
+                             f"({self.input_depth})")
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -146,6 +160,9 @@ class Encoder(nn.Module):
                                  f"({spec_config.num_mel_bins})")
             x = spectrograms.spectrogram_from_frames(x, spec_config)
         x = nn.with_logical_constraint(x, ("batch", "length", "mel"))
+        if cfg.encoder_frontend == "conv":  # [B, L, mel] -> [B, L, mel / pool * channels]
+            x = layers.ConvFrontend(cfg.conv_channels, cfg.conv_freq_pool, dtype=cfg.activation_dtype,
+                                    name="conv_frontend")(x)
         x = layers.DenseGeneral(cfg.emb_dim, ("mel", "embed"), dtype=cfg.activation_dtype,
                                 kernel_init=layers.MLP_KERNEL_INIT, name="continuous_inputs_projection")(x)
         x = x + layers.FixedEmbed(cfg.emb_dim, cfg.max_length)(jnp.arange(length))[None]
@@ -228,5 +245,35 @@ class Transformer(nn.Module):
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array | None = None, *, enable_dropout: bool = True) -> Array:
         """Teacher-forced logits float32 [B, T, vocab_size]."""
+        return self.encode_and_decode(encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                                      enable_dropout=enable_dropout)[1]
+
+    def encode_and_decode(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                          decoder_target_tokens: Array | None = None, *, enable_dropout: bool = True
+                          ) -> tuple[Array, Array]:
+        """(encoded [B, L, emb_dim], teacher-forced logits): the auxiliary frame heads read the encoder output."""
         encoded = self.encode(encoder_input_tokens, enable_dropout=enable_dropout)
-        return self.decode(encoded, decoder_input_tokens, decoder_target_tokens, enable_dropout=enable_dropout)
+        return encoded, self.decode(encoded, decoder_input_tokens, decoder_target_tokens,
+                                    enable_dropout=enable_dropout)
+
+
+class FrameHeads(nn.Module):
+    """Auxiliary onset and frame (pitch activity) logits float32 [B, L, 128] from the encoder output.
+
+    Linear on purpose: the point is to make the encoder's own features carry pitch activity (dense supervision), not
+    to learn a separate transcriber. Biases start at -4 (sigmoid ~0.02, about the share of active pitch cells), so the
+    first steps do not spend themselves on learning sparsity. Training-only: inference and decoding never call them.
+    """
+
+    num_pitches: int = 128
+
+    @nn.compact
+    def __call__(self, encoded: Array) -> tuple[Array, Array]:
+        def head(name: str) -> Array:
+            logits = layers.DenseGeneral(self.num_pitches, ("embed", "mlp"), dtype=jnp.float32,
+                                         kernel_init=layers.MLP_KERNEL_INIT, name=f"{name}_dense")(encoded)
+            bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.constant(-4.0), ("mlp",)),
+                              (self.num_pitches,), jnp.float32)
+            return logits + bias
+
+        return head("onset"), head("frame")
