@@ -197,6 +197,7 @@ class Transcriber:
                                       per_input_rate=isinstance(sample_rate, Sequence))
             samples.append(mono)
             sources.append(source)
+            _warn_if_quiet(mono, source or (f"audio[{index}]" if len(audios) > 1 else "audio"))
         if not samples:
             return []
         results = self.inference_model.transcribe_many(samples, progress=progress)
@@ -212,6 +213,18 @@ class Transcriber:
         if isinstance(item, bytes | bytearray):
             raise TypeError(f"{name}: encoded file bytes are not accepted; pass a path or decoded samples")
         return prepare_array(item, rate, target_rate=self.sample_rate, name=name), None
+
+
+def _warn_if_quiet(samples: np.ndarray, name: str) -> None:
+    """A UserWarning (as `mt3 transcribe`'s warning line) when the input peaks far below the training recordings'
+    level: such input is transcribed as it is and usually gives few or no notes."""
+    import warnings
+
+    from mt3 import audio
+
+    line = audio.quiet_warning(samples)
+    if line is not None:
+        warnings.warn(f"{name}: {line}", UserWarning, stacklevel=4)
 
 
 def _wrap(result, source: str | None) -> Transcription:

@@ -297,6 +297,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             samples = await run_in_threadpool(audio.load_audio_bytes, data, name=name)
         except InputError as err:
             raise HTTPException(400, client_detail(err, name)) from err
+        quiet = audio.quiet_warning(samples)
         seconds = len(samples) / im.sample_rate
         if seconds > max_audio_seconds:
             raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
@@ -314,13 +315,14 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             return Response(midi_io.midi_bytes(result.ns), media_type="audio/midi",
                             headers={"Content-Disposition": f'attachment; filename="{stem}.mid"',
                                      "X-Invalid-Events": str(result.invalid_events),
-                                     "X-Dropped-Events": str(result.dropped_events)})
+                                     "X-Dropped-Events": str(result.dropped_events),
+                                     **({"X-Warning": quiet} if quiet else {})})
         if format == "png":
             png = await run_in_threadpool(_png_bytes, result.ns, name, result.audio_seconds)
             return Response(png, media_type="image/png")
         body = {"name": name, "notes": result.notes(), "invalid_events": result.invalid_events,
                 "dropped_events": result.dropped_events, "seconds": round(result.audio_seconds, 3),
-                "segments": result.num_segments}
+                "segments": result.num_segments, "warnings": [f"{name}: {quiet}"] if quiet else []}
         if midi:
             body["midi_base64"] = base64.b64encode(midi_io.midi_bytes(result.ns)).decode()
         return JSONResponse(body)

@@ -199,3 +199,16 @@ def test_load_model_uses_the_default_model_dir(tiny, monkeypatch, tmp_path):
     assert model.sample_rate == 16000
     with pytest.raises(InputError, match="checkpoint directory not found"):
         api.load_model(tmp_path / "nowhere")
+
+
+def test_quiet_input_warns_about_its_level(transcriber, stereo_44k):
+    _, samples = stereo_44k
+    samples, rate = samples.astype(np.float32) / 32768.0, 44100
+    quiet = samples / np.abs(samples).max() * 10 ** (-60 / 20)
+    with pytest.warns(UserWarning, match=r"^audio: the audio is very quiet \(peak -6[0-3] dBFS"):
+        transcriber.transcribe(quiet, sample_rate=rate)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a normal level gives no warning
+        transcriber.transcribe(samples, sample_rate=rate)

@@ -221,3 +221,17 @@ def test_busy_port_and_bad_batch_size_are_one_line_before_the_model_loads(tmp_pa
     assert code == 2 and err.count("\n") == 1 and f"127.0.0.1:{port}" in err and "--port" in err, err
     assert cli.main(["serve", "--batch-size", "0", "--checkpoint", str(tmp_path / "no_model")]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_quiet_upload_says_so(base_url):
+    import soundfile
+
+    t = np.arange(16000) / 16000
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.001 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV",
+                    subtype="FLOAT")
+    body = _post(base_url, "quiet.wav", buffer.getvalue(), format="json").json()
+    assert len(body["warnings"]) == 1 and body["warnings"][0].startswith("quiet.wav: the audio is very quiet (peak -60")
+    assert _post(base_url, "loud.wav", _wav_bytes(1.0), format="json").json()["warnings"] == []
+    midi = _post(base_url, "quiet.wav", buffer.getvalue())
+    assert midi.status_code == 200 and "very quiet" in midi.headers["x-warning"]
