@@ -52,7 +52,11 @@ Output names (nothing is ever written over an input, or over another input's out
     mt3 transcribe slakh/Track*/mix.flac -o out -> out/Track00001/mix.mid, out/Track00002/mix.mid, ...
   inputs that differ only in their extension keep it: song.mp3, song.ogg -> out/song.mp3.mid, out/song.ogg.mid
   beside NAME.mid: NAME.png, NAME.notes.json, NAME.notes.csv, NAME.sonified.wav (--png, --json, --csv, --sonify)
-Silence and very short files are valid input: zero notes (with a warning line), exit code 0.
+Directories: every format the loader reads (wav, flac, mp3, ogg/oga/opus, aiff, au, caf, w64, m4a/aac/mp4/wma/webm);
+  other files, and the tool's own NAME.sonified.wav, are skipped and counted in one line.
+A file's outputs appear together or not at all; -o and --batch-size are checked before the model loads.
+Silence and very short files are valid input: zero notes (with a warning line), exit code 0; a very quiet recording
+  (peak below -40 dBFS) gets a warning line about its level.
 """
 
 
