@@ -109,6 +109,12 @@ def _filter_native_stderr() -> None:
     os.dup2(write_fd, 2)
     os.close(write_fd)
 
+    def forward(data: bytes) -> None:
+        try:
+            os.write(real, data)
+        except OSError:  # the terminal went away: keep draining, or writers to fd 2 would block on a full pipe
+            pass
+
     def pump() -> None:
         pending = b""
         while chunk := os.read(read_fd, 1 << 16):
@@ -117,9 +123,9 @@ def _filter_native_stderr() -> None:
             if pending and (pending[:1] not in b"IWE " or len(pending) > 4096):  # cannot become a log line: now
                 out, pending = out + pending, b""
             if out:
-                os.write(real, out)
+                forward(out)
         if pending and not _NATIVE_LOG_LINE.match(pending):
-            os.write(real, pending)
+            forward(pending)
 
     thread = threading.Thread(target=pump, name="mt3-stderr-filter", daemon=True)
     thread.start()
