@@ -224,3 +224,153 @@ def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys
     with pytest.raises(InputError, match="none of the 3 checkpoints restores"):
         run(8)
     assert _steps(tmp_path) == [2, 4, 6]  # nothing moved when nothing restores: the user decides
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #17: the indexed sampler's position resumes exactly on real data; SIGTERM stops within seconds
+# ---------------------------------------------------------------------------------------------------------------
+
+def _real_data_bindings(data_dir: Path) -> list[str]:
+    """The tiny model on prepared records (raw 128-sample frames, MT3's vocabulary) through the indexed sampler."""
+    model = [b for b in TINY_RUN_BINDINGS if not b.startswith(("network.T5Config.input_depth", "NUM_EMBEDDINGS",
+                                                               "DATA_SOURCE", "TASK_FEATURE_LENGTHS", "BATCH_SIZE"))]
+    return model + ["network.T5Config.input_depth = 128", "NUM_EMBEDDINGS = 1536", "DATA_SOURCE = 'seqio'",
+                    f"DATA_DIR = '{data_dir}'", "MIXTURE_OR_TASK_NAME = 'local_mix_notes_ties_vb1_train'",
+                    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 64}", "BATCH_SIZE = 4",
+                    "train/utils.DatasetConfig.block_tracks = 3"]
+
+
+@pytest.fixture(scope="module")
+def prepared_local(music21_sequences, tmp_path_factory):
+    from data_fixtures import sub_sequence, write_prepared_dataset
+
+    chorale = music21_sequences["bach_chorale"]
+    root = tmp_path_factory.mktemp("prepared_local")
+    write_prepared_dataset(root, "local", {
+        "train": [(f"chorale_{i}", sub_sequence(chorale, 3.0 * i, 3.0 * i + 12.0)) for i in range(5)],
+        "validation": [("chorale_val", sub_sequence(chorale, 12.0, 20.0))]})
+    return root
+
+
+def test_sigterm_on_real_data_exits_within_seconds_and_resumes_exactly(tmp_path, prepared_local):
+    """Preempted at step 7 (not a multiple of the checkpoint period 10): no eval after the signal, exit 0 in < 10 s,
+    the checkpoint holds the sampler's position; resuming to step 12 equals an uninterrupted 12-step run."""
+    extra = _real_data_bindings(prepared_local)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    code, _, err = _finish(_start_worker(tmp_path, straight, extra=extra + ["TRAIN_STEPS = 12"]))
+    assert code == 0, err[-3000:]
+
+    proc = _start_worker(tmp_path, resumed, pause_at=7, pause_seconds=0.5, extra=extra + ["TRAIN_STEPS = 1000"])
+    _wait_for(resumed / "paused_at_7", proc)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = _finish(proc)
+    elapsed = time.monotonic() - signalled
+    assert code == 0, err[-3000:]
+    assert '"stop_reason": "preempted"' in out and '"step": 7' in out
+    assert elapsed < 10.0, f"SIGTERM to exit took {elapsed:.1f} s"
+    _, meta = _saved(resumed, 7)
+    assert meta["data_position"] == 7 and meta["data_states"][0]["kind"] == "indexed"
+
+    code, out, err = _finish(_start_worker(tmp_path, resumed, extra=extra + ["TRAIN_STEPS = 12"]))
+    assert code == 0, err[-3000:]
+    assert "skipping" not in out + err  # the stored position, not a skip
+    state_a, meta_a = _saved(straight, 12)
+    state_b, meta_b = _saved(resumed, 12)
+    assert meta_a == meta_b
+    for a, b in zip(jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue #17: a new run from another model dir's parameters (fine-tuning)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_params_only_from_the_bundled_model_with_another_optimizer():
+    from flax.traverse_util import flatten_dict
+
+    from mt3 import inference, pretrained
+
+    bundled = pretrained.default_model_dir()
+    model = inference.parse_model_dir_gin(bundled)
+    tr = trainer.Trainer(model, trainer.OptimizerConfig(name="adamw"), partitioning.Partitioner())
+    lines: list[str] = []
+    state, meta = checkpoints.initialize_from(checkpoints.RestoreCheckpointConfig(path=str(bundled)), tr, seed=0,
+                                              note=lines.append)
+    want, step = pretrained.load_params(bundled, model.abstract_params())
+    assert int(state.step) == 0 and meta["data_position"] == 0 and meta["init_step"] == step
+    got = flatten_dict(jax.device_get(state.params), sep="/")
+    for name, value in flatten_dict(want, sep="/").items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert any(f"parameters of step {step}" in line for line in lines)
+    # AdamW's moments, fresh: zeros (and its counter 0)
+    moments = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.opt_state)]
+    assert len(moments) > 2 * len(flatten_dict(want)) and all(not np.any(x) for x in moments)
+
+
+def test_differing_parameters_are_one_line_or_reinitialised_when_asked(tmp_path):
+    """A checkpoint without a parameter the model has (a new head) and with one the model lacks: InputError naming
+    both; with fallback_to_scratch the new one keeps its fresh values, the rest come from the checkpoint."""
+    from mt3.errors import InputError
+
+    fresh = {"decoder/new_head/kernel": np.zeros((4, 2), np.float32), "encoder/dense/kernel": np.zeros((3, 3),
+                                                                                                       np.float32)}
+    stored = {"encoder/dense/kernel": np.ones((3, 3), np.float32), "decoder/old_head/kernel": np.ones(2, np.float32)}
+    with pytest.raises(InputError, match="not in the checkpoint: decoder/new_head/kernel.*not in the model: "
+                                         "decoder/old_head/kernel.*fallback_to_scratch"):
+        checkpoints.merge_params(stored, fresh, fallback_to_scratch=False, source=tmp_path)
+    merged, notes = checkpoints.merge_params(stored, fresh, fallback_to_scratch=True, source=tmp_path)
+    assert np.all(merged["encoder/dense/kernel"] == 1) and np.all(merged["decoder/new_head/kernel"] == 0)
+    assert notes == ["not in the checkpoint: decoder/new_head/kernel", "not in the model: decoder/old_head/kernel"]
+    stored["encoder/dense/kernel"] = np.ones((3, 4), np.float32)
+    with pytest.raises(InputError, match=r"other shape: encoder/dense/kernel \[3, 4\] vs \[3, 3\]"):
+        checkpoints.merge_params(stored, fresh, fallback_to_scratch=False, source=tmp_path)
+
+
+def test_fine_tune_an_imported_t5x_checkpoint_with_adamw_then_transcribe(tmp_path, prepared_local):
+    """`mt3 train --gin.INIT_CHECKPOINT=<imported MT3-layout dir>` with AdamW: parameters from the import, step 0,
+    the loss on a fixed batch goes down, and the fine-tuned dir transcribes."""
+    from flax.traverse_util import flatten_dict
+    from t5x_fixture import write_t5x_checkpoint
+    from test_import_checkpoint import _tiny_gin
+
+    from mt3 import cli, inference, input_pipeline, train
+    from mt3.audio import write_wav
+    from mt3.checkpoint_import import build_preset_model, import_checkpoint
+
+    preset = _tiny_gin(tmp_path / "tiny_mt3.gin", "mt3.gin")
+    model, _, _ = build_preset_model(str(preset), model_dir=tmp_path / "unused")
+    rng = np.random.default_rng(7)
+    params = {n: (rng.standard_normal(s.shape) * 0.1).astype(np.float32)
+              for n, s in flatten_dict(model.abstract_params(), sep="/").items()}
+    src = write_t5x_checkpoint(tmp_path / "released", params, step=4321, form="inline")
+    import_checkpoint(src, tmp_path / "imported", preset=str(preset))
+
+    tuned = tmp_path / "tuned"
+    args = ["train", f"--gin_file={preset}", f"--model_dir={tuned}", f"--gin.INIT_CHECKPOINT='{tmp_path / 'imported'}'",
+            "--gin.MIXTURE_OR_TASK_NAME='local_mix_notes_ties_vb1_train'", f"--gin.DATA_DIR='{prepared_local}'",
+            "--gin.trainer.OptimizerConfig.name='adamw'", "--gin.LEARNING_RATE=0.003", "--gin.TRAIN_STEPS=8",
+            "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0", "--gin.CHECKPOINT_PERIOD=8", "--gin.DROPOUT_RATE=0.0"]
+    result = subprocess.run([sys.executable, "-m", "mt3.cli", *args], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parameters of step 4321 from" in result.stdout and "stopped at step 8" in result.stdout
+
+    cfg = train.DatasetConfig(mixture_or_task_name="local_mix_notes_ties_vb1_train", batch_size=8,
+                              task_feature_lengths={"inputs": 32, "targets": 64}, data_dir=str(prepared_local))
+    stream = input_pipeline.make_batch_iterator(cfg, host_batch_size=8, shard_id=0, num_shards=1)
+    batch = next(stream)
+    stream.close()
+    tuned_model = inference.parse_model_dir_gin(tuned)
+    tuned_params, step = inference.restore_params(tuned, tuned_model)
+    imported_params, _ = inference.restore_params(tmp_path / "imported", tuned_model)
+    assert step == 8
+    before = float(tuned_model.eval_fn(imported_params, batch)["loss"])
+    after = float(tuned_model.eval_fn(tuned_params, batch)["loss"])
+    assert after < 0.95 * before, (before, after)  # 8 AdamW steps from random-init weights: ~9 % lower
+
+    t = np.arange(16000) / 16000.0
+    write_wav(tmp_path / "song.wav", (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    assert cli.main(["transcribe", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out"), "--checkpoint",
+                     str(tuned), "--no-progress", "--gin.MAX_DECODE_LENGTH=16"]) == 0
+    assert (tmp_path / "out" / "song.mid").stat().st_size > 0
