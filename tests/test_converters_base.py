@@ -165,3 +165,54 @@ def test_workers_and_shards_give_the_same_bytes(tmp_path):
         assert (serial / shard).read_bytes() == (parallel / shard).read_bytes()
     # round-robin: one performance per shard
     assert [len(list(records.read_records([str(serial / s)]))) for s in shards] == [1, 1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# labels that run past the audio (issue #17): a truncated download is an error naming the file, or skipped and counted
+
+
+def _truncate_audio(root, seconds: float = 0.3) -> int:
+    """Cuts every audio file of a native tree to its first `seconds` (same format), as an interrupted copy would."""
+    count = 0
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in (".wav", ".flac"):
+            data, rate = sf.read(path, always_2d=True)
+            info = sf.info(path)
+            sf.write(path, data[: int(seconds * rate)], rate, format=info.format, subtype=info.subtype)
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("dataset", ["maestro", "slakh", "cerberus4"])
+def test_labels_past_the_audio_are_refused_or_skipped(tmp_path, capsys, dataset):
+    from native_fixtures import make_slakh
+
+    root = make_maestro(tmp_path)[0] if dataset == "maestro" else make_slakh(tmp_path)[0]
+    assert _truncate_audio(root) > 0
+    code = cli_main(["prepare-data", dataset, "--root", str(root), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(errors) == 1, err
+    assert "notes end at" in err and "the audio holds 0.3 s" in err and str(root) in err
+    assert not list((tmp_path / "out").glob("*.manifest.json"))
+
+    out = tmp_path / "out_skip"
+    assert cli_main(["prepare-data", dataset, "--root", str(root), "--out", str(out), "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    skipped = [line for line in printed.splitlines() if line.startswith("skipped (")]
+    assert skipped and all("notes end at" in line for line in skipped)
+    for manifest in out.glob("*.manifest.json"):  # what remains holds no track whose labels outrun its audio
+        split = manifest.name.split(".")[0]
+        for record in records.read_records(records.shard_paths(out, split)):
+            assert max((n.end_time for n in record.sequence.notes), default=0) <= len(record.audio) / 16000 + 1.0
+
+
+def test_labels_within_the_tolerance_are_kept():
+    import note_seq
+
+    ns = note_seq.NoteSequence()
+    ns.notes.add(pitch=60, start_time=0.0, end_time=2.9, velocity=80)
+    record = records.TrackRecord(id="t", audio=np.zeros(2 * 16000, np.float32), sequence=ns, dataset="x")
+    assert base.labels_past_audio(None, [record]) is None  # 0.9 s of release past 2 s of audio
+    ns.notes[0].end_time = 3.2
+    assert "notes end at 3.2 s but the audio holds 2.0 s" in base.labels_past_audio(None, [record])[1]

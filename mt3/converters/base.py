@@ -105,14 +105,34 @@ def skipped_path(out_dir: str | os.PathLike, split: str) -> Path:
     return Path(out_dir) / f"{split}.skipped.json"
 
 
+LABELS_PAST_AUDIO_TOLERANCE = 1.0  # seconds notes may end after the audio (release tails, rounding) before refusal
+
+
+def labels_past_audio(source, records: list[TrackRecord]) -> tuple[str | None, str] | None:
+    """(file, problem) when a record's notes end more than the tolerance after its audio: a truncated download (a
+    2 s .wav beside a 704 s MIDI) would otherwise become silent bad training data. Checked once here, for every
+    converter."""
+    for record in records:
+        audio_seconds = len(record.audio) / record.sample_rate
+        notes_end = max((n.end_time for n in record.sequence.notes), default=0.0)
+        if notes_end > audio_seconds + LABELS_PAST_AUDIO_TOLERANCE:
+            where = next((getattr(source, a) for a in ("audio_path", "path", "folder") if hasattr(source, a)), None)
+            return (str(where) if where is not None else None,
+                    f"track {record.id!r}: notes end at {notes_end:.1f} s but the audio holds {audio_seconds:.1f} s "
+                    f"(truncated audio?)")
+    return None
+
+
 def _load_one(job: tuple[str, object]) -> tuple[list[TrackRecord] | None, tuple[str | None, str] | None]:
     """Worker body: never raises `InputError` across the process boundary (its pickling would lose the message)."""
     module_name, source = job
     module = importlib.import_module(module_name)
     try:
-        return module.load_track(source), None
+        records = module.load_track(source)
     except InputError as err:
         return None, (err.path, err.problem)
+    bad = labels_past_audio(source, records)
+    return (None, bad) if bad is not None else (records, None)
 
 
 def _list_tracks(module, root: Path, splits: list[str] | None, options: dict | None = None) -> dict[str, list]:
