@@ -58,7 +58,9 @@ def check_before_writing() -> None:
     registered = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
     if name not in registered:
         close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(registered[:3])}"
+        common = [n for n in ("local_notes_ties_vb1_train", "mega_notes_ties_vb1_train", "maestrov3_notes_train")
+                  if n in registered]
+        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(common or registered[:3])}"
         raise InputError(None, f"MIXTURE_OR_TASK_NAME: unknown task or mixture {name!r} ({hint}); "
                                f"{len(registered)} are registered in mt3/tasks.py")
     with datasets.data_dir_override(gin_utils.query_macro("DATA_DIR")):
