@@ -77,3 +77,62 @@ def test_two_processes_train_one_step_and_agree(tmp_path):
     tr = trainer.Trainer(tiny_model(), trainer.OptimizerConfig(), part)
     _, metrics = tr.train_step(tr.init_state(seed=0), part.make_global_batch(batch, 8))
     assert results[0]["loss"] == pytest.approx(float(metrics["loss"]), rel=1e-5)
+
+
+INDEXED_WORKER = r"""
+import json, sys
+sys.path.insert(0, "tests")
+from mt3 import train
+from mt3.models import models, network
+
+model_dir, data_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = network.T5Config(vocab_size=1536, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64, num_encoder_layers=1,
+                          num_decoder_layers=1, dropout_rate=0.0, input_depth=128, input_frontend="features")
+result = train.train(
+    model=models.ContinuousInputsEncoderDecoderModel(network.Transformer(config)), model_dir=model_dir,
+    train_dataset_cfg=train.DatasetConfig(mixture_or_task_name="local_mix_notes_ties_vb1_train",
+                                          task_feature_lengths={"inputs": 16, "targets": 32}, batch_size=4,
+                                          data_dir=data_dir, block_tracks=2),
+    loop_cfg=train.TrainLoopConfig(total_steps=steps, summary_period=1),
+    checkpoint_cfg=train.CheckpointConfig(period=100, async_save=False))
+print("RESULT " + json.dumps({"loss": result.last_metrics["loss"], "step": result.step}), flush=True)
+"""
+
+
+def _run_pair(tmp_path, script, *args) -> list[dict]:
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=subprocess_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                                 JAX_PROCESS_ID=str(i))) for i in range(2)]
+    try:
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    results = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
+    return results
+
+
+def test_two_processes_save_and_restore_their_own_input_positions(tmp_path, music21_sequences):
+    """Each host reads its own records through the indexed sampler; the checkpoint holds both positions; resuming
+    both processes from step 2 and training to 4 equals an uninterrupted 4-step run."""
+    from data_fixtures import sub_sequence, write_prepared_dataset
+
+    chorale = music21_sequences["bach_chorale"]
+    write_prepared_dataset(tmp_path / "prepared", "local", {
+        "train": [(f"chorale_{i}", sub_sequence(chorale, 3.0 * i, 3.0 * i + 6.0)) for i in range(6)],
+        "validation": [("chorale_val", sub_sequence(chorale, 12.0, 16.0))]})
+    script = tmp_path / "worker.py"
+    script.write_text(INDEXED_WORKER)
+    straight = _run_pair(tmp_path, script, tmp_path / "straight", tmp_path / "prepared", 4)
+    _run_pair(tmp_path, script, tmp_path / "resumed", tmp_path / "prepared", 2)
+    meta = json.loads((tmp_path / "resumed" / "checkpoints" / "2" / "meta" / "metadata").read_text())
+    assert [s["kind"] for s in meta["data_states"]] == ["indexed", "indexed"]
+    resumed = _run_pair(tmp_path, script, tmp_path / "resumed", tmp_path / "prepared", 4)
+    assert [r["step"] for r in resumed] == [4, 4]
+    assert resumed[0]["loss"] == pytest.approx(straight[0]["loss"], rel=1e-6)
