@@ -129,6 +129,18 @@ def augment_frames(frames: np.ndarray, cfg: AugmentConfig, rng: np.random.Genera
     return augment_audio(frames.reshape(-1), cfg, rng).reshape(frames.shape)
 
 
+def augment_examples(examples: list[tuple], cfg: AugmentConfig | None, seed) -> list[tuple]:
+    """Training examples `(inputs, targets, ...)` with augmented inputs, the rest unchanged.
+
+    A generator of its own, derived from the example group's seed (any integer array), so the crops (drawn before,
+    from the seed itself) are the same with augmentation on or off, and every crop is augmented reproducibly.
+    """
+    if cfg is None or not cfg.enabled:
+        return examples
+    rng = np.random.default_rng([*(int(s) & 0xFFFFFFFF for s in np.ravel(seed)), 0xA06])
+    return [(augment_frames(ex[0], cfg, rng), *ex[1:]) for ex in examples]
+
+
 def training_augment_config() -> AugmentConfig:
     """The AugmentConfig training tasks use: gin's `augmentation.AugmentConfig` bindings when gin has them
     (registered by `gin_utils.register_configurables`), else the default, which is off."""

@@ -110,7 +110,7 @@ class IndexedTask:
 
     name: str
     dataset_config: Any  # mt3.datasets.DatasetConfig
-    tokenize_config: Any  # mt3.preprocessors.TokenizeConfig
+    tokenize_config: Any  # mt3.track_examples.TokenizeConfig
     rate: float = 1.0
     skip_too_long: bool = False
 
@@ -227,7 +227,7 @@ class IndexedStream:
 
     def block_examples(self, task: int, task_block: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """The (inputs, target ids) examples of one block, in emission order (None past the last epoch)."""
-        from mt3 import preprocessors
+        from mt3 import augmentation, track_examples
 
         found = self.block_records(task, task_block)
         if found is None:
@@ -241,7 +241,7 @@ class IndexedStream:
             if self._closed:  # the stream was closed (preemption): do not hold up the process exit
                 return []
             record = read_record(path, offset)
-            tracks.append(preprocessors.tokenize_track(record.audio, record.sequence, config))
+            tracks.append(track_examples.tokenize_track(record.audio, record.sequence, config))
         examples: list[tuple[np.ndarray, np.ndarray]] = []
         if self._mix is not None and self._mix.enabled:
             from mt3 import mixing
@@ -251,12 +251,12 @@ class IndexedStream:
                 rng = np.random.default_rng(_words(*key, 1, g))
                 part = list(mixing.mixed_training_examples(tracks[g:g + group], config, self._mix,
                                                            self.input_length, rng))
-                examples += preprocessors.augmented_examples(part, self._augment, np.array(_words(*key, 1, g)))
+                examples += augmentation.augment_examples(part, self._augment, np.array(_words(*key, 1, g)))
         else:
             for j, track in enumerate(tracks):
                 rng = np.random.default_rng(_words(*key, 0, j))
-                part = list(preprocessors.training_examples(track, config, self.input_length, rng))
-                examples += preprocessors.augmented_examples(part, self._augment, np.array(_words(*key, 0, j)))
+                part = list(track_examples.training_examples(track, config, self.input_length, rng))
+                examples += augmentation.augment_examples(part, self._augment, np.array(_words(*key, 0, j)))
         if spec.skip_too_long:
             examples = [e for e in examples if len(e[1]) <= self.target_length]
         if self._frame_targets:  # (inputs, ids, onset roll, frame roll), decoded from the untruncated ids

@@ -5,7 +5,7 @@ their notes merged, so the same renders yield an unbounded supply of new mixture
 Why merge at the note level instead of splicing token streams: the targets of a mix must be exactly what the
 tokenizer would produce for the summed audio (tie section, event order, redundant-state removal), so each crop's notes
 are cut to its window, moved onto one shared time axis, merged, and tokenized once. A "mix" of one crop goes through the
-same path and reproduces `preprocessors.segment_ids` token for token (tested), which is what makes the merged targets
+same path and reproduces `track_examples.segment_ids` token for token (tested), which is what makes the merged targets
 trustworthy.
 
 Plain numpy; `preprocessors.tokenize_transcription_example` calls `mixed_training_examples` on a small group of
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mt3 import note_sequences, preprocessors, track_tokens
+from mt3 import note_sequences, track_examples, track_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class MixConfig:
 class Crop:
     """Frames [start, end) of one tokenized track."""
 
-    track: preprocessors.Track
+    track: track_examples.Track
     start: int
     end: int
 
@@ -75,7 +75,7 @@ def window_notes(ns, start_time: float, end_time: float, offset: float, margin: 
     return kept
 
 
-def mix_crops(crops: Sequence[Crop], config: preprocessors.TokenizeConfig, gains: Sequence[float] | None = None
+def mix_crops(crops: Sequence[Crop], config: track_examples.TokenizeConfig, gains: Sequence[float] | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
     """(frames [L, hop] f32, target ids with EOS) of the summed crops with their merged notes."""
     if not crops:
@@ -107,17 +107,17 @@ def mix_crops(crops: Sequence[Crop], config: preprocessors.TokenizeConfig, gains
         labels = note_sequences.trim_overlapping_notes(merged)
     tokens = track_tokens.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
                                                    mt3_compat=config.mt3_compat)
-    track = preprocessors.Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=merged)
-    return frames, preprocessors.segment_ids(track, 0, length, config)
+    track = track_examples.Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=merged)
+    return frames, track_examples.segment_ids(track, 0, length, config)
 
 
-def _crops_of(track: preprocessors.Track, input_length: int, rng: np.random.Generator) -> list[Crop]:
+def _crops_of(track: track_examples.Track, input_length: int, rng: np.random.Generator) -> list[Crop]:
     """MT3's training crops of one track (one random crop per 2000-frame chunk), as `training_examples` draws them."""
     crops = []
     n = len(track.frames)
-    for chunk_start in range(0, n, preprocessors.MAX_NUM_CACHED_FRAMES):
-        chunk_len = min(preprocessors.MAX_NUM_CACHED_FRAMES, n - chunk_start)
-        start, end = preprocessors.random_crop_bounds(chunk_len, input_length, rng)
+    for chunk_start in range(0, n, track_examples.MAX_NUM_CACHED_FRAMES):
+        chunk_len = min(track_examples.MAX_NUM_CACHED_FRAMES, n - chunk_start)
+        start, end = track_examples.random_crop_bounds(chunk_len, input_length, rng)
         if end > start:
             crops.append(Crop(track, chunk_start + start, chunk_start + end))
     return crops
@@ -140,7 +140,7 @@ def _aligned(partner: Crop, reference: Crop) -> Crop:
     return Crop(partner.track, start, min(start + (partner.end - partner.start), len(partner.track.frames)))
 
 
-def mixed_training_examples(tracks: Sequence[preprocessors.Track], config: preprocessors.TokenizeConfig,
+def mixed_training_examples(tracks: Sequence[track_examples.Track], config: track_examples.TokenizeConfig,
                             mix: MixConfig, input_length: int, rng: np.random.Generator
                             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One example per crop of every track, as without mixing; with probability `mix_probability` a crop is summed
@@ -155,7 +155,7 @@ def mixed_training_examples(tracks: Sequence[preprocessors.Track], config: prepr
                 picks = rng.choice(len(others), size=min(partners, len(others)), replace=False)
                 group += [_aligned(others[int(p)], crop) for p in picks]
             if len(group) == 1:
-                yield crop.track.frames[crop.start:crop.end], preprocessors.segment_ids(
+                yield crop.track.frames[crop.start:crop.end], track_examples.segment_ids(
                     crop.track, crop.start, crop.end, config)
                 continue
             gains = 10.0 ** (rng.uniform(-mix.gain_db_range, 0.0, size=len(group)) / 20.0)

@@ -1,134 +1,16 @@
-"""Transcription preprocessing: converted track records -> model examples (frames + target tokens).
+"""Transcription preprocessing for seqio: converted track records -> model examples (frames + target tokens).
 
-The logic is plain numpy (`tokenize_track`, `training_examples`, `eval_segments`) so it can be tested and reused
-without TensorFlow; the `*_fn` seqio preprocessors at the bottom only wrap it in `tf.numpy_function`, as seqio tasks
-need `tf.data.Dataset -> tf.data.Dataset` functions. The steps follow MT3 (REFERENCE §4.1/4.2):
-
-  train: tokenize the whole track -> split into 2000-frame chunks (MT3's cache chunks) -> one random crop of the input
-         length per chunk (`uniform_random_start`: crops at chunk edges may be shorter) -> targets of the crop with the
-         tie section, program granularity, shift RLE and redundant-state removal -> ids + EOS.
-  eval:  tokenize the whole track -> consecutive non-overlapping segments of the input length (last one shorter);
-         segment 0 carries the full-track reference NoteSequence for metrics.
-
-Inputs stay raw 128-sample frames here; the model computes the log-mel (`spectrograms.compute_spectrogram`) as its
-first stage, so training and inference share one frontend.
+The logic is plain numpy in `track_examples` (framing, tokenizing, crops, segments), `mixing` (audio mixes),
+`augmentation` and `frame_targets`; the seqio preprocessors here only wrap it in `tf.numpy_function`, as seqio tasks
+need `tf.data.Dataset -> tf.data.Dataset` functions. TensorFlow is imported lazily, inside the functions.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-
 import numpy as np
 
-from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, track_tokens, vocabularies
-
-MAX_NUM_CACHED_FRAMES = 2000  # MT3's cache chunk (16 s); a training crop never crosses one
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizeConfig:
-    """Everything that decides how a track becomes examples. Frozen, so it can key caches and be logged."""
-
-    vocab_config: vocabularies.VocabularyConfig = vocabularies.MT3_VOCAB_CONFIG
-    spectrogram_config: spectrograms.SpectrogramConfig = spectrograms.SpectrogramConfig()
-    onsets_only: bool = False
-    include_ties: bool = True
-    program_granularity: str = "full"  # "flat" | "midi_class" | "full"
-    trim_overlapping_notes: bool = True  # MT3 trims same-pitch overlaps for Slakh/Cerberus4 (DatasetConfig flag)
-    mt3_compat: bool = False  # MT3's tie section after a track's last note event (mt3.track_tokens docstring)
-
-    def __post_init__(self):
-        if self.program_granularity not in ("flat", "midi_class", "full"):
-            raise ValueError(f"program_granularity must be flat, midi_class or full, got {self.program_granularity!r}")
-        if self.onsets_only and self.include_ties:
-            raise ValueError("onsets-only encoding has no ties (MT3 registers no such task)")
-
-    @property
-    def encoding_spec(self):
-        if self.onsets_only:
-            return note_sequences.NoteOnsetEncodingSpec
-        return note_sequences.NoteEncodingWithTiesSpec if self.include_ties else note_sequences.NoteEncodingSpec
-
-    @property
-    def codec(self) -> event_codec.Codec:
-        return _codec(self.vocab_config)
-
-
-_CODECS: dict = {}
-
-
-def _codec(vocab_config) -> event_codec.Codec:
-    if vocab_config not in _CODECS:
-        _CODECS[vocab_config] = vocabularies.build_codec(vocab_config)
-    return _CODECS[vocab_config]
-
-
-@dataclasses.dataclass
-class Track:
-    """One tokenized track: its audio frames and the whole-track event tokens."""
-
-    frames: np.ndarray  # [n, hop] float32
-    frame_times: np.ndarray  # [n] float64 seconds
-    tokens: object  # track_tokens.TrackTokens
-    sequence: object  # the (reference) NoteSequence as stored in the record
-
-
-def tokenize_track(audio: np.ndarray, ns, config: TokenizeConfig) -> Track:
-    """Frames the audio and tokenizes the NoteSequence against those frame times (MT3's tokenize step)."""
-    frames, frame_times = spectrograms.split_audio(np.asarray(audio, np.float32), config.spectrogram_config)
-    labels = ns
-    # Onsets-only targets keep a note that starts with another of the same pitch and program (its onset is real and
-    # the encoding holds both); MT3 trims before encoding regardless, which mt3_compat reproduces.
-    if config.trim_overlapping_notes and (not config.onsets_only or config.mt3_compat):
-        labels = note_sequences.trim_overlapping_notes(ns)
-    tokens = track_tokens.tokenize_note_sequence(labels, frame_times, config.codec, config.encoding_spec,
-                                                   mt3_compat=config.mt3_compat)
-    return Track(frames=frames, frame_times=frame_times, tokens=tokens, sequence=ns)
-
-
-def segment_ids(track: Track, start: int, end: int, config: TokenizeConfig) -> np.ndarray:
-    """Vocabulary ids (with EOS) of the targets for frames [start, end)."""
-    codec = config.codec
-    targets = track_tokens.segment_targets(track.tokens, start, end, codec, config.include_ties)
-    if config.program_granularity != "full":
-        targets = note_sequences.map_midi_programs(targets, codec, config.program_granularity)
-        targets = run_length_encoding.remove_redundant_state_changes(targets, codec)
-    ids = vocabularies.encode_tokens(np.asarray(targets, np.int32))
-    return np.concatenate([ids, [vocabularies.EOS_ID]]).astype(np.int32)
-
-
-def random_crop_bounds(num_frames: int, length: int, rng: np.random.Generator) -> tuple[int, int]:
-    """MT3's `select_random_chunk(uniform_random_start=True)`: start ~ U[-(L-1), n), then clip to [0, n]."""
-    start = int(rng.integers(-(length - 1), max(num_frames, 1)))
-    return max(start, 0), min(start + length, num_frames)
-
-
-def training_examples(track: Track, config: TokenizeConfig, input_length: int,
-                      rng: np.random.Generator) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields (inputs [<=L, hop], target ids) — one random crop per 2000-frame chunk of the track."""
-    n = len(track.frames)
-    for chunk_start in range(0, n, MAX_NUM_CACHED_FRAMES):
-        chunk_len = min(MAX_NUM_CACHED_FRAMES, n - chunk_start)
-        start, end = random_crop_bounds(chunk_len, input_length, rng)
-        start, end = chunk_start + start, chunk_start + end
-        if end <= start:
-            continue
-        yield track.frames[start:end], segment_ids(track, start, end, config)
-
-
-def eval_segments(track: Track, config: TokenizeConfig, input_length: int) -> Iterator[dict]:
-    """Yields consecutive non-overlapping segments with their targets and start times (MT3's eval/infer split)."""
-    n = len(track.frames)
-    for index, start in enumerate(range(0, n, input_length)):
-        end = min(start + input_length, n)
-        yield {
-            "inputs": track.frames[start:end],
-            "targets": segment_ids(track, start, end, config),
-            "input_times": track.frame_times[start:end],
-            "segment_index": index,
-        }
-
+from mt3 import augmentation, mixing
+from mt3.track_examples import TokenizeConfig, eval_segments, tokenize_track, training_examples
 
 # ----------------------------------------------------------------------------------------------------------------
 # seqio wrappers (TensorFlow lives only below this line, imported lazily)
@@ -168,8 +50,6 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     input_length = int(sequence_length["inputs"])
 
     if split_kind == "train" and augment_config is None:
-        from mt3 import augmentation
-
         augment_config = augmentation.training_augment_config()
     rolls_config = config if split_kind == "train" and _frame_targets_on(frame_targets) else None
 
@@ -177,7 +57,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
         audio, ns = _parse(audio_bytes, seq_bytes)
         rng = np.random.default_rng(_seed_words(element_seed))
         examples = list(training_examples(tokenize_track(audio, ns, config), config, input_length, rng))
-        examples = augmented_examples(examples, augment_config, element_seed)
+        examples = augmentation.augment_examples(examples, augment_config, element_seed)
         inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
@@ -191,8 +71,6 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
         return inputs, in_len, targets, tgt_len, start_times
 
     if split_kind == "train" and mix_config is None:
-        from mt3 import mixing
-
         mix_config = mixing.training_mix_config()
     if split_kind == "train" and mix_config.enabled:
         return _mixed_training_dataset(dataset, config, mix_config, input_length, augment_config, rolls_config)
@@ -231,15 +109,13 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
     `records_per_group`, and every group yields one example per crop, some summed with other tracks' crops."""
     import tensorflow as tf
 
-    from mt3 import mixing
-
     hop = config.spectrogram_config.hop_width
 
     def _group_np(audio_bytes, seq_bytes, element_seed):
         rng = np.random.default_rng(_seed_words(element_seed))
         tracks = [tokenize_track(*_parse(a, q), config) for a, q in zip(audio_bytes, seq_bytes, strict=True)]
         examples = list(mixing.mixed_training_examples(tracks, config, mix_config, input_length, rng))
-        examples = augmented_examples(examples, augment_config, element_seed)
+        examples = augmentation.augment_examples(examples, augment_config, element_seed)
         inputs, in_len = _stack_padded([e[0] for e in examples], np.float32, (hop,))
         targets, tgt_len = _stack_padded([e[1] for e in examples], np.int32)
         return inputs, in_len, targets, tgt_len
@@ -254,18 +130,6 @@ def _mixed_training_dataset(dataset, config: TokenizeConfig, mix_config, input_l
 
 def _seed_words(element_seed) -> list[int]:
     return [int(s) & 0xFFFFFFFF for s in np.ravel(element_seed)]
-
-
-def augmented_examples(examples: list[tuple[np.ndarray, np.ndarray]], augment_config,
-                       element_seed) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) pairs with augmented inputs. Its own generator, derived from the element's seed, so the crops
-    (drawn before) are the same with augmentation on or off, and each crop is augmented reproducibly."""
-    if augment_config is None or not augment_config.enabled:
-        return examples
-    from mt3 import augmentation
-
-    rng = np.random.default_rng([*_seed_words(element_seed), 0xA06])
-    return [(augmentation.augment_frames(inputs, augment_config, rng), targets) for inputs, targets in examples]
 
 
 def _seeded_examples_map(numpy_fn, hop: int, id_fn, rolls_config: TokenizeConfig | None = None):

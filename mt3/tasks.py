@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import seqio
 
-from mt3 import datasets, preprocessors, spectrograms, vocabularies
+from mt3 import datasets, preprocessors, spectrograms, track_examples, vocabularies
 from mt3.feature_converters import ContinuousInputsEncDecFeatureConverter
 
 MIXING_TEMPERATURE = 10 / 3  # MT3 / paper §3.3: rate ∝ n^(1/T) = n^0.3
@@ -73,7 +73,7 @@ def add_transcription_task_to_registry(
                          include_ties=include_ties, spectrogram_config=spectrogram_config)
     if mt3_compat:
         prefix += "_mt3compat"
-    config = preprocessors.TokenizeConfig(
+    config = track_examples.TokenizeConfig(
         vocab_config=vocab_config, spectrogram_config=spectrogram_config, onsets_only=onsets_only,
         include_ties=include_ties, program_granularity=program_granularity,
         trim_overlapping_notes=dataset_config.trim_overlapping_notes, mt3_compat=mt3_compat)
@@ -162,7 +162,7 @@ def _add_mixture(name: str, entries: Sequence[tuple[datasets.DatasetConfig, str]
 
 # What the indexed sampler (`mt3.input_pipeline`) needs to read a training task without seqio: its dataset, its
 # tokenize config and whether over-long targets are skipped; and the training mixtures' task lists (rates as above).
-_INDEXED_TASKS: dict[str, tuple[datasets.DatasetConfig, preprocessors.TokenizeConfig, bool]] = {}
+_INDEXED_TASKS: dict[str, tuple[datasets.DatasetConfig, track_examples.TokenizeConfig, bool]] = {}
 _INDEXED_MIXTURES: dict[str, list[str]] = {}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from native_fixtures import make_slakh
 
-from mt3 import datasets, metrics_utils, note_sequences, preprocessors, vocabularies
+from mt3 import datasets, metrics_utils, note_sequences, track_examples, vocabularies
 from mt3.converters.base import prepare_dataset
 from mt3.converters.slakh import SLAKH_CLASS_PROGRAMS
 from mt3.errors import InputError
@@ -22,7 +22,7 @@ def E(event_type: str, value: int) -> int:
     return MT3_CODEC.encode_event(note_sequences.event_codec.Event(event_type, value))
 
 
-def task_config(name: str) -> preprocessors.TokenizeConfig:
+def task_config(name: str) -> track_examples.TokenizeConfig:
     """The TokenizeConfig a registered task tokenizes with."""
     import seqio
 
@@ -57,8 +57,8 @@ def _overlapping_piano():
 
 def _targets(task: str, ns) -> list[int]:
     config = task_config(task)
-    track = preprocessors.tokenize_track(np.zeros(32000, np.float32), ns, config)
-    ids = preprocessors.segment_ids(track, 0, 256, config)
+    track = track_examples.tokenize_track(np.zeros(32000, np.float32), ns, config)
+    ids = track_examples.segment_ids(track, 0, 256, config)
     return list(vocabularies.decode_tokens(ids, MT3_CODEC.num_classes))
 
 
@@ -91,8 +91,9 @@ def test_eval_targets_keep_overlaps_as_mt3():
     task = seqio.get_mixture_or_task("slakh_notes_ties_vb1_validation")
     (eval_config,) = [p.keywords["config"] for p in task.preprocessors if "config" in getattr(p, "keywords", {})]
     assert not eval_config.trim_overlapping_notes and task_config("slakh_notes_ties_vb1_train").trim_overlapping_notes
-    track = preprocessors.tokenize_track(np.zeros(32000, np.float32), ns, eval_config)
-    got = list(vocabularies.decode_tokens(preprocessors.segment_ids(track, 0, 256, eval_config), MT3_CODEC.num_classes))
+    track = track_examples.tokenize_track(np.zeros(32000, np.float32), ns, eval_config)
+    ids = track_examples.segment_ids(track, 0, 256, eval_config)
+    got = list(vocabularies.decode_tokens(ids, MT3_CODEC.num_classes))
     assert got == _targets("maestrov3_notes_ties_vb1_train", ns)  # untrimmed, as MAESTRO's
     assert got != _targets("slakh_notes_ties_vb1_train", ns)
 
@@ -108,10 +109,10 @@ def test_onsets_only_trims_like_mt3_under_mt3_compat():
     pitch_60 = E("pitch", 60)
     counts = {}
     for compat in (False, True):
-        config = preprocessors.TokenizeConfig(onsets_only=True, include_ties=False, trim_overlapping_notes=True,
+        config = track_examples.TokenizeConfig(onsets_only=True, include_ties=False, trim_overlapping_notes=True,
                                               mt3_compat=compat)
-        track = preprocessors.tokenize_track(np.zeros(32000, np.float32), ns, config)
-        got = list(vocabularies.decode_tokens(preprocessors.segment_ids(track, 0, 256, config), MT3_CODEC.num_classes))
+        track = track_examples.tokenize_track(np.zeros(32000, np.float32), ns, config)
+        got = list(vocabularies.decode_tokens(track_examples.segment_ids(track, 0, 256, config), MT3_CODEC.num_classes))
         counts[compat] = got.count(pitch_60)
         assert E("pitch", 64) in got
     assert counts == {False: 2, True: 1}
@@ -140,8 +141,8 @@ def test_mt3compat_variants_exist_only_where_asked():
     for task, want in [("maestrov3_notes_ties_vb1_train", [E("tie", 0)]),
                        ("maestrov3_notes_ties_vb1_mt3compat_train", [E("program", 0), E("pitch", 60), E("tie", 0)])]:
         config = task_config(task)
-        track = preprocessors.tokenize_track(np.zeros(48000, np.float32), ns, config)
-        ids = preprocessors.segment_ids(track, 256, 375, config)
+        track = track_examples.tokenize_track(np.zeros(48000, np.float32), ns, config)
+        ids = track_examples.segment_ids(track, 256, 375, config)
         assert list(vocabularies.decode_tokens(ids, MT3_CODEC.num_classes)) == want + [vocabularies.DECODED_EOS_ID]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import test_mixing
 from data_fixtures import sub_sequence, synth, write_prepared_dataset
 
-from mt3 import frame_targets, note_sequences, preprocessors, track_tokens
+from mt3 import frame_targets, note_sequences, preprocessors, track_examples, track_tokens
 
 # Target times sit on the 10 ms grid counted from the step at or before the crop's first frame, so a decoded time is
 # the true one moved by -5 ms (rounding) to +15 ms (rounding plus the crop start's offset from the grid).
@@ -50,7 +50,7 @@ def test_rolls_from_ids_match_the_crops_notes(tracks):
         for start in rng.integers(0, len(track.frames) - 64, 12):
             start = int(start)
             end = min(start + 256, len(track.frames))
-            ids = preprocessors.segment_ids(track, start, end, config)
+            ids = track_examples.segment_ids(track, start, end, config)
             onsets, frames = frame_targets.rolls_from_ids(ids, end - start, config.codec, fps, include_ties=True)
             assert onsets.dtype == frames.dtype == np.uint8 and onsets.shape == (end - start, 128)
             t0 = float(track.frame_times[start])
@@ -72,7 +72,7 @@ def test_notes_sounding_before_the_crop_are_active_from_frame_zero_without_onset
     fps = config.spectrogram_config.frames_per_second
     note = max(track.sequence.notes, key=lambda n: n.end_time - n.start_time)  # a long note, cut in its middle
     start = int(np.searchsorted(track.frame_times, (note.start_time + note.end_time) / 2))
-    ids = preprocessors.segment_ids(track, start, start + 256, config)
+    ids = track_examples.segment_ids(track, start, start + 256, config)
     onsets, frames = frame_targets.rolls_from_ids(ids, 256, config.codec, fps, include_ties=True)
     assert frames[0, note.pitch] == 1 and onsets[0, note.pitch] == 0
 
@@ -88,12 +88,12 @@ def test_drums_never_enter_the_rolls(tracks):
     for i in range(40):  # kick and hi-hat every 250 ms, on pitches the piano also plays
         with_drums.notes.add(pitch=36 + 6 * (i % 2), start_time=0.25 * i, end_time=0.25 * i + 0.1, velocity=100,
                              is_drum=True, instrument=9)
-    drum_track = preprocessors.Track(track.frames, track.frame_times, track_tokens.tokenize_note_sequence(
+    drum_track = track_examples.Track(track.frames, track.frame_times, track_tokens.tokenize_note_sequence(
         note_sequences.trim_overlapping_notes(with_drums), track.frame_times, config.codec, config.encoding_spec),
         with_drums)
     for start in (0, 300, 900):
-        ids = preprocessors.segment_ids(track, start, start + 256, config)
-        drum_ids = preprocessors.segment_ids(drum_track, start, start + 256, config)
+        ids = track_examples.segment_ids(track, start, start + 256, config)
+        drum_ids = track_examples.segment_ids(drum_track, start, start + 256, config)
         assert len(drum_ids) > len(ids)  # the drums are in the token targets ...
         plain = frame_targets.rolls_from_ids(ids, 256, config.codec, fps, include_ties=True)
         drummed = frame_targets.rolls_from_ids(drum_ids, 256, config.codec, fps, include_ties=True)
@@ -103,9 +103,9 @@ def test_drums_never_enter_the_rolls(tracks):
 
 def test_onsets_only_targets_give_onset_frames(tracks):
     _, tracks = tracks
-    config = preprocessors.TokenizeConfig(onsets_only=True, include_ties=False)
-    track = preprocessors.tokenize_track(synth(tracks[1].sequence), tracks[1].sequence, config)
-    ids = preprocessors.segment_ids(track, 100, 356, config)
+    config = track_examples.TokenizeConfig(onsets_only=True, include_ties=False)
+    track = track_examples.tokenize_track(synth(tracks[1].sequence), tracks[1].sequence, config)
+    ids = track_examples.segment_ids(track, 100, 356, config)
     onsets, frames = frame_targets.rolls_from_ids(ids, 256, config.codec, config.spectrogram_config.frames_per_second,
                                                   include_ties=False)
     assert onsets.sum() >= 5  # the quartet's notes starting in these 2 s
@@ -115,7 +115,7 @@ def test_onsets_only_targets_give_onset_frames(tracks):
 def test_batch_rolls_follow_each_rows_length(tracks):
     config, tracks = tracks
     fps = config.spectrogram_config.frames_per_second
-    rows = [preprocessors.segment_ids(tracks[0], s, s + 200, config) for s in (0, 400)]
+    rows = [track_examples.segment_ids(tracks[0], s, s + 200, config) for s in (0, 400)]
     targets, lengths = preprocessors._stack_padded(rows, np.int32)
     onsets, frames = frame_targets.batch_rolls(targets, lengths, 256, config.codec, fps, include_ties=True)
     assert onsets.shape == frames.shape == (2, 256, 128)
@@ -149,7 +149,7 @@ def _task_examples(tmp_path, music21_sequences, monkeypatch, bindings: list[str]
 
 
 def test_training_task_carries_rolls_only_when_the_aux_loss_is_on(tmp_path, music21_sequences, monkeypatch):
-    config = preprocessors.TokenizeConfig()
+    config = track_examples.TokenizeConfig()
     fps = config.spectrogram_config.frames_per_second
     off = _task_examples(tmp_path, music21_sequences, monkeypatch, [])
     zero = _task_examples(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 0.0"])
@@ -168,7 +168,7 @@ def test_training_task_carries_rolls_only_when_the_aux_loss_is_on(tmp_path, musi
 
 
 def test_mixed_training_examples_carry_rolls_of_their_merged_targets(tmp_path, music21_sequences, monkeypatch):
-    config = preprocessors.TokenizeConfig()
+    config = track_examples.TokenizeConfig()
     fps = config.spectrogram_config.frames_per_second
     mix = ["mixing.MixConfig.max_examples_per_mix = 2", "mixing.MixConfig.mix_probability = 1.0"]
     examples = _task_examples(tmp_path, music21_sequences, monkeypatch, [*mix, "AUX_FRAME_LOSS_WEIGHT = 0.5"])

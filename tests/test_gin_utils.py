@@ -211,3 +211,7 @@ def test_no_import_circle_through_gin_utils_train_evaluation_inference():
     assert not {"mt3.train", "mt3.evaluation", "mt3.inference", "mt3.transcription"} & reachable("mt3.gin_utils")
     for module in ("mt3.gin_utils", "mt3.train", "mt3.evaluation", "mt3.checkpoints"):
         assert module not in reachable(module), f"{module} imports itself through {sorted(reachable(module))}"
+    # issue 18's circles: mixing <-> preprocessors and note_sequences <-> track_tokens (the data layer reads one way)
+    for module in ("mt3.mixing", "mt3.preprocessors", "mt3.track_examples", "mt3.note_sequences", "mt3.track_tokens",
+                   "mt3.augmentation", "mt3.frame_targets"):
+        assert module not in reachable(module), f"{module} imports itself through {sorted(reachable(module))}"

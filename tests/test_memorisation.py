@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mt3 import metrics, metrics_utils, partitioning, preprocessors, trainer, vocabularies
+from mt3 import metrics, metrics_utils, partitioning, track_examples, trainer, vocabularies
 from mt3.models import decoding, models, network
 
 pytestmark = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="needs fluidsynth (scripts/setup.sh)")
@@ -39,8 +39,8 @@ def rendered(music21_sequences, tmp_path_factory):
     rendering.run_fluidsynth(tmp / "piece.mid", rendering.soundfont_path(rendering.TRAIN_SOUNDFONTS[0]),
                              tmp / "piece.wav")
     audio = rendering.read_mono(tmp / "piece.wav")
-    config = preprocessors.TokenizeConfig()
-    return preprocessors.tokenize_track(audio / max(np.abs(audio).max(), 1e-9), ns, config), config
+    config = track_examples.TokenizeConfig()
+    return track_examples.tokenize_track(audio / max(np.abs(audio).max(), 1e-9), ns, config), config
 
 
 def test_greedy_decoding_reproduces_memorised_segments(rendered):
@@ -49,7 +49,7 @@ def test_greedy_decoding_reproduces_memorised_segments(rendered):
     inputs, targets, starts = [], [], []
     for seconds, _ in SEGMENTS:
         start = int(seconds * frames_per_second)
-        ids = preprocessors.segment_ids(track, start, start + 256, config)
+        ids = track_examples.segment_ids(track, start, start + 256, config)
         assert 20 < len(ids) <= TARGET_LENGTH  # real content, and EOS fits
         row = np.zeros(TARGET_LENGTH, np.int32)
         row[: len(ids)] = ids

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from data_fixtures import sub_sequence, synth, write_prepared_dataset
 
-from mt3 import metrics_utils, mixing, preprocessors, vocabularies
+from mt3 import metrics_utils, mixing, track_examples, vocabularies
 
 
 def _decode_window(ids, config):
@@ -20,11 +20,11 @@ def _decode_window(ids, config):
 
 @pytest.fixture(scope="module")
 def tracks(music21_sequences):
-    config = preprocessors.TokenizeConfig()
+    config = track_examples.TokenizeConfig()
     out = []
     for key, start in (("bach_chorale", 0.0), ("string_quartet", 10.0), ("piano_piece", 5.0)):
         ns = sub_sequence(music21_sequences[key], start, start + 14.0)
-        out.append(preprocessors.tokenize_track(synth(ns), ns, config))
+        out.append(track_examples.tokenize_track(synth(ns), ns, config))
     return config, out
 
 
@@ -37,7 +37,7 @@ def test_one_crop_mix_reproduces_the_crop_targets(tracks):
             start = int(start)
             end = min(start + 256, len(track.frames))
             frames, ids = mixing.mix_crops([mixing.Crop(track, start, end)], config)
-            np.testing.assert_array_equal(ids, preprocessors.segment_ids(track, start, end, config))
+            np.testing.assert_array_equal(ids, track_examples.segment_ids(track, start, end, config))
             np.testing.assert_array_equal(frames, track.frames[start:end])
             checked += 1
     assert checked == 75

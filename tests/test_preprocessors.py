@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from data_fixtures import sub_sequence, synth
 
-from mt3 import metrics_utils, preprocessors, spectrograms, vocabularies
+from mt3 import metrics_utils, spectrograms, track_examples, vocabularies
 
 
 def _intervals(ns, drums=False):
@@ -38,9 +38,9 @@ def chorale_track(music21_sequences):
 
 def test_eval_segments_cover_track_and_decode_to_reference(chorale_track):
     ns, audio = chorale_track
-    config = preprocessors.TokenizeConfig()
-    track = preprocessors.tokenize_track(audio, ns, config)
-    segments = list(preprocessors.eval_segments(track, config, input_length=256))
+    config = track_examples.TokenizeConfig()
+    track = track_examples.tokenize_track(audio, ns, config)
+    segments = list(track_examples.eval_segments(track, config, input_length=256))
     # consecutive, non-overlapping, covering every frame; only the last may be short
     assert sum(len(s["inputs"]) for s in segments) == len(track.frames)
     assert all(len(s["inputs"]) == 256 for s in segments[:-1])
@@ -58,11 +58,11 @@ def test_eval_segments_cover_track_and_decode_to_reference(chorale_track):
 
 def test_training_crops_respect_length_chunks_and_hold_the_crop_notes(chorale_track):
     ns, audio = chorale_track
-    config = preprocessors.TokenizeConfig()
-    track = preprocessors.tokenize_track(audio, ns, config)
+    config = track_examples.TokenizeConfig()
+    track = track_examples.tokenize_track(audio, ns, config)
     rng = np.random.default_rng(0)
-    examples = list(preprocessors.training_examples(track, config, 256, rng))
-    n_chunks = -(-len(track.frames) // preprocessors.MAX_NUM_CACHED_FRAMES)
+    examples = list(track_examples.training_examples(track, config, 256, rng))
+    n_chunks = -(-len(track.frames) // track_examples.MAX_NUM_CACHED_FRAMES)
     assert 1 <= len(examples) <= n_chunks
     for inputs, ids in examples:
         assert 0 < len(inputs) <= 256
@@ -70,7 +70,7 @@ def test_training_crops_respect_length_chunks_and_hold_the_crop_notes(chorale_tr
     # crops of one track under many seeds start anywhere: frames match the track at some offset
     starts = set()
     for seed in range(20):
-        (inputs, _), *_ = preprocessors.training_examples(track, config, 256, np.random.default_rng(seed))
+        (inputs, _), *_ = track_examples.training_examples(track, config, 256, np.random.default_rng(seed))
         hits = [s for s in range(len(track.frames) - len(inputs) + 1)
                 if np.array_equal(track.frames[s:s + len(inputs)], inputs)]
         assert hits
@@ -80,7 +80,7 @@ def test_training_crops_respect_length_chunks_and_hold_the_crop_notes(chorale_tr
 
 def test_random_crop_bounds_follow_uniform_random_start():
     rng = np.random.default_rng(1)
-    bounds = [preprocessors.random_crop_bounds(1000, 256, rng) for _ in range(4000)]
+    bounds = [track_examples.random_crop_bounds(1000, 256, rng) for _ in range(4000)]
     starts = np.array([b[0] for b in bounds])
     ends = np.array([b[1] for b in bounds])
     assert starts.min() == 0 and ends.max() == 1000
@@ -92,10 +92,10 @@ def test_random_crop_bounds_follow_uniform_random_start():
 
 def test_flat_granularity_drops_programs_and_piano_vocab_keeps_velocity(chorale_track):
     ns, audio = chorale_track
-    config = preprocessors.TokenizeConfig(vocab_config=vocabularies.ISMIR2021_VOCAB_CONFIG, include_ties=False,
+    config = track_examples.TokenizeConfig(vocab_config=vocabularies.ISMIR2021_VOCAB_CONFIG, include_ties=False,
                                           program_granularity="flat")
-    track = preprocessors.tokenize_track(audio, ns, config)
-    segments = list(preprocessors.eval_segments(track, config, input_length=512))
+    track = track_examples.tokenize_track(audio, ns, config)
+    segments = list(track_examples.eval_segments(track, config, input_length=512))
     codec = config.codec
     lo, hi = codec.event_type_range("program")
     for seg in segments:
@@ -109,10 +109,10 @@ def test_flat_granularity_drops_programs_and_piano_vocab_keeps_velocity(chorale_
 def test_train_and_inference_features_are_identical(chorale_track):
     """The pipeline carries raw frames; the model's log-mel of a segment equals the log-mel of that audio span."""
     ns, audio = chorale_track
-    config = preprocessors.TokenizeConfig()
+    config = track_examples.TokenizeConfig()
     spec = config.spectrogram_config
-    track = preprocessors.tokenize_track(audio, ns, config)
-    seg = list(preprocessors.eval_segments(track, config, input_length=256))[1]
+    track = track_examples.tokenize_track(audio, ns, config)
+    seg = list(track_examples.eval_segments(track, config, input_length=256))[1]
     from_pipeline = np.asarray(spectrograms.spectrogram_from_frames(seg["inputs"][None], spec))[0]
     frames, _ = spectrograms.split_audio(audio, spec)
     start = 256 * spec.hop_width
@@ -124,6 +124,6 @@ def test_train_and_inference_features_are_identical(chorale_track):
 
 def test_tokenize_config_validates():
     with pytest.raises(ValueError, match="program_granularity"):
-        preprocessors.TokenizeConfig(program_granularity="coarse")
+        track_examples.TokenizeConfig(program_granularity="coarse")
     with pytest.raises(ValueError, match="ties"):
-        preprocessors.TokenizeConfig(onsets_only=True, include_ties=True)
+        track_examples.TokenizeConfig(onsets_only=True, include_ties=True)
