@@ -13,8 +13,16 @@ Audio: the music21 Bach chorale bwv66.6 (flute, clarinet, bassoon, bass) rendere
              --uncached-len tokens: the KV cache's speed-up
   peak RSS   resource.getrusage(RUSAGE_SELF).ru_maxrss of a fresh process per config
 
+MT3-size case (--mt3-size): MT3's network decoding the same audio with today's fixed-shape loop ("before": every row
+and a max-decode-length KV cache every step) and with the compacting decoder ("after": finished rows dropped, cache
+grown on demand), each in a fresh process: RTF with and without compile time, tokens/s, load and compile seconds,
+peak RSS, and whether the greedy tokens are identical. --mt3-checkpoint DIR uses MT3's imported weights (`fetch
+github:ojas-chaturvedi/submission-test`, folder checkpoints/mt3/, then `mt3 import-checkpoint checkpoints/mt3
+--preset mt3 -o models/mt3`); without it, random weights of the same shape (which never emit EOS: the worst case).
+
 Usage: .venv/bin/python benchmarks/inference.py [--configs tiny,small] [--seconds 60] [--max-decode-len 1024]
        [--batch-sizes 1,4,16] [--uncached-len 256] [--cache-batch 4] [--json]
+       .venv/bin/python -m benchmarks.inference --mt3-size [--mt3-checkpoint models/mt3] [--seconds 60]
 """
 
 from __future__ import annotations
@@ -125,6 +133,68 @@ def run_config(name: str, args) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def run_mt3_size(mode: str, args) -> dict:
+    """One decoder ("fixed" = before, "compact" = after) of the MT3-size model on the chorale, in this process."""
+    import dataclasses
+
+    from mt3 import inference
+
+    audio = chorale_audio(args.seconds)
+    started = time.perf_counter()
+    if args.mt3_checkpoint:
+        im = inference.load_inference_model(args.mt3_checkpoint, batch_size=args.mt3_batch)
+        im.config = dataclasses.replace(im.config, compact_decoding=mode == "compact")
+    else:
+        im = build("small", args.mt3_batch, args.max_decode_len)
+        im.config = dataclasses.replace(im.config, compact_decoding=mode == "compact")
+    load_s = time.perf_counter() - started
+    compiled, started = inference.compile_seconds(), time.perf_counter()
+    segments = im.segment_audio(audio)
+    tokens = im.decode_segments(list(segments.frames))
+    result = im.stitch(tokens, segments.start_times, segments.audio_seconds)
+    wall = time.perf_counter() - started
+    compile_s = inference.compile_seconds() - compiled
+    np.savez(args.tokens_out, *tokens)
+    return {"mode": mode, "weights": args.mt3_checkpoint or "random", "audio_s": round(result.audio_seconds, 1),
+            "segments": result.num_segments, "tokens": result.decoded_tokens, "notes": len(result.ns.notes),
+            "load_s": round(load_s, 1), "compile_s": round(compile_s, 1), "wall_s": round(wall, 1),
+            "rtf": round(wall / result.audio_seconds, 3),
+            "rtf_no_compile": round((wall - compile_s) / result.audio_seconds, 3),
+            "tokens_per_s": round(result.decoded_tokens / max(wall - compile_s, 1e-9), 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def mt3_size_case(args) -> list[dict]:
+    """Before and after, each in a fresh process (peak RSS is per process); tokens compared here."""
+    rows, tokens = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("fixed", "compact"):
+            print(f"benchmarking MT3-size, {mode} decoder ...", file=sys.stderr, flush=True)
+            out = os.path.join(tmp, f"{mode}.npz")
+            cmd = [sys.executable, os.path.abspath(__file__), "--only-mt3", mode, "--seconds", str(args.seconds),
+                   "--max-decode-len", str(args.max_decode_len), "--mt3-batch", str(args.mt3_batch),
+                   "--tokens-out", out] + (["--mt3-checkpoint", args.mt3_checkpoint] if args.mt3_checkpoint else [])
+            child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            with np.load(out) as z:
+                tokens[mode] = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
+    same = len(tokens["fixed"]) == len(tokens["compact"]) and all(
+        np.array_equal(a, b) for a, b in zip(tokens["fixed"], tokens["compact"], strict=True))
+    for row in rows:
+        row["identical_tokens"] = same
+    head = f"{'decoder':<9}{'weights':>9}{'audio s':>9}{'tokens':>8}{'load s':>8}{'compile s':>11}{'wall s':>8}" \
+           f"{'RTF':>7}{'RTF-cmp':>9}{'tok/s':>8}{'peak RSS MB':>13}{'same ids':>10}"
+    print(f"\nMT3-size decoding, batch {args.mt3_batch}, {os.cpu_count()} CPU cores (RTF-cmp: without compile)\n")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        weights = "MT3" if r["weights"] != "random" else "random"
+        print(f"{r['mode']:<9}{weights:>9}{r['audio_s']:>9}{r['tokens']:>8}{r['load_s']:>8}{r['compile_s']:>11}"
+              f"{r['wall_s']:>8}{r['rtf']:>7}{r['rtf_no_compile']:>9}{r['tokens_per_s']:>8}{r['peak_rss_mb']:>13}"
+              f"{str(r['identical_tokens']):>10}")
+    return rows
+
+
 def print_tables(results: list[dict], args) -> None:
     print(f"\nmt3 inference benchmark: {args.seconds:g} s of audio, max decode length {args.max_decode_len}, "
           f"random-init weights (every segment decodes the maximum), {os.cpu_count()} CPU cores\n")
@@ -152,11 +222,24 @@ def main() -> int:
     parser.add_argument("--uncached-len", type=int, default=256, help="tokens decoded in the cache comparison")
     parser.add_argument("--cache-batch", type=int, default=4, help="segments in the cache comparison batch")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--mt3-size", action="store_true", help="only the MT3-size before/after case")
+    parser.add_argument("--mt3-checkpoint", default=None, help="MT3's imported model dir (default: random weights)")
+    parser.add_argument("--mt3-batch", type=int, default=32, help="batch of the MT3-size case (MT3's infer batch)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child process: one config, JSON out
+    parser.add_argument("--only-mt3", default=None, help=argparse.SUPPRESS)  # child: one MT3-size decoder
+    parser.add_argument("--tokens-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     if args.only:
         print(json.dumps(run_config(args.only, args)))
+        return 0
+    if args.only_mt3:
+        print(json.dumps(run_mt3_size(args.only_mt3, args)))
+        return 0
+    if args.mt3_size:
+        rows = mt3_size_case(args)
+        if args.json:
+            print(json.dumps(rows, indent=1))
         return 0
     results = []
     for name in args.configs.split(","):

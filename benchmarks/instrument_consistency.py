@@ -1,8 +1,8 @@
 """Benchmark: instrument-consistency options (`mt3.program_consistency`) on multi-instrument renders.
 
 For one model (a model dir: MT3's imported checkpoint, or the bundled model when --checkpoint is omitted) and the
-tracks of a Slakh-layout split (default: the local corpus's test split, rendered with the held-out MuseScore General
-soundfont), it decodes each track
+multi-instrument tracks (>= --min-programs pitched programs) of a Slakh-layout split (default: the local corpus's
+test split, rendered with the held-out MuseScore General soundfont), it decodes each track
   baseline   MT3's behaviour: every segment on its own;
   two-pass   pass 2 restricted to the programs holding >= --min-share of pass 1's pitched notes;
   oracle     `--programs` given the reference's own programs (what a user who knows the band would pass);
@@ -12,7 +12,7 @@ figures (programs per reference instrument, share of its notes in its main progr
 vs reference). Writes a markdown table (stdout and --out-md), the JSON, and before/after piano rolls (--png-dir).
 
 Usage: .venv/bin/python -m benchmarks.instrument_consistency [--checkpoint models/mt3] [--corpus data/corpus]
-       [--split test] [--max-tracks N] [--min-share 0.05] [--out-md F] [--json F] [--png-dir D]
+       [--split test] [--max-tracks N] [--min-programs 2] [--min-share 0.05] [--out-md F] [--json F] [--png-dir D]
 MT3's checkpoint: `fetch github:ojas-chaturvedi/submission-test` (folder checkpoints/mt3/), then
 `mt3 import-checkpoint checkpoints/mt3 --preset mt3 -o models/mt3` (README, "Use MT3's released models").
 """
@@ -36,12 +36,14 @@ LEAKAGE = (("programs_per_instrument", "programs per ref. instrument"), ("main_p
            ("est_programs", "est. programs"), ("ref_programs", "ref. programs"))
 
 
-def load_split(corpus: Path, split: str, max_tracks: int | None):
+def load_split(corpus: Path, split: str, max_tracks: int | None, min_programs: int):
+    """(id, audio, reference) of the split's tracks whose reference has >= min_programs pitched programs."""
+    from mt3 import program_consistency
     from mt3.converters import slakh
 
-    tracks = slakh.list_tracks(corpus)[split][:max_tracks]
-    records = [slakh.load_track(t)[0] for t in tracks]
-    return [(r.id, r.audio, r.sequence) for r in records]
+    records = [slakh.load_track(t)[0] for t in slakh.list_tracks(corpus)[split]]
+    records = [r for r in records if len(program_consistency.program_note_counts(r.sequence)) >= min_programs]
+    return [(r.id, r.audio, r.sequence) for r in records[:max_tracks]]
 
 
 def score(refs, results) -> dict:
@@ -65,7 +67,7 @@ def run(args) -> dict:
     started = time.perf_counter()
     im = inference.load_inference_model(checkpoint, batch_size=args.batch_size)
     load_s = time.perf_counter() - started
-    tracks = load_split(Path(args.corpus), args.split, args.max_tracks)
+    tracks = load_split(Path(args.corpus), args.split, args.max_tracks, args.min_programs)
     ids, audios, refs = zip(*tracks, strict=True)
     segmented = [im.segment_audio(a) for a in audios]
     counts = [len(s.frames) for s in segmented]
@@ -77,9 +79,18 @@ def run(args) -> dict:
         t = time.perf_counter()
         results[name] = im._decode_and_stitch(segmented, counts, frames, sets, True, name)
         timings[name] = round(time.perf_counter() - t, 1)
+        if args.save_notes:  # after every pass: serialized NoteSequences, to rescore without decoding again
+            import pickle
+
+            with open(args.save_notes, "wb") as f:
+                pickle.dump({"ids": ids, "refs": [r.SerializeToString() for r in refs], "sets": sets_seen,
+                             "variants": {k: [r.ns.SerializeToString() for r in v] for k, v in results.items()}}, f)
+
+    sets_seen: dict[str, list] = {}
 
     decode("baseline", None)
     sets = [program_consistency.estimate_program_set(r.ns, args.min_share) for r in results["baseline"]]
+    sets_seen["two-pass"] = sets
     decode("two-pass", sets)
     decode("oracle --programs", [tuple(sorted(program_consistency.program_note_counts(ref))) for ref in refs])
     for base in ("baseline", "two-pass"):
@@ -89,12 +100,6 @@ def run(args) -> dict:
                 r.ns = program_consistency.reassign_programs(r.ns, mode)
             results[f"{base} + {mode}"] = derived
     table = {name: score(refs, res) for name, res in results.items()}
-    if args.save_notes:  # serialized NoteSequences per variant, to rescore without decoding again
-        import pickle
-
-        with open(args.save_notes, "wb") as f:
-            pickle.dump({"refs": [r.SerializeToString() for r in refs],
-                         "variants": {k: [r.ns.SerializeToString() for r in v] for k, v in results.items()}}, f)
     if args.png_dir:
         from mt3 import plotting
 
@@ -129,6 +134,8 @@ def main() -> int:
     parser.add_argument("--corpus", default="data/corpus")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-tracks", type=int, default=None)
+    parser.add_argument("--min-programs", type=int, default=2,
+                        help="tracks whose reference has at least this many pitched programs (2: multi-instrument)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--min-share", type=float, default=0.05)
     parser.add_argument("--out-md", default=None)
