@@ -332,7 +332,7 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
         eval_config = gin.get_configurable("evaluation.EvalConfig")()
     except (ValueError, TypeError) as err:
         raise InputError(None, f"bad eval configuration: {err}") from err
-    infer_config = inference.with_model_decode_length(infer_config)
+    infer_config = inference.with_model_defaults(infer_config)
     if batch_size is not None:
         infer_config = dataclasses.replace(infer_config, batch_size=batch_size)
     if max_tracks is not None:
@@ -414,7 +414,7 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
         import gin
 
         register_gin_configurables()
-        infer_config = inference.with_model_decode_length(gin.get_configurable("inference.InferenceConfig")())
+        infer_config = inference.with_model_defaults(gin.get_configurable("inference.InferenceConfig")())
     holder: dict[str, Any] = {}
 
     def infer_eval_fn(step: int, params) -> dict[str, float]:

@@ -35,7 +35,8 @@ TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConf
                                "train", "TrainLoopConfig", "DatasetConfig")  # config.gin writes the short names
 # Macros that code reads with `query_macro` although no gin file has to define them: a binding of one is not unknown.
 CODE_MACROS = frozenset({MODEL_DIR_MACRO, "INFER_EVAL_TASKS", "EVAL_TASKS", "EVAL_MIXTURE", "TASK_PREFIX", "DATA_DIR",
-                         "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL"})
+                         "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL",
+                         "INPUT_PEAK_DB"})
 
 _REGISTERED = False
 

@@ -397,3 +397,29 @@ def test_transcribe_programs_flag_is_checked_before_anything_loads(tmp_path, cap
     assert transcribe.consistency_bindings(args) == [
         "inference.InferenceConfig.programs = [0, 33]", "inference.InferenceConfig.two_pass_programs = True",
         "inference.InferenceConfig.reassign_programs = 'family'"]
+
+
+def test_input_is_presented_at_the_level_the_model_trained_at(tiny):
+    """The local recipes set INPUT_PEAK_DB = -1 (their mixes' peak): a file 30 dB quieter decodes to exactly the
+    tokens of the file itself. Bound to None (MT3's behaviour, and any model without the macro), audio is as given."""
+    from mt3 import audio
+
+    samples = audio.load_audio(tiny.wav(0))
+    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    assert im.config.input_peak_db == -1.0
+    quiet = (samples * np.float32(10 ** (-30 / 20))).astype(np.float32)
+    peak = float(np.abs(im.segment_audio(quiet).frames).max())
+    assert abs(20 * np.log10(peak) - (-1.0)) < 1e-3
+    loud, soft = im.transcribe_many([samples, quiet], progress=False)
+    assert len(loud.ns.notes) > 0
+    assert [(n.pitch, n.start_time, n.end_time, n.program) for n in soft.ns.notes] == \
+        [(n.pitch, n.start_time, n.end_time, n.program) for n in loud.ns.notes]
+    as_given = inference.load_inference_model(
+        tiny.model_dir, gin_bindings=[*tiny.bindings, "inference.InferenceConfig.input_peak_db = None"])
+    assert as_given.config.input_peak_db is None
+    np.testing.assert_array_equal(as_given.segment_audio(quiet).frames.reshape(-1)[: len(quiet)], quiet)
+    # near-silence (below -80 dBFS) is never blown up to full scale
+    hiss = np.full(16000, 1e-5, np.float32)
+    np.testing.assert_array_equal(inference.normalize_peak(hiss, -1.0), hiss)
+    with pytest.raises(ValueError, match="input_peak_db"):
+        inference.InferenceConfig(input_peak_db=3.0)
