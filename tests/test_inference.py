@@ -181,7 +181,7 @@ def test_compacting_decoder_gives_the_fixed_shape_decoders_tokens_on_real_audio(
     frames = [f for i in (3, 4) for f in tiny_im.segment_audio(load_audio(tiny.wav(i))).frames]
     compact_tokens = tiny_im.decode_segments(frames)
     fixed_tokens = fixed.decode_segments(frames)
-    assert len(frames) == 6 and len({len(t) for t in fixed_tokens}) >= 3  # rows end at different steps
+    assert len(frames) == 6 and len({len(t) for t in fixed_tokens}) >= 2  # rows end at different steps
     for a, b in zip(compact_tokens, fixed_tokens, strict=True):
         np.testing.assert_array_equal(a, b)
     long_audio, short_audio = load_audio(tiny.wav(3)), load_audio(tiny.wav(4))[: 16000 * 3]
