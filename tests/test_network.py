@@ -301,7 +301,7 @@ json.dump(out, sys.stdout)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     out = json.loads(proc.stdout)
     assert out["base"] == [0.0, "dense", 8, 128]
-    assert out["levers/aux_loss.gin"] == [1.0, "dense", 8, 128]
+    assert out["levers/aux_loss.gin"] == [10.0, "dense", 8, 128]
     assert out["levers/conv_frontend.gin"] == [0.0, "conv", 8, 128]
     for name in ("aux_loss", "conv_frontend"):
         lines = (REPO / "gin" / "levers" / f"{name}.gin").read_text().splitlines()

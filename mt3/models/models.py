@@ -75,8 +75,9 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Array
 def frame_bce(logits: Array, targets: Array) -> Array:
     """Binary cross entropy of [B, L, P] logits against 0/1 rolls: mean over pitches, summed over frames and batch.
 
-    Why this scale: a frame's mean over 128 pitches is ~0.1 for an all-silent guess and a few hundredths once learnt,
-    so 256 frames weigh about as much as a crop's ~60 summed target-token losses: weight 1 is a balanced start."""
+    Why this scale: it sums over frames as the token loss sums over tokens, so the ratio of the two does not depend on
+    the batch size. Measured on gin/local_cpu.gin (steps 50-250 from scratch, batch 8): onset + frame terms are
+    45-100 per batch against a token cross entropy of 1,100-2,600, i.e. ~4 % of it at weight 1."""
     logits = jnp.asarray(logits, jnp.float32)
     targets = jnp.asarray(targets, jnp.float32)
     per_cell = jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
