@@ -69,6 +69,7 @@ class Transcription:
     invalid_events: int  # model outputs that made no sense in context (e.g. an offset of a note that is not on)
     dropped_events: int
     source: str | None  # the file path, or None for an array
+    decoded_tokens: int = 0  # tokens the model emitted before EOS, summed over segments (invalid_events' base)
 
     def write_midi(self, path: str | os.PathLike) -> Path:
         """Writes the multitrack MIDI file `mt3 transcribe` would write (atomically); returns its path."""
@@ -197,7 +198,8 @@ class Transcriber:
                                       per_input_rate=isinstance(sample_rate, Sequence))
             samples.append(mono)
             sources.append(source)
-            _warn_if_quiet(mono, source or (f"audio[{index}]" if len(audios) > 1 else "audio"))
+            _warn_if_quiet(mono, source or (f"audio[{index}]" if len(audios) > 1 else "audio"),
+                           getattr(self.inference_model, "config", None))
         if not samples:
             return []
         results = self.inference_model.transcribe_many(samples, progress=progress)
@@ -215,14 +217,14 @@ class Transcriber:
         return prepare_array(item, rate, target_rate=self.sample_rate, name=name), None
 
 
-def _warn_if_quiet(samples: np.ndarray, name: str) -> None:
+def _warn_if_quiet(samples: np.ndarray, name: str, config) -> None:
     """A UserWarning (as `mt3 transcribe`'s warning line) when the input peaks far below the training recordings'
-    level: such input is transcribed as it is and usually gives few or no notes."""
+    level, saying whether the model (its InferenceConfig `config`) normalises such input or hears it as it is."""
     import warnings
 
-    from mt3 import audio
+    from mt3 import audio, inference
 
-    line = audio.quiet_warning(samples)
+    line = audio.quiet_warning(samples, inference.resolved_input_peak(config))
     if line is not None:
         warnings.warn(f"{name}: {line}", UserWarning, stacklevel=4)
 
@@ -233,7 +235,7 @@ def _wrap(result, source: str | None) -> Transcription:
     notes = tuple(Note(**d) for d in midi_io.notes_to_dicts(result.ns))
     return Transcription(ns=result.ns, notes=notes, audio_seconds=float(result.audio_seconds),
                          invalid_events=int(result.invalid_events), dropped_events=int(result.dropped_events),
-                         source=source)
+                         source=source, decoded_tokens=int(result.decoded_tokens))
 
 
 def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int | None = None, step: int | None = None,

@@ -51,15 +51,19 @@ def peak_dbfs(samples: np.ndarray) -> float:
     return 20.0 * math.log10(peak) if peak > 0 else -math.inf
 
 
-def quiet_warning(samples: np.ndarray) -> str | None:
+def quiet_warning(samples: np.ndarray, normalised_to: float | None = None) -> str | None:
     """A one-line note when the input peaks far below the level of training audio (None otherwise, and for silence,
-    which callers report on its own): such a recording is transcribed as it is, and usually gives few or no notes."""
+    which callers report on its own). `normalised_to`: the peak (dBFS) the model presents its input at
+    (`InferenceConfig.input_peak_db`), or None when it transcribes the input as it is."""
     level = peak_dbfs(samples)
     if not math.isfinite(level) or level >= QUIET_PEAK_DBFS:
         return None
+    if normalised_to is not None:
+        return (f"the audio is very quiet (peak {level:.0f} dBFS); the model hears it normalised to its training peak "
+                f"of {normalised_to:.0f} dBFS, which raises any noise and hum with it")
     return (f"the audio is very quiet (peak {level:.0f} dBFS, far below the {TRAINING_PEAK_DBFS:.0f} dBFS peaks of "
-            "the training recordings; the input is not normalised), so expect few or no notes: raise its level "
-            "(e.g. normalise the peak to -1 dBFS) and transcribe again")
+            "the training recordings; this model does not normalise its input), so expect few or no notes: raise "
+            "its level (e.g. normalise the peak to -1 dBFS) and transcribe again")
 
 
 def _check_rate(path, rate, what: str) -> int:

@@ -522,6 +522,12 @@ def normalize_peak(samples: np.ndarray, peak_db: float | str | None) -> np.ndarr
     return (samples * np.float32(10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
 
 
+def resolved_input_peak(config: InferenceConfig | None) -> float | None:
+    """The peak (dBFS) a loaded model presents its input at, or None when it decodes the input as given."""
+    peak = getattr(config, "input_peak_db", None)
+    return float(peak) if isinstance(peak, (int, float)) and not isinstance(peak, bool) else None
+
+
 def with_model_defaults(config: InferenceConfig) -> InferenceConfig:
     """`config` with the model-dependent defaults resolved from the parsed model config: decode length, input peak."""
     return with_model_input_peak(with_model_decode_length(config))

@@ -261,8 +261,6 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         if not np.any(samples):
             _report(f"mt3 transcribe: warning: {item.path}: the audio is silent "
                     f"({len(samples) / audio.DEFAULT_SAMPLE_RATE:.2f} s, every sample zero): no notes")
-        elif (quiet := audio.quiet_warning(samples)) is not None:
-            _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
         jobs.append((item, outputs, samples))
     if not jobs:
         return failures
@@ -275,6 +273,9 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         model = _load_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
                             batch_size=batch_size)
         _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s")
+    for item, _, samples in jobs:  # after loading: the line says whether this model normalises its input
+        if (quiet := audio.quiet_warning(samples, inference.resolved_input_peak(model.config))) is not None:
+            _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
     compiled, started = inference.compile_seconds(), time.perf_counter()
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
     wall, compile_s = time.perf_counter() - started, inference.compile_seconds() - compiled

@@ -259,5 +259,7 @@ def test_quiet_warning_is_about_the_input_level():
     tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
     assert audio.quiet_warning(0.5 * tone) is None and audio.quiet_warning(np.zeros(100, np.float32)) is None
     line = audio.quiet_warning(tone * 10 ** (-50 / 20))
-    assert line is not None and "peak -50 dBFS" in line and "not normalised" in line
+    assert line is not None and "peak -50 dBFS" in line and "does not normalise" in line
+    normalised = audio.quiet_warning(tone * 10 ** (-50 / 20), normalised_to=-1.0)
+    assert "peak -50 dBFS" in normalised and "normalised to its training peak of -1 dBFS" in normalised
     assert audio.AUDIO_EXTENSIONS == tuple(dict.fromkeys(audio.AUDIO_EXTENSIONS))  # one list, no repeats

@@ -358,6 +358,7 @@ def test_quiet_recording_gets_one_line_about_its_level(tiny, tmp_path, capsys):
                                           progress=False, model=model) == []
     warnings = [line for line in capsys.readouterr().err.splitlines() if "very quiet" in line]
     assert len(warnings) == 1 and "quiet.wav: the audio is very quiet (peak -55 dBFS" in warnings[0]
+    assert "normalised to its training peak of -1 dBFS" in warnings[0]  # the local recipes' INPUT_PEAK_DB
 
 
 def test_train_checks_task_data_and_model_dir_before_writing_anything(tmp_path, capsys, monkeypatch):
