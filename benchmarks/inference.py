@@ -137,7 +137,7 @@ def run_mt3_size(mode: str, args) -> dict:
     """One decoder ("fixed" = before, "compact" = after) of the MT3-size model on the chorale, in this process."""
     import dataclasses
 
-    from mt3 import inference
+    from mt3 import compilation, inference
 
     audio = chorale_audio(args.seconds)
     started = time.perf_counter()
@@ -148,12 +148,12 @@ def run_mt3_size(mode: str, args) -> dict:
         im = build("small", args.mt3_batch, args.max_decode_len)
         im.config = dataclasses.replace(im.config, compact_decoding=mode == "compact")
     load_s = time.perf_counter() - started
-    compiled, started = inference.compile_seconds(), time.perf_counter()
+    compiled, started = compilation.compile_seconds(), time.perf_counter()
     segments = im.segment_audio(audio)
     tokens = im.decode_segments(list(segments.frames))
     result = im.stitch(tokens, segments.start_times, segments.audio_seconds)
     wall = time.perf_counter() - started
-    compile_s = inference.compile_seconds() - compiled
+    compile_s = compilation.compile_seconds() - compiled
     np.savez(args.tokens_out, *tokens)
     return {"mode": mode, "weights": args.mt3_checkpoint or "random", "audio_s": round(result.audio_seconds, 1),
             "segments": result.num_segments, "tokens": result.decoded_tokens, "notes": len(result.ns.notes),

@@ -298,3 +298,18 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = D
         raise ValueError(f"write_wav: bad sample rate {sample_rate!r}")
     with atomic_write(path, "wb") as f:
         soundfile.write(f, samples, sample_rate, format="WAV", subtype=subtype)
+
+
+SILENCE_PEAK_DB = -80.0  # quieter files are left as given: normalising them would only amplify noise
+
+
+def normalize_peak(samples: np.ndarray, peak_db: float | str | None) -> np.ndarray:
+    """`samples` scaled so their peak is `peak_db` dBFS (a number); as given for None/'model' (unresolved) or for
+    files whose peak is below SILENCE_PEAK_DB. Inference uses it to present a file at the level a model trained at
+    (`inference.InferenceConfig.input_peak_db`)."""
+    if not isinstance(peak_db, (int, float)):
+        return samples
+    peak = float(np.max(np.abs(samples), initial=0.0))
+    if peak <= 10.0 ** (SILENCE_PEAK_DB / 20.0):
+        return samples
+    return (samples * np.float32(10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)

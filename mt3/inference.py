@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import metrics_utils, midi_io, note_sequences, program_consistency, spectrograms, vocabularies
+from mt3 import (
+    audio,
+    compilation,
+    metrics_utils,
+    midi_io,
+    note_sequences,
+    program_consistency,
+    spectrograms,
+    vocabularies,
+)
 from mt3.errors import InputError
 
 # Ticks per quarter note of the MIDI files we write. At the default 120 qpm this is 1000 ticks per second, so times on
@@ -33,50 +42,6 @@ MIDI_QPM = 120.0
 
 
 DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length
-
-# Seconds JAX spent tracing, lowering and compiling in this process (jax.monitoring events), so `mt3 transcribe` and
-# the benchmark can say how much of a run was compilation (each decoder shape compiles once per process).
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_COMPILE = {"seconds": 0.0, "listening": False}
-
-
-def compile_seconds() -> float:
-    """Tracing + lowering + XLA compile seconds so far in this process (counted from the first InferenceModel)."""
-    return _COMPILE["seconds"]
-
-
-COMPILATION_CACHE_ENV = "MT3_COMPILATION_CACHE"
-
-
-def enable_compilation_cache() -> str | None:
-    """Keeps XLA's compiled decoders on disk (JAX's persistent compilation cache), so a second `mt3 transcribe` /
-    `eval` / `serve` of the same model skips most compile time (~67 s for MT3's network on a busy 2-core CPU, where
-    the compacting decoder compiles one program per (batch, cache length) shape). Directory: $MT3_COMPILATION_CACHE,
-    default ~/.cache/mt3/xla; 'off' disables it. Returns the directory used (None: off)."""
-    import jax
-
-    directory = os.environ.get(COMPILATION_CACHE_ENV, os.path.join("~", ".cache", "mt3", "xla"))
-    if directory.strip().lower() in ("", "off", "0", "none"):
-        return None
-    directory = os.path.expanduser(directory)
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return directory
-
-
-def _listen_to_compiles() -> None:
-    if _COMPILE["listening"]:
-        return
-    import jax
-
-    def listener(event: str, duration: float, **_) -> None:
-        if event in _COMPILE_EVENTS:
-            _COMPILE["seconds"] += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    _COMPILE["listening"] = True
-
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
@@ -209,7 +174,7 @@ class InferenceModel:
 
         from mt3.models import decoding
 
-        _listen_to_compiles()
+        compilation.listen_to_compiles()
         net_config = model.module.config
         if net_config.input_frontend != "frames":
             raise ValueError("inference needs a model whose encoder reads raw sample frames (input_frontend='frames'), "
@@ -274,7 +239,7 @@ class InferenceModel:
     # ----- segmenting -----
     def segment_audio(self, samples: np.ndarray) -> _Segments:
         """Mono samples at the model's rate -> consecutive segments of `input_frames` frames (last zero-padded)."""
-        samples = normalize_peak(np.asarray(samples, np.float32), self.config.input_peak_db)
+        samples = audio.normalize_peak(np.asarray(samples, np.float32), self.config.input_peak_db)
         frames, frame_times = spectrograms.split_audio(samples, self.spectrogram_config)
         length = self.input_frames
         num = -(-len(frames) // length)
@@ -508,20 +473,6 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     return model
 
 
-SILENCE_PEAK_DB = -80.0  # quieter files are left as given: normalising them would only amplify noise
-
-
-def normalize_peak(samples: np.ndarray, peak_db: float | str | None) -> np.ndarray:
-    """`samples` scaled so their peak is `peak_db` dBFS (a number); as given for None/'model' (unresolved) or for
-    files whose peak is below SILENCE_PEAK_DB."""
-    if not isinstance(peak_db, (int, float)):
-        return samples
-    peak = float(np.max(np.abs(samples), initial=0.0))
-    if peak <= 10.0 ** (SILENCE_PEAK_DB / 20.0):
-        return samples
-    return (samples * np.float32(10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
-
-
 def resolved_input_peak(config: InferenceConfig | None) -> float | None:
     """The peak (dBFS) a loaded model presents its input at, or None when it decodes the input as given."""
     peak = getattr(config, "input_peak_db", None)
@@ -564,7 +515,7 @@ def load_inference_model(model_dir: str | os.PathLike, *, gin_files: Sequence[st
     """
     import gin
 
-    enable_compilation_cache()
+    compilation.enable_compilation_cache()
     model = parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=role_gin)
     spec = spec_from_gin(model)
     if config is None:

@@ -266,7 +266,7 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         return failures
     import time
 
-    from mt3 import inference
+    from mt3 import compilation, inference
 
     if model is None:
         started = time.perf_counter()
@@ -276,9 +276,9 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
     for item, _, samples in jobs:  # after loading: the line says whether this model normalises its input
         if (quiet := audio.quiet_warning(samples, inference.resolved_input_peak(model.config))) is not None:
             _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
-    compiled, started = inference.compile_seconds(), time.perf_counter()
+    compiled, started = compilation.compile_seconds(), time.perf_counter()
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
-    wall, compile_s = time.perf_counter() - started, inference.compile_seconds() - compiled
+    wall, compile_s = time.perf_counter() - started, compilation.compile_seconds() - compiled
     audio_s = sum(r.audio_seconds for r in results)
     _report(f"mt3 transcribe: decoded {audio_s:.1f} s of audio in {wall:.1f} s, {compile_s:.1f} s of it compiling "
             f"(RTF {max(wall - compile_s, 0.0) / max(audio_s, 1e-9):.3f} without compiling)")

@@ -420,6 +420,6 @@ def test_input_is_presented_at_the_level_the_model_trained_at(tiny):
     np.testing.assert_array_equal(as_given.segment_audio(quiet).frames.reshape(-1)[: len(quiet)], quiet)
     # near-silence (below -80 dBFS) is never blown up to full scale
     hiss = np.full(16000, 1e-5, np.float32)
-    np.testing.assert_array_equal(inference.normalize_peak(hiss, -1.0), hiss)
+    np.testing.assert_array_equal(audio.normalize_peak(hiss, -1.0), hiss)
     with pytest.raises(ValueError, match="input_peak_db"):
         inference.InferenceConfig(input_peak_db=3.0)
