@@ -283,6 +283,7 @@ def run(args) -> dict[str, Any]:
     gain = 10.0 ** (getattr(args, "gain_db", 0.0) / 20.0)  # the level sets of benchmarks/heldout.py
     with_peer = getattr(args, "peer", True)
     bp_info: dict[str, Any] = {"basic_pitch": None}
+    bp_python = None
     if with_peer:
         bp_python = ensure_basic_pitch_python(args.basic_pitch_python)
         bp_info = check_basic_pitch(bp_python)
