@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
-# Continue training the bundled model's run (gin/local_cpu.gin) where the last session stopped, then re-export it into
-# the package. Long work: run it in the background and let it go for hours; SIGTERM (or Ctrl-C) saves a checkpoint.
+# Continue the long CPU run (gin/local_cpu_robust.gin, chosen in docs/recipe_study.md) where the last session stopped.
+# Long work: run it in the background and let it go for hours; SIGTERM (or Ctrl-C) saves a checkpoint and exits.
 #   nohup bash scripts/train_local_cpu.sh > runs/local_cpu.log 2>&1 &
 #   MT3_TRAIN_SECONDS=3600 bash scripts/train_local_cpu.sh      # a bounded session
 # The run resumes from runs/local_cpu/checkpoints if present, else from the committed training/local_cpu/resume.tar.gz
-# (the newest training checkpoint: params, Adafactor state, step, RNG and data position). Before a session ends:
-#   bash scripts/train_local_cpu.sh --save-only   # export the model into mt3/pretrained and refresh the tarball
+# (the newest training checkpoint: params, Adafactor state, step, RNG and input position). Before a session ends:
+#   bash scripts/train_local_cpu.sh --save-only   # refresh the tarball from the newest checkpoint (commit it)
+#   bash scripts/train_local_cpu.sh --export      # also bundle it into mt3/pretrained/local_cpu (then update README)
+# The run's CPU seconds are logged beside its checkpoints (runs/local_cpu/cpu_clock.csv, benchmarks/cpu_clock.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1 MT3_DATA_DIR=data/prepared_big
 MT3=.venv/bin/mt3
+RECIPE=gin/local_cpu_robust.gin
 RUN=runs/local_cpu
 TARBALL=training/local_cpu/resume.tar.gz
 
 save() {
   step=$(ls "$RUN/checkpoints" | grep -E '^[0-9]+$' | sort -n | tail -n 1)
   mkdir -p "$(dirname "$TARBALL")"
-  tar -czf "$TARBALL.tmp" -C "$RUN" config.gin "checkpoints/$step" && mv "$TARBALL.tmp" "$TARBALL"
-  $MT3 export-model "$RUN" -o mt3/pretrained/local_cpu --overwrite --info recipe=gin/local_cpu.gin --info "train_command=bash scripts/train_local_cpu.sh"
-  echo "saved step $step: $TARBALL and mt3/pretrained (commit both)"
+  files=(config.gin "checkpoints/$step")
+  [ -f "$RUN/cpu_clock.csv" ] && files+=(cpu_clock.csv)
+  tar -czf "$TARBALL.tmp" -C "$RUN" "${files[@]}" && mv "$TARBALL.tmp" "$TARBALL"
+  echo "saved step $step: $TARBALL (commit it)"
 }
-if [ "${1:-}" = "--save-only" ]; then save; exit 0; fi
+case "${1:-}" in
+  --save-only) save; exit 0 ;;
+  --export) save
+    $MT3 export-model "$RUN" -o mt3/pretrained/local_cpu --overwrite --info "recipe=$RECIPE" \
+      --info "train_command=bash scripts/train_local_cpu.sh"
+    exit 0 ;;
+esac
 
 [ -f data/prepared_big/local/train.manifest.json ] || {
   $MT3 build-corpus --out data/corpus_big --minutes 160 --seed 1 --workers 2
@@ -33,5 +43,10 @@ if [ ! -d "$RUN/checkpoints" ] && [ -f "$TARBALL" ]; then
 fi
 FLAGS=()
 [ -n "${MT3_TRAIN_SECONDS:-}" ] && FLAGS+=("--gin.MAX_TRAIN_SECONDS=${MT3_TRAIN_SECONDS}")
-$MT3 train --gin_file=gin/local_cpu.gin --model_dir "$RUN" "${FLAGS[@]}"
+$MT3 train --gin_file="$RECIPE" --model_dir "$RUN" "${FLAGS[@]}" &
+TRAIN=$!
+trap 'kill -TERM "$TRAIN" 2>/dev/null' TERM INT
+.venv/bin/python -m benchmarks.cpu_clock --pid "$TRAIN" --model-dir "$RUN" &
+wait "$TRAIN" || true
+wait "$TRAIN" 2>/dev/null || true
 save
