@@ -28,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(None, "no gin config: pass --gin_file=gin/mt3.gin (or local_tiny.gin, ismir2021.gin, ...)")
     flags = gin_utils.parse_gin_flags(args.gin_file, args.gin_bindings, search_paths=args.gin_search_path,
                                       model_dir=args.model_dir)
+    gin_utils.build_bound_references("train_script.train")  # bad values first: they are the user's last edit
     check_before_writing()
     train.train_from_gin(flags)
     return 0
