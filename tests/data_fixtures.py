@@ -51,3 +51,30 @@ def write_prepared_dataset(root: Path, folder: str, tracks_by_split: dict[str, l
             for track_id, ns in tracks:
                 writer.write(records.TrackRecord(id=track_id, audio=synth(ns), sequence=ns, dataset=dataset))
     return out
+
+
+def chorale_train_task(root: Path, chorale, num_tracks: int, monkeypatch):
+    """The local corpus's seqio training task over `num_tracks` 8-second tracks of a real chorale, prepared under
+    `root` (the data dir is set through the environment for this test only)."""
+    import seqio
+
+    from mt3 import datasets, gin_utils, tasks
+
+    gin_utils.register_configurables()
+    pieces = [(f"t{i}", sub_sequence(chorale, 4.0 * i, 4.0 * i + 8.0)) for i in range(num_tracks)]
+    write_prepared_dataset(root, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(root))
+    return seqio.get_mixture_or_task(f"{tasks._MT3_PREFIXES['local']}_train")
+
+
+def gin_bound_train_examples(task, configurable: str, take: int, **bindings) -> list[dict]:
+    """The first `take` training examples of `task` with `configurable.NAME = VALUE` bound in a cleared gin config
+    (callers clear it again afterwards)."""
+    import gin
+
+    with gin.unlock_config():
+        gin.clear_config()
+        for name, value in bindings.items():
+            gin.bind_parameter(f"{configurable}.{name}", value)
+    ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
+    return list(ds.take(take).as_numpy_iterator())

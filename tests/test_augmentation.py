@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_fixtures import sub_sequence, synth, write_prepared_dataset
+from data_fixtures import chorale_train_task, gin_bound_train_examples, sub_sequence, synth
 
 from mt3 import augmentation
 
@@ -99,23 +99,11 @@ def test_config_validates():
 def test_gin_bound_augmentation_reaches_the_training_task(tmp_path, music21_sequences, monkeypatch):
     """Through the real seqio task: same crops and targets, quieter/changed audio, reproducible for a seed."""
     import gin
-    import seqio
 
-    from mt3 import datasets, gin_utils, tasks
-
-    gin_utils.register_configurables()
-    pieces = [(f"t{i}", sub_sequence(music21_sequences["bach_chorale"], 4.0 * i, 4.0 * i + 8.0)) for i in range(3)]
-    write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
-    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
-    task = seqio.get_mixture_or_task(f"{tasks._MT3_PREFIXES['local']}_train")
+    task = chorale_train_task(tmp_path, music21_sequences["bach_chorale"], 3, monkeypatch)
 
     def examples(**bindings):
-        with gin.unlock_config():
-            gin.clear_config()
-            for name, value in bindings.items():
-                gin.bind_parameter(f"augmentation.AugmentConfig.{name}", value)
-        ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
-        return list(ds.take(6).as_numpy_iterator())
+        return gin_bound_train_examples(task, "augmentation.AugmentConfig", 6, **bindings)
 
     try:
         plain = examples()

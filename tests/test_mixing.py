@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from data_fixtures import sub_sequence, synth, write_prepared_dataset
+from data_fixtures import chorale_train_task, gin_bound_train_examples, sub_sequence, synth
 
 from mt3 import metrics_utils, mixing, track_examples, vocabularies
 
@@ -77,23 +77,12 @@ def test_mixed_training_examples_mix_only_across_tracks(tracks):
 
 def test_gin_bound_mixing_reaches_the_training_task(tmp_path, music21_sequences, monkeypatch):
     import gin
-    import seqio
 
-    from mt3 import datasets, gin_utils, tasks
-
-    gin_utils.register_configurables()
-    pieces = [(f"t{i}", sub_sequence(music21_sequences["bach_chorale"], 4.0 * i, 4.0 * i + 8.0)) for i in range(4)]
-    write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
-    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
-    task = seqio.get_mixture_or_task(f"{tasks._MT3_PREFIXES['local']}_train")
+    task = chorale_train_task(tmp_path, music21_sequences["bach_chorale"], 4, monkeypatch)
 
     def target_tokens(**bindings):
-        with gin.unlock_config():
-            gin.clear_config()
-            for name, value in bindings.items():
-                gin.bind_parameter(f"mixing.MixConfig.{name}", value)
-        ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
-        return sum(int(np.sum(ex["targets"] > 0)) for ex in ds.take(8).as_numpy_iterator())
+        examples = gin_bound_train_examples(task, "mixing.MixConfig", 8, **bindings)
+        return sum(int(np.sum(ex["targets"] > 0)) for ex in examples)
 
     try:
         plain = target_tokens()
