@@ -394,17 +394,22 @@ def main(argv=None) -> int:
     if args.max_tracks is not None and args.max_tracks < 1:
         parser.error("--max-tracks must be >= 1")
 
+    report = run(args)
+    write_report(args.out, markdown(report), report)
+    return 0
+
+
+def write_report(out: Path, text: str, report: dict[str, Any]) -> None:
+    """The markdown table at `out` and the full report as JSON beside it, each written atomically, and the table
+    printed: what every peer benchmark leaves behind."""
     from mt3 import records
 
-    report = run(args)
-    text = markdown(report)
-    with records.atomic_write(args.out, "w") as f:
+    with records.atomic_write(out, "w") as f:
         f.write(text)
-    records.atomic_write_json(args.out.with_suffix(".json"), report)
+    records.atomic_write_json(out.with_suffix(".json"), report)
     print()
     print(text)
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
-    return 0
+    print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -151,11 +151,9 @@ def score(args) -> dict[str, Any]:
             "machine": compare_peers.machine(), "rows": rows}
 
 
-def _f(value) -> str:
-    return "—" if value is None else f"{value:.3f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
+    from benchmarks.compare_peers import _f
+
     rows = report["rows"]
     model = rows[0]["model"]
     m = report["machine"]
@@ -220,13 +218,9 @@ def main(argv=None) -> int:
         if not records.split_is_complete(args.root / folder, "test"):
             raise SystemExit(f"{args.root / folder}: no held-out set; run `python -m benchmarks.heldout --build` first")
     report = score(args)
-    text = markdown(report)
-    with records.atomic_write(args.out, "w") as f:
-        f.write(text)
-    records.atomic_write_json(args.out.with_suffix(".json"), report)
-    print()
-    print(text)
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    from benchmarks import compare_peers
+
+    compare_peers.write_report(args.out, markdown(report), report)
     return 0
 
 

@@ -58,6 +58,19 @@ def check_renderer(soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS + TEST_SOUNDFO
     return exe
 
 
+def _run_renderer(cmd: list[str], wav_path: str | os.PathLike) -> None:
+    """Runs one offline render; a missing program, a failed exit or an empty WAV (header only) is an error that
+    names the renderer and its last line of output."""
+    name = cmd[0]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as err:
+        raise InputError(name, f"not found on PATH: {SETUP_HINT}") from err
+    if proc.returncode != 0 or not Path(wav_path).exists() or Path(wav_path).stat().st_size <= 44:
+        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise RuntimeError(f"{name} exited with {proc.returncode}: {msg[-1] if msg else 'no output'}")
+
+
 def run_fluidsynth(midi_path: str | os.PathLike, soundfont: str | os.PathLike, wav_path: str | os.PathLike,
                    *, sample_rate: int = SAMPLE_RATE, gain: float = FLUIDSYNTH_GAIN) -> None:
     """One offline render; float WAV output so nothing clips or gets dithered before our own normalisation.
@@ -67,13 +80,7 @@ def run_fluidsynth(midi_path: str | os.PathLike, soundfont: str | os.PathLike, w
     """
     cmd = ["fluidsynth", "-ni", "-q", "-F", str(wav_path), "-r", str(sample_rate), "-g", str(gain),
            "-O", "float", "-T", "wav", str(soundfont), str(midi_path)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError as err:
-        raise InputError("fluidsynth", f"not found on PATH: {SETUP_HINT}") from err
-    if proc.returncode != 0 or not Path(wav_path).exists() or Path(wav_path).stat().st_size <= 44:
-        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
-        raise RuntimeError(f"fluidsynth exited with {proc.returncode}: {msg[-1] if msg else 'no output'}")
+    _run_renderer(cmd, wav_path)
 
 
 TIMIDITY_FREEPATS = "timidity+freepats"  # a second synth engine and sample set: the held-out validation timbre
@@ -85,13 +92,7 @@ def run_timidity(midi_path: str | os.PathLike, wav_path: str | os.PathLike, *, s
     # --preserve-silence: TiMidity++ otherwise drops the silence before the first note, moving audio off the labels
     cmd = ["timidity", "-c", config, "--preserve-silence", "-Ow", "-s", str(sample_rate), "-o", str(wav_path),
            str(midi_path)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError as err:
-        raise InputError("timidity", f"not found on PATH: {SETUP_HINT}") from err
-    if proc.returncode != 0 or not Path(wav_path).exists() or Path(wav_path).stat().st_size <= 44:
-        msg = (proc.stderr or proc.stdout or "").strip().splitlines()
-        raise RuntimeError(f"timidity exited with {proc.returncode}: {msg[-1] if msg else 'no output'}")
+    _run_renderer(cmd, wav_path)
 
 
 def render_midi(midi_path: str | os.PathLike, bank: str, *, num_samples: int,
