@@ -46,24 +46,7 @@ def _free_port() -> int:
 def test_two_processes_train_one_step_and_agree(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], cwd=REPO, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=subprocess_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                            JAX_PROCESS_ID=str(i)))
-        for i in range(2)
-    ]
-    try:
-        outputs = [proc.communicate(timeout=300) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    results = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))))
+    results = _run_pair(tmp_path, script, tmp_path / "run")
     results.sort(key=lambda r: r["process"])
     assert [(r["process"], r["count"], r["devices"], r["step"]) for r in results] == [(0, 2, 2, 1), (1, 2, 2, 1)]
     assert [tuple(r["layout"]) for r in results] == [(0, 2), (1, 2)]  # each host reads its own shard
