@@ -42,6 +42,12 @@ def sub_sequence(ns, start: float, end: float):
     return out
 
 
+def windows(ns, count: int, *, stride: float, length: float, prefix: str) -> list[tuple[str, object]]:
+    """`count` overlapping excerpts of one real piece as prepared-dataset tracks [(f"{prefix}{i}", ns)]: excerpt i
+    spans [stride * i, stride * i + length) seconds, so neighbours share notes the way a corpus's tracks share style."""
+    return [(f"{prefix}{i}", sub_sequence(ns, stride * i, stride * i + length)) for i in range(count)]
+
+
 def write_prepared_dataset(root: Path, folder: str, tracks_by_split: dict[str, list[tuple[str, object]]],
                            dataset: str = "local", num_shards: int = 1) -> Path:
     """Writes {split: [(id, ns)]} as a prepared dataset under root/folder; audio synthesised from the notes."""
@@ -61,7 +67,7 @@ def chorale_train_task(root: Path, chorale, num_tracks: int, monkeypatch):
     from mt3 import datasets, gin_utils, tasks
 
     gin_utils.register_configurables()
-    pieces = [(f"t{i}", sub_sequence(chorale, 4.0 * i, 4.0 * i + 8.0)) for i in range(num_tracks)]
+    pieces = windows(chorale, num_tracks, stride=4.0, length=8.0, prefix="t")
     write_prepared_dataset(root, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(root))
     return seqio.get_mixture_or_task(f"{tasks._MT3_PREFIXES['local']}_train")

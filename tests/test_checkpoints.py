@@ -242,12 +242,12 @@ def _real_data_bindings(data_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def prepared_local(music21_sequences, tmp_path_factory):
-    from data_fixtures import sub_sequence, write_prepared_dataset
+    from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
     chorale = music21_sequences["bach_chorale"]
     root = tmp_path_factory.mktemp("prepared_local")
     write_prepared_dataset(root, "local", {
-        "train": [(f"chorale_{i}", sub_sequence(chorale, 3.0 * i, 3.0 * i + 12.0)) for i in range(5)],
+        "train": windows(chorale, 5, stride=3.0, length=12.0, prefix="chorale_"),
         "validation": [("chorale_val", sub_sequence(chorale, 12.0, 20.0))]})
     return root
 

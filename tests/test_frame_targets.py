@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import test_mixing
-from data_fixtures import sub_sequence, synth, write_prepared_dataset
+from data_fixtures import synth, windows, write_prepared_dataset
 
 from mt3 import frame_targets, note_sequences, preprocessors, track_examples, track_tokens
 
@@ -132,7 +132,7 @@ def _task_examples(tmp_path, music21_sequences, monkeypatch, bindings: list[str]
     from mt3 import datasets, gin_utils, tasks
 
     gin_utils.register_configurables()
-    pieces = [(f"t{i}", sub_sequence(music21_sequences["string_quartet"], 4.0 * i, 4.0 * i + 9.0)) for i in range(4)]
+    pieces = windows(music21_sequences["string_quartet"], 4, stride=4.0, length=9.0, prefix="t")
     if not (tmp_path / "local").exists():
         write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from data_fixtures import sub_sequence, write_prepared_dataset
+from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
 from mt3 import input_pipeline, train
 
@@ -21,7 +21,7 @@ def prepared(music21_sequences, tmp_path_factory):
     chorale = music21_sequences["bach_chorale"]
     root = tmp_path_factory.mktemp("prepared")
     write_prepared_dataset(root, "local", {
-        "train": [(f"chorale_{i}", sub_sequence(chorale, 3.0 * i, 3.0 * i + 20.0)) for i in range(7)],
+        "train": windows(chorale, 7, stride=3.0, length=20.0, prefix="chorale_"),
         "validation": [("chorale_val", sub_sequence(chorale, 12.0, 30.0))],
     }, num_shards=2)
     return root

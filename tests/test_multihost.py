@@ -104,11 +104,11 @@ def _run_pair(tmp_path, script, *args) -> list[dict]:
 def test_two_processes_save_and_restore_their_own_input_positions(tmp_path, music21_sequences):
     """Each host reads its own records through the indexed sampler; the checkpoint holds both positions; resuming
     both processes from step 2 and training to 4 equals an uninterrupted 4-step run."""
-    from data_fixtures import sub_sequence, write_prepared_dataset
+    from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
     chorale = music21_sequences["bach_chorale"]
     write_prepared_dataset(tmp_path / "prepared", "local", {
-        "train": [(f"chorale_{i}", sub_sequence(chorale, 3.0 * i, 3.0 * i + 6.0)) for i in range(6)],
+        "train": windows(chorale, 6, stride=3.0, length=6.0, prefix="chorale_"),
         "validation": [("chorale_val", sub_sequence(chorale, 12.0, 16.0))]})
     script = tmp_path / "worker.py"
     script.write_text(INDEXED_WORKER)

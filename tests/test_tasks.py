@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from data_fixtures import sub_sequence, write_prepared_dataset
+from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,8 @@ def data_dir(tmp_path_factory, music21_sequences):
     chorale = music21_sequences["bach_chorale"]
     quartet = music21_sequences["string_quartet"]
     tracks = {
-        "train": [(f"chorale_{i}", sub_sequence(chorale, 4.0 * i, 4.0 * i + 6.0)) for i in range(3)]
-        + [(f"quartet_{i}", sub_sequence(quartet, 10.0 * i, 10.0 * i + 20.0)) for i in range(2)],
+        "train": windows(chorale, 3, stride=4.0, length=6.0, prefix="chorale_")
+        + windows(quartet, 2, stride=10.0, length=20.0, prefix="quartet_"),
         "validation": [("quartet_val", sub_sequence(quartet, 40.0, 52.0))],
         "test": [("chorale_test", sub_sequence(chorale, 12.0, 18.0))],
     }

@@ -62,13 +62,13 @@ def test_cut_keeps_the_frame_targets_whole():
 
 def _batches(tmp_path, music21_sequences, monkeypatch, bindings, pipeline):
     import gin
-    from data_fixtures import sub_sequence, write_prepared_dataset
+    from data_fixtures import windows, write_prepared_dataset
 
     from mt3 import datasets, gin_utils, tasks
 
     gin_utils.register_configurables()
     if not (tmp_path / "local").exists():
-        pieces = [(f"t{i}", sub_sequence(music21_sequences["bach_chorale"], 3.0 * i, 3.0 * i + 6.0)) for i in range(4)]
+        pieces = windows(music21_sequences["bach_chorale"], 4, stride=3.0, length=6.0, prefix="t")
         write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     cfg = train.DatasetConfig(mixture_or_task_name=f"{tasks._MT3_PREFIXES['local']}_train",

@@ -228,11 +228,11 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path):
 
 def test_local_tiny_preset_trains_on_the_real_seqio_pipeline(tmp_path, music21_sequences):
     """The CPU quickstart path: local corpus -> seqio -> tiny real model (log-mel frontend) -> checkpoint + eval."""
-    from data_fixtures import sub_sequence, write_prepared_dataset
+    from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
     chorale = music21_sequences["bach_chorale"]
     write_prepared_dataset(tmp_path / "prepared", "local", {
-        "train": [(f"chorale_{i}", sub_sequence(chorale, 4.0 * i, 4.0 * i + 5.0)) for i in range(2)],
+        "train": windows(chorale, 2, stride=4.0, length=5.0, prefix="chorale_"),
         "validation": [("chorale_val", sub_sequence(chorale, 12.0, 16.0))],
     })
     model_dir = tmp_path / "run"
