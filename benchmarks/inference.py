@@ -137,12 +137,12 @@ def run_mt3_size(mode: str, args) -> dict:
     """One decoder ("fixed" = before, "compact" = after) of the MT3-size model on the chorale, in this process."""
     import dataclasses
 
-    from mt3 import compilation, inference
+    from mt3 import compilation, model_loading
 
     audio = chorale_audio(args.seconds)
     started = time.perf_counter()
     if args.mt3_checkpoint:
-        im = inference.load_inference_model(args.mt3_checkpoint, batch_size=args.mt3_batch)
+        im = model_loading.load_inference_model(args.mt3_checkpoint, batch_size=args.mt3_batch)
         im.config = dataclasses.replace(im.config, compact_decoding=mode == "compact")
     else:
         im = build("small", args.mt3_batch, args.max_decode_len)

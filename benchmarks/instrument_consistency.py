@@ -61,11 +61,11 @@ def run(args) -> dict:
 
     import numpy as np
 
-    from mt3 import inference, pretrained, program_consistency
+    from mt3 import model_loading, pretrained, program_consistency
 
     checkpoint = args.checkpoint or pretrained.default_model_dir()
     started = time.perf_counter()
-    im = inference.load_inference_model(checkpoint, batch_size=args.batch_size)
+    im = model_loading.load_inference_model(checkpoint, batch_size=args.batch_size)
     load_s = time.perf_counter() - started
     tracks = load_split(Path(args.corpus), args.split, args.max_tracks, args.min_programs)
     ids, audios, refs = zip(*tracks, strict=True)

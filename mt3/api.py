@@ -222,9 +222,9 @@ def _warn_if_quiet(samples: np.ndarray, name: str, config) -> None:
     level, saying whether the model (its InferenceConfig `config`) normalises such input or hears it as it is."""
     import warnings
 
-    from mt3 import audio, inference
+    from mt3 import audio, model_loading
 
-    line = audio.quiet_warning(samples, inference.resolved_input_peak(config))
+    line = audio.quiet_warning(samples, model_loading.resolved_input_peak(config))
     if line is not None:
         warnings.warn(f"{name}: {line}", UserWarning, stacklevel=4)
 
@@ -246,7 +246,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int |
 
     Raises `mt3.errors.InputError` when the directory is missing or holds no model. Imports JAX here, not before.
     """
-    from mt3 import inference, pretrained
+    from mt3 import model_loading, pretrained
 
     if checkpoint is None:
         checkpoint = pretrained.default_model_dir()
@@ -254,5 +254,5 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int |
             raise InputError(checkpoint, "no default model is installed (no bundled model in the package and no "
                                          "quickstart model dir here); pass load_model('MODEL_DIR') with a model dir "
                                          "from `mt3 train`, or train one with `bash scripts/quickstart.sh`")
-    im = inference.load_inference_model(checkpoint, gin_bindings=gin_bindings, step=step, batch_size=batch_size)
+    im = model_loading.load_inference_model(checkpoint, gin_bindings=gin_bindings, step=step, batch_size=batch_size)
     return Transcriber(im)

@@ -323,16 +323,16 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     `step`, or every step with all_checkpoints) and writes the reports. Returns the results (or the sweep summary)."""
     import gin
 
-    from mt3 import gin_utils, inference
+    from mt3 import gin_utils, inference, model_loading
 
     register_gin_configurables()
-    model = inference.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
+    model = model_loading.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
     try:
         infer_config = gin.get_configurable("inference.InferenceConfig")()
         eval_config = gin.get_configurable("evaluation.EvalConfig")()
     except (ValueError, TypeError) as err:
         raise InputError(None, f"bad eval configuration: {err}") from err
-    infer_config = inference.with_model_defaults(infer_config)
+    infer_config = model_loading.with_model_defaults(infer_config)
     if batch_size is not None:
         infer_config = dataclasses.replace(infer_config, batch_size=batch_size)
     if max_tracks is not None:
@@ -342,15 +342,15 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
         tasks = [names] if isinstance(names, str) else list(names)
         mixture = gin_utils.query_macro("EVAL_MIXTURE") or (None if tasks else _default_mixture())
     eval_tasks = resolve_tasks(tasks, mixture, split)
-    spec = inference.spec_from_gin(model)
+    spec = model_loading.spec_from_gin(model)
     out = Path(out_dir) if out_dir is not None else Path(model_dir) / "eval"
-    steps = inference.checkpoint_steps(model_dir) if all_checkpoints else [step]
+    steps = model_loading.checkpoint_steps(model_dir) if all_checkpoints else [step]
     if not steps:
         raise InputError(model_dir, "no checkpoints to evaluate")
     im, per_step = None, {}
     for s in steps:
         try:
-            params, restored = inference.restore_params(model_dir, model, s)
+            params, restored = model_loading.restore_params(model_dir, model, s)
         except InputError as err:
             if not all_checkpoints:
                 raise
@@ -406,7 +406,7 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
     Full-track inference eval during training, as MT3's infer_eval. The decoder is compiled on the first call and
     reused (only the parameters change); with out_dir, each step's reports go to OUT/step_N/.
     """
-    from mt3 import inference
+    from mt3 import inference, model_loading
 
     eval_tasks = resolve_tasks(tasks, mixture)
     spec = spec or inference.OutputSpec()
@@ -414,7 +414,7 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
         import gin
 
         register_gin_configurables()
-        infer_config = inference.with_model_defaults(gin.get_configurable("inference.InferenceConfig")())
+        infer_config = model_loading.with_model_defaults(gin.get_configurable("inference.InferenceConfig")())
     holder: dict[str, Any] = {}
 
     def infer_eval_fn(step: int, params) -> dict[str, float]:

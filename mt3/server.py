@@ -252,7 +252,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from mt3 import audio, inference, midi_io, upload_page
+    from mt3 import audio, midi_io, model_loading, upload_page
 
     decoder = BatchingDecoder(im, batch_wait_ms=batch_wait_ms)
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -297,7 +297,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             samples = await run_in_threadpool(audio.load_audio_bytes, data, name=name)
         except InputError as err:
             raise HTTPException(400, client_detail(err, name)) from err
-        quiet = audio.quiet_warning(samples, inference.resolved_input_peak(im.config))
+        quiet = audio.quiet_warning(samples, model_loading.resolved_input_peak(im.config))
         seconds = len(samples) / im.sample_rate
         if seconds > max_audio_seconds:
             raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
@@ -356,11 +356,11 @@ def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, max_upl
     """`mt3 serve`: checks the port, loads the model once, then runs uvicorn until interrupted."""
     import uvicorn
 
-    from mt3 import inference
+    from mt3 import model_loading
 
     check_port(host, port)
 
-    im = inference.load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
+    im = model_loading.load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
                                         batch_size=batch_size)
     if not log.handlers:  # absl (via orbax) owns the root logger; give the batch log its own handler
         handler = logging.StreamHandler()

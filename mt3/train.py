@@ -449,7 +449,7 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
     macro INFER_EVAL_TASKS, with the same code as `mt3 eval`; reports go to MODEL_DIR/infer_eval/step_N/."""
     import gin
 
-    from mt3 import evaluation, gin_utils, inference
+    from mt3 import evaluation, gin_utils, model_loading
 
     reference = gin.query_parameter("MODEL/macro.value")
     model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference
@@ -457,7 +457,7 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
     mixtures = [n for n in names if n.endswith("_eval")]
     return evaluation.make_infer_eval_fn(
         model, tasks=[n for n in names if n not in mixtures], mixture=mixtures[0] if mixtures else None,
-        spec=inference.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
+        spec=model_loading.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
         eval_config=evaluation.EvalConfig(num_plots=1, data_dir=gin_utils.query_macro("DATA_DIR")))
 
 

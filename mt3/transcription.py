@@ -266,7 +266,7 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         return failures
     import time
 
-    from mt3 import compilation, inference
+    from mt3 import compilation, model_loading
 
     if model is None:
         started = time.perf_counter()
@@ -274,7 +274,7 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
                             batch_size=batch_size)
         _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s")
     for item, _, samples in jobs:  # after loading: the line says whether this model normalises its input
-        if (quiet := audio.quiet_warning(samples, inference.resolved_input_peak(model.config))) is not None:
+        if (quiet := audio.quiet_warning(samples, model_loading.resolved_input_peak(model.config))) is not None:
             _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
     compiled, started = compilation.compile_seconds(), time.perf_counter()
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
@@ -326,10 +326,10 @@ def resolve_model_dir(checkpoint: str | os.PathLike | None, command: str) -> Pat
 
 
 def _load_model(checkpoint, *, gin_files, gin_bindings, step, batch_size):
-    from mt3 import inference
+    from mt3 import model_loading
 
     model_dir = resolve_model_dir(checkpoint, "transcribe")
-    model = inference.load_inference_model(model_dir, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
+    model = model_loading.load_inference_model(model_dir, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
                                            batch_size=batch_size)
     _report(f"mt3 transcribe: model {model_dir} (step {model.info.get('step')})")
     return model

@@ -15,7 +15,7 @@ import requests
 from test_inference import build_tiny_model
 from test_server import running_server
 
-from mt3 import inference, plotting
+from mt3 import model_loading, plotting
 
 GM_NAMES = [plotting.instrument_label(program, False) for program in range(128)]
 
@@ -29,7 +29,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
     tiny = build_tiny_model(tmp_path_factory)
-    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     with running_server(im) as url:
         yield url, tiny
 

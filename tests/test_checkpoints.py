@@ -289,10 +289,10 @@ def test_sigterm_on_real_data_exits_within_seconds_and_resumes_exactly(tmp_path,
 def test_params_only_from_the_bundled_model_with_another_optimizer():
     from flax.traverse_util import flatten_dict
 
-    from mt3 import inference, pretrained
+    from mt3 import model_loading, pretrained
 
     bundled = pretrained.default_model_dir()
-    model = inference.parse_model_dir_gin(bundled)
+    model = model_loading.parse_model_dir_gin(bundled)
     tr = trainer.Trainer(model, trainer.OptimizerConfig(name="adamw"), partitioning.Partitioner())
     lines: list[str] = []
     state, meta = checkpoints.initialize_from(checkpoints.RestoreCheckpointConfig(path=str(bundled)), tr, seed=0,
@@ -334,7 +334,7 @@ def test_fine_tune_an_imported_t5x_checkpoint_with_adamw_then_transcribe(tmp_pat
     from t5x_fixture import write_t5x_checkpoint
     from test_import_checkpoint import _tiny_gin
 
-    from mt3 import cli, inference, input_pipeline, train
+    from mt3 import cli, input_pipeline, model_loading, train
     from mt3.audio import write_wav
     from mt3.checkpoint_import import build_preset_model, import_checkpoint
 
@@ -361,9 +361,9 @@ def test_fine_tune_an_imported_t5x_checkpoint_with_adamw_then_transcribe(tmp_pat
     stream = input_pipeline.make_batch_iterator(cfg, host_batch_size=8, shard_id=0, num_shards=1)
     batch = next(stream)
     stream.close()
-    tuned_model = inference.parse_model_dir_gin(tuned)
-    tuned_params, step = inference.restore_params(tuned, tuned_model)
-    imported_params, _ = inference.restore_params(tmp_path / "imported", tuned_model)
+    tuned_model = model_loading.parse_model_dir_gin(tuned)
+    tuned_params, step = model_loading.restore_params(tuned, tuned_model)
+    imported_params, _ = model_loading.restore_params(tmp_path / "imported", tuned_model)
     assert step == 8
     before = float(tuned_model.eval_fn(imported_params, batch)["loss"])
     after = float(tuned_model.eval_fn(tuned_params, batch)["loss"])

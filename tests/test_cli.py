@@ -19,7 +19,7 @@ import soundfile
 from test_inference import build_tiny_model
 from test_trainer import MT3, REPO, subprocess_env
 
-from mt3 import cli, inference, midi_io
+from mt3 import cli, midi_io, model_loading
 from mt3.audio import write_wav
 
 
@@ -304,7 +304,7 @@ def test_outputs_of_a_file_appear_together_or_not_at_all(tiny, tmp_path, capsys)
 
     from mt3 import transcription
 
-    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    model = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     out = tmp_path / "out"
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -334,7 +334,7 @@ def test_directories_take_every_readable_format_skip_own_outputs_and_say_so(tiny
         soundfile.write(inputs / name, samples[: rate * 2], rate, format=fmt)
         assert Path(name).suffix in AUDIO_EXTENSIONS
     (inputs / "notes.txt").write_text("not audio")
-    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    model = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     assert transcription.transcribe_files([inputs], inputs, sonify_wav=True, progress=False, model=model) == []
     err = capsys.readouterr().err
     assert "skipped 1 not audio (.txt 1)" in err
@@ -353,7 +353,7 @@ def test_quiet_recording_gets_one_line_about_its_level(tiny, tmp_path, capsys):
     samples, rate = soundfile.read(tiny.wav(3), dtype="float32")
     write_wav(tmp_path / "quiet.wav", samples / np.abs(samples).max() * 10 ** (-55 / 20), rate, subtype="FLOAT")
     write_wav(tmp_path / "loud.wav", samples, rate, subtype="FLOAT")
-    model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    model = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     assert transcription.transcribe_files([tmp_path / "quiet.wav", tmp_path / "loud.wav"], tmp_path / "out",
                                           progress=False, model=model) == []
     warnings = [line for line in capsys.readouterr().err.splitlines() if "very quiet" in line]

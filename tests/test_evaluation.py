@@ -110,9 +110,9 @@ def test_all_checkpoints_sweep(tiny, tmp_path):
 
 
 def test_trainer_hook(tiny, tmp_path):
-    from mt3 import inference
+    from mt3 import model_loading
 
-    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     fn = evaluation.make_infer_eval_fn(im.model, tasks=[TASK], spec=im.spec, infer_config=im.config,
                                        eval_config=evaluation.EvalConfig(max_tracks=1, num_plots=1,
                                                                          data_dir=str(tiny.data_dir)),

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from t5x_fixture import STORAGE_FORMS, adafactor_statistics, write_t5x_checkpoint
 
-from mt3 import cli, inference
+from mt3 import cli, model_loading
 from mt3.checkpoint_import import build_preset_model, import_checkpoint, params_checksum
 from mt3.errors import InputError
 
@@ -54,8 +54,8 @@ def tiny(tmp_path_factory) -> Tiny:
 def _restored_params(model_dir: Path) -> dict[str, np.ndarray]:
     from flax.traverse_util import flatten_dict
 
-    model = inference.parse_model_dir_gin(model_dir)
-    params, step = inference.restore_params(model_dir, model)
+    model = model_loading.parse_model_dir_gin(model_dir)
+    params, step = model_loading.restore_params(model_dir, model)
     assert step == STEP
     return {k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}
 
@@ -203,7 +203,7 @@ def test_cli_import_then_transcribe_and_same_greedy_tokens_as_direct_params(tiny
 
     # the imported model dir, loaded as transcribe loads it, vs the written parameters handed over directly; both
     # decoded greedily by the same jitted decoder (one compile)
-    imported = inference.load_inference_model(model_dir, gin_bindings=DECODE_BINDINGS)
+    imported = model_loading.load_inference_model(model_dir, gin_bindings=DECODE_BINDINGS)
     batch = {"encoder_input_tokens": imported.segment_audio(samples).frames[:4]}
     ids_imported = np.asarray(imported.model.predict_batch(imported.params, batch, max_decode_len=16))
     ids_direct = np.asarray(imported.model.predict_batch(unflatten_dict(tiny.params, sep="/"), batch,
@@ -312,6 +312,6 @@ def test_presets_are_mt3_released_configs(tmp_path, preset):
             cfg.num_decoder_layers, cfg.dropout_rate, cfg.dtype) == \
         (released["rows"], 512, 6, 64, 1024, 8, 8, 0.1, "float32")
     assert models.count_params(model.abstract_params()) == released["params"]
-    spec = inference.spec_from_gin(model)
+    spec = model_loading.spec_from_gin(model)
     assert (spec.vocab_config.num_velocity_bins, spec.include_ties, spec.input_frames) == \
         (released["NUM_VELOCITY_BINS"], released["USE_TIES"], released["TASK_FEATURE_LENGTHS"]["inputs"])

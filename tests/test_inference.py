@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import inference, midi_io, note_sequences, track_tokens, vocabularies
+from mt3 import inference, midi_io, model_loading, note_sequences, track_tokens, vocabularies
 from mt3.errors import InputError
 
 TRAIN_STEPS = 160
@@ -111,7 +111,7 @@ def tiny(tmp_path_factory) -> TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_im(tiny) -> inference.InferenceModel:
-    return inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    return model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
 
 
 def random_inference_model(batch_size: int = 2, max_decode_len: int = 16, **config) -> inference.InferenceModel:
@@ -137,11 +137,11 @@ def test_loaded_model_matches_model_dir(tiny, tiny_im):
     assert tiny_im.input_frames == 256 and tiny_im.spec.include_ties
     assert tiny_im.batch_size == 4 and tiny_im.config.max_decode_len == 192  # gin bindings applied
     assert tiny_im.model.module.config.emb_dim == 64  # rebuilt from config.gin
-    assert inference.checkpoint_steps(tiny.model_dir) == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    assert model_loading.checkpoint_steps(tiny.model_dir) == [CHECKPOINT_PERIOD, TRAIN_STEPS]
     with pytest.raises(InputError, match="no checkpoint at step 7"):
-        inference.restore_params(tiny.model_dir, tiny_im.model, 7)
+        model_loading.restore_params(tiny.model_dir, tiny_im.model, 7)
     with pytest.raises(InputError, match="no config.gin"):
-        inference.load_inference_model(tiny.root)
+        model_loading.load_inference_model(tiny.root)
 
 
 def test_cached_decoding_equals_uncached_on_checkpoint(tiny, tiny_im):
@@ -176,7 +176,8 @@ def test_compacting_decoder_gives_the_fixed_shape_decoders_tokens_on_real_audio(
     batches."""
     from mt3.audio import load_audio
 
-    fixed = inference.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "COMPACT_DECODING = False"])
+    fixed = model_loading.load_inference_model(tiny.model_dir,
+                                               gin_bindings=[*tiny.bindings, "COMPACT_DECODING = False"])
     assert tiny_im.config.compact_decoding and not fixed.config.compact_decoding
     frames = [f for i in (3, 4) for f in tiny_im.segment_audio(load_audio(tiny.wav(i))).frames]
     compact_tokens = tiny_im.decode_segments(frames)
@@ -195,14 +196,14 @@ def test_program_options_constrain_and_two_pass_uses_the_first_pass_set(tiny):
     from mt3.audio import load_audio
 
     audio = [load_audio(tiny.wav(i)) for i in (3, 4)]
-    plain = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    plain = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     first = plain.transcribe_many(audio, progress=False)
     found = [program_consistency.program_note_counts(r.ns) for r in first]
     assert all(found)
-    user = inference.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "PROGRAMS = [40]"])
+    user = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "PROGRAMS = [40]"])
     for r in user.transcribe_many(audio, progress=False):
         assert set(program_consistency.program_note_counts(r.ns)) <= {40}
-    two = inference.load_inference_model(tiny.model_dir, gin_bindings=[
+    two = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[
         *tiny.bindings, "TWO_PASS_PROGRAMS = True", "MIN_PROGRAM_SHARE = 0.3", "REASSIGN_PROGRAMS = 'family'"])
     for r, pass1 in zip(two.transcribe_many(audio, progress=False), first, strict=True):
         allowed = program_consistency.estimate_program_set(pass1.ns, 0.3)  # reassignment stays inside it too
@@ -381,9 +382,9 @@ def test_transcribe_without_checkpoint_or_inputs_fails_cleanly(tmp_path, capsys,
 def test_decode_length_defaults_to_the_models_training_target_length(tiny):
     """No MAX_DECODE_LENGTH binding: decoding stops at the target length the model trained with (256 here), not at a
     global default; a binding still wins."""
-    own = inference.load_inference_model(tiny.model_dir, gin_bindings=[f"DATA_DIR = '{tiny.data_dir}'"])
+    own = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[f"DATA_DIR = '{tiny.data_dir}'"])
     assert own.config.max_decode_len == 256
-    bound = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    bound = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     assert bound.config.max_decode_len == 192
 
 
@@ -405,7 +406,7 @@ def test_input_is_presented_at_the_level_the_model_trained_at(tiny):
     from mt3 import audio
 
     samples = audio.load_audio(tiny.wav(0))
-    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
     assert im.config.input_peak_db == -1.0
     quiet = (samples * np.float32(10 ** (-30 / 20))).astype(np.float32)
     peak = float(np.abs(im.segment_audio(quiet).frames).max())
@@ -414,7 +415,7 @@ def test_input_is_presented_at_the_level_the_model_trained_at(tiny):
     assert len(loud.ns.notes) > 0
     assert [(n.pitch, n.start_time, n.end_time, n.program) for n in soft.ns.notes] == \
         [(n.pitch, n.start_time, n.end_time, n.program) for n in loud.ns.notes]
-    as_given = inference.load_inference_model(
+    as_given = model_loading.load_inference_model(
         tiny.model_dir, gin_bindings=[*tiny.bindings, "inference.InferenceConfig.input_peak_db = None"])
     assert as_given.config.input_peak_db is None
     np.testing.assert_array_equal(as_given.segment_audio(quiet).frames.reshape(-1)[: len(quiet)], quiet)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_inference import build_tiny_model
 
-from mt3 import inference, pretrained
+from mt3 import inference, model_loading, pretrained
 from mt3.commands.export_model import export_model
 from mt3.errors import InputError
 
@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
 def test_export_writes_the_bundled_format(exported):
     tiny, out, info = exported
     assert pretrained.is_bundled_model(out) and not pretrained.is_bundled_model(tiny.model_dir)
-    assert info["step"] == inference.checkpoint_steps(tiny.model_dir)[-1]
+    assert info["step"] == model_loading.checkpoint_steps(tiny.model_dir)[-1]
     assert json.loads((out / "model.json").read_text())["params_sha256"] == pretrained.sha256_of(out / "params.npz")
     assert oct((out / "params.npz").stat().st_mode & 0o777) == "0o644"
     # bf16: two bytes per parameter plus the npz directory
@@ -40,8 +40,8 @@ def test_export_writes_the_bundled_format(exported):
 
 def test_bundled_params_are_the_checkpoint_rounded_to_bfloat16_and_decode_the_same(exported):
     tiny, out, _ = exported
-    orbax_model = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
-    bundled = inference.load_inference_model(out, gin_bindings=tiny.bindings)
+    orbax_model = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
+    bundled = model_loading.load_inference_model(out, gin_bindings=tiny.bindings)
     assert bundled.info["step"] == orbax_model.info["step"]
     rounded = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32), orbax_model.params)
     for a, b in zip(jax.tree.leaves(rounded), jax.tree.leaves(bundled.params), strict=True):
@@ -66,9 +66,9 @@ def test_corrupt_or_mismatched_bundles_are_refused(exported, tmp_path):
     data = (broken / "params.npz").read_bytes()
     (broken / "params.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="checksum"):
-        inference.load_inference_model(broken, gin_bindings=tiny.bindings)
+        model_loading.load_inference_model(broken, gin_bindings=tiny.bindings)
     with pytest.raises(InputError, match="step"):
-        inference.load_inference_model(out, gin_bindings=tiny.bindings, step=1)
+        model_loading.load_inference_model(out, gin_bindings=tiny.bindings, step=1)
 
 
 def test_default_model_dir_prefers_a_bundled_model(exported, monkeypatch, tmp_path):
@@ -135,7 +135,7 @@ def test_export_model_never_deletes_a_users_folder_and_needs_o(exported, tmp_pat
     capsys.readouterr()
     assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    first_step = inference.checkpoint_steps(tiny.model_dir)[0]
+    first_step = model_loading.checkpoint_steps(tiny.model_dir)[0]
     assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle), "--overwrite",
                      "--step", str(first_step)]) == 0
     assert pretrained.read_info(bundle)["step"] == first_step

@@ -18,7 +18,7 @@ import pytest
 import requests
 from test_inference import build_tiny_model
 
-from mt3 import inference, server
+from mt3 import model_loading, server
 
 
 @contextlib.contextmanager
@@ -53,7 +53,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_url(tiny):
-    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
     with running_server(im, max_upload_mb=0.5, max_audio_seconds=5.0, batch_wait_ms=50) as url:
         yield url
 
@@ -187,7 +187,7 @@ class _FailingModel:
 
 
 def test_decoding_failure_is_a_one_line_500(tiny, caplog):
-    im = inference.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=2)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=2)
     with caplog.at_level(logging.ERROR, logger="mt3.server"), running_server(_FailingModel(im)) as url:
         response = _post(url, "song.wav", tiny.wav(3).read_bytes(), format="json")
         assert response.status_code == 500

@@ -40,11 +40,11 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, na
     empty; an existing bundle only with `overwrite`)."""
     import jax
 
-    from mt3 import inference, pretrained
+    from mt3 import model_loading, pretrained
 
     pretrained.check_bundle_target(out_dir, overwrite=overwrite)  # before the (slow) restore
-    model = inference.parse_model_dir_gin(model_dir)
-    params, step = inference.restore_params(model_dir, model, step)
+    model = model_loading.parse_model_dir_gin(model_dir)
+    params, step = model_loading.restore_params(model_dir, model, step)
     return pretrained.write_bundle(jax.device_get(params), Path(model_dir) / pretrained.CONFIG_FILE, out_dir,
                                    name=name, step=step, extra_info=extra_info, overwrite=overwrite)
 

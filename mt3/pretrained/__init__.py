@@ -7,7 +7,7 @@ A bundled model is a folder `mt3/pretrained/NAME/` with three files:
     read the file,
   - `model.json`: name, training step and date, the training command, the eval summary and the sha256 of params.npz,
     which is checked on every load (a corrupt or swapped file is refused, not half-used).
-`write_bundle` writes such a folder (`mt3 export-model` feeds it a trained model dir); `inference.restore_params`
+`write_bundle` writes such a folder (`mt3 export-model` feeds it a trained model dir); `model_loading.restore_params`
 reads it.
 `default_model_dir()` is the one place commands and the Python API ask for "the default model".
 """
