@@ -232,7 +232,10 @@ class InferenceModel:
                 "max_decode_len": self.config.max_decode_len, "temperature": self.config.temperature,
                 "top_k": self.config.top_k, "emb_dim": cfg.emb_dim, "num_encoder_layers": cfg.num_encoder_layers,
                 "num_decoder_layers": cfg.num_decoder_layers,
-                "num_params": models.count_params(self.params)}
+                "num_params": models.count_params(self.params), "input_peak_db": self.config.input_peak_db,
+                "programs": None if self.config.programs is None else list(self.config.programs),
+                "two_pass_programs": self.config.two_pass_programs,
+                "reassign_programs": self.config.reassign_programs}
 
     # ----- segmenting -----
     def segment_audio(self, samples: np.ndarray) -> _Segments:
@@ -334,30 +337,47 @@ class InferenceModel:
         counts = [len(s.frames) if np.any(np.asarray(a)) else 0 for a, s in zip(audios, segmented, strict=True)]
         frames = [seg for s, n in zip(segmented, counts, strict=True) for seg in s.frames[:n]]
         sets = [self.config.programs] * len(audios)
-        if self.config.two_pass_programs and self.config.programs is None:
+        if self.first_pass_programs():
             first = self._decode_and_stitch(segmented, counts, frames, None, progress, f"{desc} (pass 1)")
-            sets = [program_consistency.estimate_program_set(r.ns, self.config.min_program_share) for r in first]
+            sets = [self.estimate_programs(r.ns) for r in first]
             desc = f"{desc} (pass 2)"
         results = self._decode_and_stitch(segmented, counts, frames, sets, progress, desc)
-        if self.config.reassign_programs != "none":
-            for r in results:
-                r.ns = program_consistency.reassign_programs(r.ns, self.config.reassign_programs)
+        for r, programs in zip(results, sets, strict=True):
+            r.ns = self.finish_programs(r.ns, programs)
         return results
+
+    # ----- instrument consistency (`program_consistency`), shared with the server's per-request path -----
+    def first_pass_programs(self) -> bool:
+        """Whether a file needs a first, unconstrained pass to find its program set (two-pass, no user set)."""
+        return self.config.two_pass_programs and self.config.programs is None
+
+    def estimate_programs(self, ns) -> tuple[int, ...]:
+        """The program set a first pass's notes give (those holding >= min_program_share of the pitched notes)."""
+        return program_consistency.estimate_program_set(ns, self.config.min_program_share)
+
+    def program_mask(self, programs: Sequence[int] | None) -> np.ndarray:
+        """bool [vocab_size]: the decoder mask allowing only `programs` (None or empty: everything)."""
+        return program_consistency.allowed_ids(self.codec, programs or (), self.model.module.config.vocab_size)
+
+    def finish_programs(self, ns, programs: Sequence[int] | None):
+        """A decoded file's notes restricted to its program set (if any), then reassigned as the config says."""
+        if programs:
+            ns = program_consistency.restrict_to_set(ns, programs)
+        if self.config.reassign_programs != "none":
+            ns = program_consistency.reassign_programs(ns, self.config.reassign_programs)
+        return ns
 
     def _decode_and_stitch(self, segmented: list[_Segments], counts: list[int], frames: list[np.ndarray],
                            program_sets: list[tuple[int, ...] | None] | None, progress: bool,
                            desc: str) -> list[Transcription]:
         allowed = None
         if program_sets is not None and any(p is not None for p in program_sets):
-            vocab = self.model.module.config.vocab_size
-            masks = [program_consistency.allowed_ids(self.codec, p or (), vocab) for p in program_sets]
+            masks = [self.program_mask(p) for p in program_sets]
             allowed = [m for m, n in zip(masks, counts, strict=True) for _ in range(n)]
         tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed)
         results, offset = [], 0
-        for i, (s, n) in enumerate(zip(segmented, counts, strict=True)):
+        for s, n in zip(segmented, counts, strict=True):
             results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))
-            if allowed is not None and program_sets[i]:
-                results[-1].ns = program_consistency.restrict_to_set(results[-1].ns, program_sets[i])
             offset += n
         return results
 

@@ -27,11 +27,14 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mt3.errors import InputError
+
+if TYPE_CHECKING:
+    from mt3.inference import InferenceModel, Transcription
 
 log = logging.getLogger("mt3.server")
 
@@ -42,6 +45,7 @@ FORMATS = ("midi", "json", "png")
 class _Job:
     frames: np.ndarray  # [n, L, hop]
     future: Future
+    allowed: np.ndarray | None = None  # bool [vocab_size]: this request's program mask (instrument consistency)
     tokens: list = dataclasses.field(default_factory=list)
     next_segment: int = 0
     job_id: int = 0
@@ -74,13 +78,14 @@ class BatchingDecoder:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def submit(self, frames: np.ndarray) -> Future:
-        """Queues one request's segments; the Future resolves to its list of codec-token arrays (one per segment)."""
+    def submit(self, frames: np.ndarray, allowed: np.ndarray | None = None) -> Future:
+        """Queues one request's segments (with its token mask, if any); the Future resolves to its list of
+        codec-token arrays (one per segment)."""
         future: Future = Future()
         with self._cond:
             self._next_id += 1
             self.stats["requests"] += 1
-            self._pending.append(_Job(frames=frames, future=future, job_id=self._next_id))
+            self._pending.append(_Job(frames=frames, future=future, job_id=self._next_id, allowed=allowed))
             self._cond.notify_all()
         return future
 
@@ -120,7 +125,13 @@ class BatchingDecoder:
             jobs = {id(job): job for job, _ in picked}
             started = time.perf_counter()
             try:
-                ids, _ = self.im.predict_batch(np.stack([job.frames[i] for job, i in picked]))
+                frames = np.stack([job.frames[i] for job, i in picked])
+                if any(job.allowed is not None for job, _ in picked):  # masked and unmasked requests share a batch
+                    everything = np.ones(self.im.model.module.config.vocab_size, bool)
+                    masks = np.stack([everything if job.allowed is None else job.allowed for job, _ in picked])
+                    ids, _ = self.im.predict_batch(frames, masks)
+                else:
+                    ids, _ = self.im.predict_batch(frames)
             except Exception as err:  # a decoding failure fails these requests, never the worker
                 log.exception("decoding failed")
                 for job in jobs.values():
@@ -243,6 +254,26 @@ def _validation_detail(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+async def transcribe_request(im: "InferenceModel", decoder: BatchingDecoder, samples: np.ndarray) -> "Transcription":
+    """One upload through the shared batching decoder, with the model's instrument-consistency options as
+    `InferenceModel.transcribe_many` applies them to a file: a first unconstrained pass when two-pass asks for the
+    program set, the decode masked to that set, then restriction and reassignment."""
+    from starlette.concurrency import run_in_threadpool
+
+    segments = im.segment_audio(samples)
+
+    async def decode(allowed: np.ndarray | None) -> "Transcription":
+        tokens = await asyncio.wrap_future(decoder.submit(segments.frames, allowed))
+        return await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+
+    programs = im.config.programs
+    if im.first_pass_programs():
+        programs = im.estimate_programs((await decode(None)).ns)
+    result = await decode(None if programs is None else im.program_mask(programs))
+    result.ns = im.finish_programs(result.ns, programs)
+    return result
+
+
 def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 600.0, batch_wait_ms: float = 20.0):
     """The FastAPI app around a loaded InferenceModel (the model is loaded once, before the app is built)."""
     from contextlib import asynccontextmanager
@@ -303,9 +334,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
                                      f"{max_audio_seconds:g} s")
         try:
-            segments = im.segment_audio(samples)
-            tokens = await asyncio.wrap_future(decoder.submit(segments.frames))
-            result = await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+            result = await transcribe_request(im, decoder, samples)
         except Exception as err:  # the traceback is for the server log, not the client
             log.exception("transcribing %s failed", name)
             raise HTTPException(500, f"{name}: transcription failed on the server (the server log has the "
@@ -361,7 +390,7 @@ def serve(checkpoint: str, *, host: str = "127.0.0.1", port: int = 8000, max_upl
     check_port(host, port)
 
     im = model_loading.load_inference_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
-                                        batch_size=batch_size)
+                                            batch_size=batch_size)
     if not log.handlers:  # absl (via orbax) owns the root logger; give the batch log its own handler
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

@@ -330,6 +330,6 @@ def _load_model(checkpoint, *, gin_files, gin_bindings, step, batch_size):
 
     model_dir = resolve_model_dir(checkpoint, "transcribe")
     model = model_loading.load_inference_model(model_dir, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
-                                           batch_size=batch_size)
+                                               batch_size=batch_size)
     _report(f"mt3 transcribe: model {model_dir} (step {model.info.get('step')})")
     return model

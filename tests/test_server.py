@@ -223,6 +223,62 @@ def test_busy_port_and_bad_batch_size_are_one_line_before_the_model_loads(tmp_pa
     assert "--batch-size must be >= 1" in capsys.readouterr().err
 
 
+def test_serve_takes_the_instrument_consistency_flags_of_transcribe(tiny, tmp_path, monkeypatch, capsys):
+    """`mt3 serve --programs/--two-pass-programs/--reassign-programs` bind the same InferenceConfig fields as
+    `mt3 transcribe`, the served model reports them in /healthz, and a bad program list is one line before loading."""
+    from mt3 import cli, model_loading, server
+
+    assert cli.main(["serve", "--programs", "0,300", "--checkpoint", str(tmp_path / "no_model")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--programs" in err and "300" in err, err
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda checkpoint, **kw: seen.update(kw))
+    assert cli.main(["serve", "--checkpoint", str(tiny.model_dir), "--port", "0", "--programs", "0,33",
+                     "--reassign-programs", "family"]) == 0
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, *seen["gin_bindings"]])
+    described = im.describe()
+    assert described["programs"] == [0, 33] and described["reassign_programs"] == "family"
+    assert not described["two_pass_programs"]
+
+
+def test_requests_get_the_instrument_consistency_of_transcribe(tiny):
+    """The server's per-request path (shared batching decoder) applies a user program set, and two-pass with
+    reassignment, exactly as `transcribe_many` applies them to a file: the same notes, request by request, while
+    concurrent requests (first-pass unmasked and second-pass masked rows together) share batches."""
+    import asyncio
+
+    from mt3 import program_consistency
+    from mt3.audio import load_audio
+
+    audio = [load_audio(tiny.wav(i)) for i in (3, 4)]
+
+    def notes(ns):
+        return sorted((n.program, n.is_drum, n.pitch, round(n.start_time, 4), round(n.end_time, 4)) for n in ns.notes)
+
+    async def through_server(im):
+        decoder = server.BatchingDecoder(im, batch_wait_ms=50)
+        decoder.start()
+        try:
+            return await asyncio.gather(*(server.transcribe_request(im, decoder, a) for a in audio))
+        finally:
+            decoder.stop()
+
+    plain = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
+    found = program_consistency.program_note_counts(plain.transcribe_many(audio[:1], progress=False)[0].ns)
+    user_set = [found.most_common(1)[0][0]]  # a set the model does play: the masked decode keeps notes
+    for extra in ([f"PROGRAMS = {user_set}"],
+                  ["TWO_PASS_PROGRAMS = True", "MIN_PROGRAM_SHARE = 0.3", "REASSIGN_PROGRAMS = 'family'"]):
+        im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, *extra], batch_size=8)
+        expected = im.transcribe_many(audio, progress=False)
+        served = asyncio.run(through_server(im))
+        for got, want in zip(served, expected, strict=True):
+            assert notes(got.ns) == notes(want.ns)
+        assert served[0].ns.notes
+        if "PROGRAMS" in extra[0]:
+            assert all(set(program_consistency.program_note_counts(r.ns)) <= set(user_set) for r in served)
+
+
 def test_quiet_upload_says_so(base_url):
     import soundfile
 

@@ -28,15 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sonify", action="store_true",
                         help="also write NAME.sonified.wav: the MIDI rendered with fluidsynth and a General MIDI "
                              "soundfont when installed, else a simple sine synth")
-    parser.add_argument("--programs", default=None, metavar="P,P,...",
-                        help="the GM programs playing (e.g. 0,33,40): notes may only take these programs (a decoder "
-                             "mask; drums unaffected). Instrument consistency: docs/instrument_consistency.md")
-    parser.add_argument("--two-pass-programs", action="store_true",
-                        help="decode twice: the second pass may only use the programs the first pass found "
-                             "(gin MIN_PROGRAM_SHARE of the pitched notes, default 0.05)")
-    parser.add_argument("--reassign-programs", choices=("none", "family", "dominant"), default=None,
-                        help="after decoding, move each note to the file's dominant program of its GM family "
-                             "(family) or of the whole file (dominant)")
+    add_consistency_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(gin_bindings=[])
@@ -69,6 +61,19 @@ def main(args: argparse.Namespace) -> int:
         png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
         progress=not args.no_progress)
     return 2 if failures else 0
+
+
+def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:
+    """The instrument-consistency flags, shared by `mt3 transcribe` and `mt3 serve` (one set of names and meanings)."""
+    parser.add_argument("--programs", default=None, metavar="P,P,...",
+                        help="the GM programs playing (e.g. 0,33,40): notes may only take these programs (a decoder "
+                             "mask; drums unaffected). Instrument consistency: docs/instrument_consistency.md")
+    parser.add_argument("--two-pass-programs", action="store_true",
+                        help="decode twice: the second pass may only use the programs the first pass found "
+                             "(gin MIN_PROGRAM_SHARE of the pitched notes, default 0.05)")
+    parser.add_argument("--reassign-programs", choices=("none", "family", "dominant"), default=None,
+                        help="after decoding, move each note to the file's dominant program of its GM family "
+                             "(family) or of the whole file (dominant)")
 
 
 def consistency_bindings(args: argparse.Namespace) -> list[str]:
