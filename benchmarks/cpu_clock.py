@@ -26,6 +26,8 @@ def process_cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent: done
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
@@ -63,10 +65,16 @@ def main(argv=None) -> int:
     rows = read_clock(args.model_dir)
     offset = rows[-1][1] if rows else 0.0
     args.model_dir.mkdir(parents=True, exist_ok=True)
+    last = None
     with open(args.model_dir / FILE, "a", buffering=1) as f:
         while (cpu := process_cpu_seconds(args.pid)) is not None:
-            f.write(f"{time.time():.0f},{offset + cpu:.1f},{newest_step(args.model_dir)}\n")
+            last = (offset + cpu, newest_step(args.model_dir))
+            f.write(f"{time.time():.0f},{last[0]:.1f},{last[1]}\n")
             time.sleep(args.period)
+        # the checkpoint saved on exit (SIGTERM, end of a bounded run) appears after the last sample: one closing row
+        # puts it on the clock at the last CPU total seen (at most one period short), so curves keep their last point
+        if last is not None and newest_step(args.model_dir) > last[1]:
+            f.write(f"{time.time():.0f},{last[0]:.1f},{newest_step(args.model_dir)}\n")
     return 0
 
 

@@ -39,7 +39,9 @@ def score_step(model_dir: Path, step: int, root: Path, max_tracks: int | None) -
     cache = model_dir / "heldout_eval" / f"step_{step}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    transcriber = api.load_model(model_dir, step=step)
+    # the input as given, whatever the arm's config says about INPUT_PEAK_DB: the -30 dB column measures the
+    # network's own level robustness (inference-time normalisation would make it equal the 0 dB column for any arm)
+    transcriber = api.load_model(model_dir, step=step, gin_bindings=["inference.InferenceConfig.input_peak_db = None"])
     out: dict = {"step": step, "levels": {}}
     for db, label in LEVELS:
         run_args = argparse.Namespace(data_dir=root / "timbre", split="test", max_tracks=max_tracks, checkpoint=None,

@@ -11,7 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1 MT3_DATA_DIR=data/prepared_big
+# The run's data since step 41,440 (2026-12-05): the 320-minute corpus with diverse timbres (docs/recipe_study.md, arm
+# augment_diverse); steps 0-41,440 read the 160-minute corpus data/corpus_big (FluidR3 + TimGM6mb).
+CORPUS=data/corpus_div
+CORPUS_ARGS=(--minutes 320 --seed 2 --soundfonts diverse --per-stem-soundfonts)
+DATA=data/prepared_div
+export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1 MT3_DATA_DIR=$DATA
 MT3=.venv/bin/mt3
 RECIPE=gin/local_cpu_robust.gin
 RUN=runs/local_cpu
@@ -22,6 +27,7 @@ save() {
   mkdir -p "$(dirname "$TARBALL")"
   files=(config.gin "checkpoints/$step")
   [ -f "$RUN/cpu_clock.csv" ] && files+=(cpu_clock.csv)
+  [ -f "$RUN/data_dir" ] && files+=(data_dir)
   tar -czf "$TARBALL.tmp" -C "$RUN" "${files[@]}" && mv "$TARBALL.tmp" "$TARBALL"
   echo "saved step $step: $TARBALL (commit it)"
 }
@@ -33,13 +39,23 @@ case "${1:-}" in
     exit 0 ;;
 esac
 
-[ -f data/prepared_big/local/train.manifest.json ] || {
-  $MT3 build-corpus --out data/corpus_big --minutes 160 --seed 1 --workers 2
-  $MT3 prepare-data slakh --root data/corpus_big --out data/prepared_big/local --workers 2
+[ -f "$DATA/local/train.manifest.json" ] || {
+  $MT3 build-corpus --out "$CORPUS" "${CORPUS_ARGS[@]}" --workers 2
+  $MT3 prepare-data slakh --root "$CORPUS" --out "$DATA/local" --workers 2
 }
 if [ ! -d "$RUN/checkpoints" ] && [ -f "$TARBALL" ]; then
   mkdir -p "$RUN" && tar -xzf "$TARBALL" -C "$RUN"
   echo "resuming from $TARBALL"
+fi
+# A run that read other data until now starts this data's stream afresh: its input position (the indexed sampler's
+# state) means nothing in another dataset. Parameters, optimizer state and step carry on.
+if [ -d "$RUN/checkpoints" ] && [ "$(cat "$RUN/data_dir" 2>/dev/null)" != "$DATA" ]; then
+  for meta in "$RUN"/checkpoints/*/meta/metadata; do
+    .venv/bin/python -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['data_position']=0
+d.pop('data_states', None); json.dump(d, open(p + '.tmp', 'w'))" "$meta" && mv "$meta.tmp" "$meta"
+  done
+  echo "$DATA" > "$RUN/data_dir"
+  echo "the run now reads $DATA: its data stream starts afresh"
 fi
 FLAGS=()
 [ -n "${MT3_TRAIN_SECONDS:-}" ] && FLAGS+=("--gin.MAX_TRAIN_SECONDS=${MT3_TRAIN_SECONDS}")
