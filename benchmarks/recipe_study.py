@@ -27,10 +27,6 @@ LEVELS = ((0.0, "0 dB"), (-30.0, "-30 dB"))
 METRICS = (("onset_f1", "onset F1"), ("onset_offset_f1", "onset+offset F1"), ("multi_instrument_f1", "multi-instr. F1"))
 
 
-def checkpoint_steps(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (model_dir / "checkpoints").glob("*") if p.name.isdigit())
-
-
 def score_step(model_dir: Path, step: int, root: Path, max_tracks: int | None) -> dict:
     """Scores (cached) of one checkpoint on the timbre set at each level."""
     from benchmarks import compare_peers
@@ -56,6 +52,7 @@ def score_step(model_dir: Path, step: int, root: Path, max_tracks: int | None) -
 
 def main(argv=None) -> int:
     from benchmarks import cpu_clock
+    from mt3.checkpoints import complete_steps
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=MODEL_DIR")
@@ -78,7 +75,7 @@ def main(argv=None) -> int:
             + f" | {METRICS[2][1]} 0 dB |", "|---|---:|---:|" + "---:|" * (2 * len(LEVELS) + 1)]
     fig, axes = plt.subplots(1, len(LEVELS) + 1, figsize=(5 * (len(LEVELS) + 1), 4), sharex=True)
     for name, model_dir in arms:
-        steps = checkpoint_steps(model_dir)
+        steps = complete_steps(model_dir)
         first = steps[0] if steps else 0
         chosen = sorted({s for i, s in enumerate(steps) if i % args.every == 0} | set(steps[-1:]))
         points = []

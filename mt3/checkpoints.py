@@ -191,6 +191,24 @@ def complete_steps(model_dir: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def reset_data_stream(model_dir: str | os.PathLike) -> list[int]:
+    """Makes every checkpoint under MODEL_DIR start its input stream afresh (data position 0, no input-pipeline
+    states) and returns their steps; parameters, optimizer state and step are untouched. For continuing a run on other
+    data (a recipe-study arm, a long run switching corpus): a stored input position means nothing in another dataset."""
+    import json
+
+    from mt3 import records
+
+    steps = complete_steps(model_dir)
+    for step in steps:
+        path = checkpoint_dir(model_dir) / str(step) / "meta" / "metadata"
+        meta = json.loads(path.read_text())
+        meta["data_position"] = 0
+        meta.pop("data_states", None)
+        records.atomic_write_json(path, meta)
+    return steps
+
+
 def failure_reason(err: BaseException, limit: int = 240) -> str:
     """The most specific one-line message in an exception chain (TensorStore's own error is the innermost one; the
     outer orbax message only dumps a spec)."""

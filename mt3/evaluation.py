@@ -323,7 +323,7 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     `step`, or every step with all_checkpoints) and writes the reports. Returns the results (or the sweep summary)."""
     import gin
 
-    from mt3 import gin_utils, inference, model_loading
+    from mt3 import checkpoints, gin_utils, inference, model_loading
 
     register_gin_configurables()
     model = model_loading.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
@@ -344,7 +344,7 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     eval_tasks = resolve_tasks(tasks, mixture, split)
     spec = model_loading.spec_from_gin(model)
     out = Path(out_dir) if out_dir is not None else Path(model_dir) / "eval"
-    steps = model_loading.checkpoint_steps(model_dir) if all_checkpoints else [step]
+    steps = checkpoints.complete_steps(model_dir) if all_checkpoints else [step]
     if not steps:
         raise InputError(model_dir, "no checkpoints to evaluate")
     im, per_step = None, {}

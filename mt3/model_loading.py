@@ -28,16 +28,6 @@ from mt3.inference import (
 INFER_GIN = "infer.gin"
 
 
-def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
-    """Steps of the complete checkpoints under MODEL_DIR/checkpoints (orbax renames a step dir when it is done)."""
-    from mt3 import checkpoints
-
-    directory = checkpoints.checkpoint_dir(model_dir)
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def restore_params(model_dir: str | os.PathLike, model, step: int | None = None) -> tuple[Any, int]:
     """(params on the default device, step) from the orbax checkpoint at `step` (default: the latest).
 

@@ -15,9 +15,7 @@ if [ ! -d "$RUN/checkpoints" ]; then
   mkdir -p "$RUN"
   if [ -n "${MT3_ARM_START:-}" ]; then tar -xzf "$MT3_ARM_START" -C "$RUN"
   else git show fce6568:training/local_cpu/resume.tar.gz | tar -xz -C "$RUN"; fi
-  for meta in "$RUN"/checkpoints/*/meta/metadata; do
-    "$PY" -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['data_position']=0; json.dump(d, open(p,'w'))" "$meta"
-  done
+  "$PY" -c "import sys; from mt3 import checkpoints; checkpoints.reset_data_stream(sys.argv[1])" "$RUN"
   echo "arm $RUN starts from the bundled model's training checkpoint (data position reset)"
 fi
 "$PY" -c "import sys; from mt3.cli import main; sys.exit(main())" train --gin_file=gin/local_cpu.gin "$@" \

@@ -50,10 +50,7 @@ fi
 # A run that read other data until now starts this data's stream afresh: its input position (the indexed sampler's
 # state) means nothing in another dataset. Parameters, optimizer state and step carry on.
 if [ -d "$RUN/checkpoints" ] && [ "$(cat "$RUN/data_dir" 2>/dev/null)" != "$DATA" ]; then
-  for meta in "$RUN"/checkpoints/*/meta/metadata; do
-    .venv/bin/python -c "import json,sys; p=sys.argv[1]; d=json.load(open(p)); d['data_position']=0
-d.pop('data_states', None); json.dump(d, open(p + '.tmp', 'w'))" "$meta" && mv "$meta.tmp" "$meta"
-  done
+  .venv/bin/python -c "import sys; from mt3 import checkpoints; checkpoints.reset_data_stream(sys.argv[1])" "$RUN"
   echo "$DATA" > "$RUN/data_dir"
   echo "the run now reads $DATA: its data stream starts afresh"
 fi

@@ -123,6 +123,21 @@ def test_save_restore_round_trip_and_retention(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_reset_data_stream_keeps_the_state_and_starts_the_input_afresh(tmp_path):
+    """A run continued on other data: the stored input position and pipeline states go, the trained state stays."""
+    tr = trainer.Trainer(tiny_model(), trainer.OptimizerConfig(), partitioning.Partitioner())
+    state = tr.init_state(seed=0)
+    ckpt = checkpoints.Checkpointer(tmp_path, checkpoints.CheckpointConfig(period=1, keep=2, async_save=False))
+    ckpt.save(state, data_position=40, force=True, extra={"data_states": [{"kind": "indexed", "block": 5}]})
+    ckpt.close()
+    assert checkpoints.reset_data_stream(tmp_path) == [0]
+    restored, meta = checkpoints.restore_latest(tmp_path, tr.abstract_state())
+    assert meta == {"step": 0, "data_position": 0}
+    for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(state)), jax.tree_util.tree_leaves(restored),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_restore_latest_without_checkpoints_is_none(tmp_path):
     tr = trainer.Trainer(tiny_model(), trainer.OptimizerConfig(), partitioning.Partitioner())
     assert checkpoints.restore_latest(tmp_path / "empty", tr.abstract_state()) is None

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import inference, midi_io, model_loading, note_sequences, track_tokens, vocabularies
+from mt3 import checkpoints, inference, midi_io, model_loading, note_sequences, track_tokens, vocabularies
 from mt3.errors import InputError
 
 TRAIN_STEPS = 160
@@ -137,7 +137,7 @@ def test_loaded_model_matches_model_dir(tiny, tiny_im):
     assert tiny_im.input_frames == 256 and tiny_im.spec.include_ties
     assert tiny_im.batch_size == 4 and tiny_im.config.max_decode_len == 192  # gin bindings applied
     assert tiny_im.model.module.config.emb_dim == 64  # rebuilt from config.gin
-    assert model_loading.checkpoint_steps(tiny.model_dir) == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    assert checkpoints.complete_steps(tiny.model_dir) == [CHECKPOINT_PERIOD, TRAIN_STEPS]
     with pytest.raises(InputError, match="no checkpoint at step 7"):
         model_loading.restore_params(tiny.model_dir, tiny_im.model, 7)
     with pytest.raises(InputError, match="no config.gin"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_inference import build_tiny_model
 
-from mt3 import inference, model_loading, pretrained
+from mt3 import checkpoints, inference, model_loading, pretrained
 from mt3.commands.export_model import export_model
 from mt3.errors import InputError
 
@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
 def test_export_writes_the_bundled_format(exported):
     tiny, out, info = exported
     assert pretrained.is_bundled_model(out) and not pretrained.is_bundled_model(tiny.model_dir)
-    assert info["step"] == model_loading.checkpoint_steps(tiny.model_dir)[-1]
+    assert info["step"] == checkpoints.complete_steps(tiny.model_dir)[-1]
     assert json.loads((out / "model.json").read_text())["params_sha256"] == pretrained.sha256_of(out / "params.npz")
     assert oct((out / "params.npz").stat().st_mode & 0o777) == "0o644"
     # bf16: two bytes per parameter plus the npz directory
@@ -135,7 +135,7 @@ def test_export_model_never_deletes_a_users_folder_and_needs_o(exported, tmp_pat
     capsys.readouterr()
     assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    first_step = model_loading.checkpoint_steps(tiny.model_dir)[0]
+    first_step = checkpoints.complete_steps(tiny.model_dir)[0]
     assert cli.main(["export-model", str(tiny.model_dir), "-o", str(bundle), "--overwrite",
                      "--step", str(first_step)]) == 0
     assert pretrained.read_info(bundle)["step"] == first_step
