@@ -321,20 +321,10 @@ def read_stored_params(model_dir: str | os.PathLike, *, step: int | None = None,
     import numpy as np
 
     from mt3 import pretrained
-    from mt3.errors import InputError
 
     if pretrained.is_bundled_model(model_dir):
-        import ml_dtypes
-
-        info = pretrained.read_info(model_dir)
-        params_path = Path(model_dir) / pretrained.PARAMS_FILE
-        if pretrained.sha256_of(params_path) != info.get("params_sha256"):
-            raise InputError(params_path, "checksum differs from model.json (corrupt or replaced file)")
-        bundled_step = int(info.get("step", 0))
-        if step is not None and int(step) != bundled_step:
-            raise InputError(model_dir, f"bundled model holds step {bundled_step} only, not {step}")
-        with np.load(params_path) as stored:
-            return {k: stored[k].view(ml_dtypes.bfloat16).astype(np.float32) for k in stored.files}, bundled_step
+        bits, bundled_step = pretrained.read_flat_params(model_dir, step)
+        return {k: pretrained.bits_to_float32(v) for k, v in bits.items()}, bundled_step
     import orbax.checkpoint as ocp
 
     def restore_step(s: int):

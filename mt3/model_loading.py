@@ -39,9 +39,7 @@ def restore_params(model_dir: str | os.PathLike, model, step: int | None = None)
     from mt3 import checkpoints, pretrained
 
     if pretrained.is_bundled_model(model_dir):  # the package's own model: bf16 arrays + model.json, not orbax
-        params, bundled_step = pretrained.load_params(model_dir, model.abstract_params())
-        if step is not None and int(step) != bundled_step:
-            raise InputError(model_dir, f"bundled model holds step {bundled_step} only, not {step}")
+        params, bundled_step = pretrained.load_params(model_dir, model.abstract_params(), step)
         return jax.device_put(params), bundled_step
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),

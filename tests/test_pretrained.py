@@ -69,6 +69,11 @@ def test_corrupt_or_mismatched_bundles_are_refused(exported, tmp_path):
         model_loading.load_inference_model(broken, gin_bindings=tiny.bindings)
     with pytest.raises(InputError, match="step"):
         model_loading.load_inference_model(out, gin_bindings=tiny.bindings, step=1)
+    # fine-tuning from a bundle reads it through the same checks
+    with pytest.raises(InputError, match="checksum"):
+        checkpoints.read_stored_params(broken)
+    with pytest.raises(InputError, match="holds step"):
+        checkpoints.read_stored_params(out, step=1)
 
 
 def test_default_model_dir_prefers_a_bundled_model(exported, monkeypatch, tmp_path):

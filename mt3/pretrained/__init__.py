@@ -7,8 +7,9 @@ A bundled model is a folder `mt3/pretrained/NAME/` with three files:
     read the file,
   - `model.json`: name, training step and date, the training command, the eval summary and the sha256 of params.npz,
     which is checked on every load (a corrupt or swapped file is refused, not half-used).
-`write_bundle` writes such a folder (`mt3 export-model` feeds it a trained model dir); `model_loading.restore_params`
-reads it.
+`write_bundle` writes such a folder (`mt3 export-model` feeds it a trained model dir); `read_flat_params` is
+the one reader of params.npz, for inference (`model_loading.restore_params` via `load_params`) and for fine-tuning
+(`checkpoints.read_stored_params`).
 `default_model_dir()` is the one place commands and the Python API ask for "the default model".
 """
 
@@ -86,34 +87,52 @@ def read_info(model_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, f"unreadable bundled-model description ({err})") from err
 
 
-def load_params(model_dir: str | os.PathLike, abstract_params: Any) -> tuple[dict[str, Any], int]:
-    """(float32 parameter tree, training step) of a bundled model, checked against the model's parameter shapes
-    and against the sha256 recorded in model.json."""
-    import ml_dtypes
+def read_flat_params(model_dir: str | os.PathLike, step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """({'encoder/.../kernel': uint16 bfloat16 bits}, training step) of a bundled model, after its sha256 check.
 
+    The one reader of params.npz: `load_params` checks the arrays against a model's shapes, and fine-tuning
+    (`checkpoints.read_stored_params`) compares names itself. A bundle holds one step; asking for another is an error.
+    """
     model_dir = Path(model_dir)
     info = read_info(model_dir)
+    bundled_step = int(info.get("step", 0))
+    if step is not None and int(step) != bundled_step:
+        raise InputError(model_dir, f"bundled model holds step {bundled_step} only, not {step}")
     params_path = model_dir / PARAMS_FILE
     if sha256_of(params_path) != info.get("params_sha256"):
         raise InputError(params_path, "checksum differs from model.json (corrupt or replaced file)")
-    expected = _flatten(abstract_params)
     try:
         with np.load(params_path) as stored:
-            names = set(stored.files)
-            if names != set(expected):
-                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-                raise InputError(params_path, f"parameters do not match config.gin (missing {missing[:3]}, "
-                                              f"unexpected {extra[:3]})")
-            flat = {}
-            for name, spec in expected.items():
-                bits = stored[name]
-                if bits.dtype != np.uint16 or bits.shape != tuple(spec.shape):
-                    raise InputError(params_path, f"{name}: stored {bits.dtype}{list(bits.shape)}, the model needs "
-                                                  f"bfloat16 bits (uint16){list(spec.shape)}")
-                flat[name] = bits.view(ml_dtypes.bfloat16).astype(np.float32)
+            return {name: stored[name] for name in stored.files}, bundled_step
     except (OSError, ValueError) as err:
         raise InputError(params_path, f"unreadable parameters ({err})") from err
-    return _unflatten(flat), int(info.get("step", 0))
+
+
+def bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return bits.view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def load_params(model_dir: str | os.PathLike, abstract_params: Any, step: int | None = None
+                ) -> tuple[dict[str, Any], int]:
+    """(float32 parameter tree, training step) of a bundled model, checked against the model's parameter shapes
+    and against the sha256 recorded in model.json."""
+    params_path = Path(model_dir) / PARAMS_FILE
+    stored, bundled_step = read_flat_params(model_dir, step)
+    expected = _flatten(abstract_params)
+    if set(stored) != set(expected):
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        raise InputError(params_path, f"parameters do not match config.gin (missing {missing[:3]}, "
+                                      f"unexpected {extra[:3]})")
+    flat = {}
+    for name, spec in expected.items():
+        bits = stored[name]
+        if bits.dtype != np.uint16 or bits.shape != tuple(spec.shape):
+            raise InputError(params_path, f"{name}: stored {bits.dtype}{list(bits.shape)}, the model needs "
+                                          f"bfloat16 bits (uint16){list(spec.shape)}")
+        flat[name] = bits_to_float32(bits)
+    return _unflatten(flat), bundled_step
 
 
 BUNDLE_FILES = frozenset({PARAMS_FILE, INFO_FILE, CONFIG_FILE})
