@@ -50,6 +50,12 @@ def score_step(model_dir: Path, step: int, root: Path, max_tracks: int | None) -
     return out
 
 
+def cached_steps(model_dir: Path) -> set[int]:
+    """Steps whose scores `score_step` has cached in MODEL_DIR/heldout_eval (checkpoint kept or not)."""
+    return {int(p.stem.removeprefix("step_")) for p in (model_dir / "heldout_eval").glob("step_*.json")
+            if p.stem.removeprefix("step_").isdigit()}
+
+
 def main(argv=None) -> int:
     from benchmarks import cpu_clock
     from mt3.checkpoints import complete_steps
@@ -61,6 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tracks", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/recipe_study.png"))
     parser.add_argument("--table", type=Path, default=Path("docs/recipe_study_table.md"))
+    parser.add_argument("--title", default="Recipe study", help="the figure's title, before the set's name")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -75,12 +82,15 @@ def main(argv=None) -> int:
             + f" | {METRICS[2][1]} 0 dB |", "|---|---:|---:|" + "---:|" * (2 * len(LEVELS) + 1)]
     fig, axes = plt.subplots(1, len(LEVELS) + 1, figsize=(5 * (len(LEVELS) + 1), 4), sharex=True)
     for name, model_dir in arms:
-        steps = complete_steps(model_dir)
+        # a long run keeps only its newest checkpoints: the steps scored while it trained stay in its score cache
+        steps = sorted(set(complete_steps(model_dir)) | cached_steps(model_dir))
         first = steps[0] if steps else 0
         chosen = sorted({s for i, s in enumerate(steps) if i % args.every == 0} | set(steps[-1:]))
         points = []
         for step in chosen:
-            minutes = 0.0 if step == first else cpu_clock.cpu_minutes_at(model_dir, step)
+            minutes = cpu_clock.cpu_minutes_at(model_dir, step)
+            if minutes is None and step == first:
+                minutes = 0.0
             if minutes is None:
                 continue
             print(f"{name}: step {step} ({minutes:.1f} CPU min)", flush=True)
@@ -98,10 +108,10 @@ def main(argv=None) -> int:
                       label=name)
         axes[-1].set_title("multi-instrument F1, timbre set, 0 dB")
     for ax in axes:
-        ax.set_xlabel("training CPU minutes of the arm")
+        ax.set_xlabel("training CPU minutes (the run's clock)")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
-    fig.suptitle("Recipe study: held-out timbre set (validation pieces, TiMidity++ + freepats), full-track F1")
+    fig.suptitle(f"{args.title}: held-out timbre set (validation pieces, TiMidity++ + freepats), full-track F1")
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out) as f:
