@@ -153,3 +153,24 @@ def test_export_model_never_deletes_a_users_folder_and_needs_o(exported, tmp_pat
     (tmp_path / "a_file").write_text("")
     assert cli.main(["export-model", str(tiny.model_dir), "-o", str(tmp_path / "a_file" / "m")]) == 2
     assert "a_file" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_average_last_exports_the_mean_of_the_newest_checkpoints(exported, tmp_path):
+    tiny, _, _ = exported
+    steps = checkpoints.complete_steps(tiny.model_dir)
+    assert len(steps) >= 2
+    model = model_loading.parse_model_dir_gin(tiny.model_dir)
+    older, _ = model_loading.restore_params(tiny.model_dir, model, steps[-2])
+    newer, _ = model_loading.restore_params(tiny.model_dir, model, steps[-1])
+    out = tmp_path / "averaged"
+    info = export_model(tiny.model_dir, out, name="averaged", average_last=2)
+    assert info["step"] == steps[-1] and info["averaged_steps"] == steps[-2:]
+    bundled = model_loading.load_inference_model(out, gin_bindings=tiny.bindings)
+    for a, b, got in zip(jax.tree.leaves(older), jax.tree.leaves(newer), jax.tree.leaves(bundled.params), strict=True):
+        mean = ((np.asarray(a, np.float64) + np.asarray(b, np.float64)) / 2).astype(ml_dtypes.bfloat16)
+        np.testing.assert_array_equal(mean.astype(np.float32), np.asarray(got))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(older)[0]), np.asarray(jax.tree.leaves(newer)[0]))
+    # more checkpoints than exist up to --step: one clear error, nothing written
+    with pytest.raises(InputError, match=f"--average-last {len(steps)}: only {len(steps) - 1} checkpoints"):
+        export_model(tiny.model_dir, tmp_path / "too_many", name="x", step=steps[-1] - 1, average_last=len(steps))
+    assert not (tmp_path / "too_many").exists()
