@@ -34,7 +34,7 @@ save() {
 case "${1:-}" in
   --save-only) save; exit 0 ;;
   --export) save
-    $MT3 export-model "$RUN" -o mt3/pretrained/local_cpu --overwrite --info "recipe=$RECIPE" \
+    $MT3 export-model "$RUN" -o mt3/pretrained/local_cpu --overwrite --average-last 4 --info "recipe=$RECIPE" \
       --info "train_command=bash scripts/train_local_cpu.sh"
     exit 0 ;;
 esac
