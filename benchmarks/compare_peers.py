@@ -1,7 +1,8 @@
 """Benchmark: our model vs Basic Pitch (Spotify's basic-pitch, ICASSP 2022) on the same local test audio.
 
 Audio and references are exactly what `mt3 eval` uses: the records of a prepared split (default: the `test` split of
-`data/prepared/local`, the quickstart corpus), read with `mt3.records.read_records`. Each record's audio (16 kHz mono
+`data/prepared/local`, the quickstart corpus), read with `mt3.data.records.read_records`. Each record's audio (16 kHz
+mono
 float32) is written bit-exactly to a float WAV in a temporary folder and BOTH systems transcribe that file: ours with
 `Transcriber.transcribe(path)` (it hears the record's samples unchanged), Basic Pitch with
 `basic_pitch.inference.predict(path)` (it resamples to 22,050 Hz itself), at its default thresholds, with its bundled
@@ -273,8 +274,9 @@ def markdown(report: dict[str, Any]) -> str:
 def run(args) -> dict[str, Any]:
     import numpy as np
 
-    from mt3 import audio, metrics, midi_io, records
+    from mt3 import audio, metrics, midi_io
     from mt3.api import load_model
+    from mt3.data import records
 
     paths = records.shard_paths(args.data_dir, args.split)
     recs = list(islice(records.read_records(paths), args.max_tracks))
@@ -402,7 +404,7 @@ def main(argv=None) -> int:
 def write_report(out: Path, text: str, report: dict[str, Any]) -> None:
     """The markdown table at `out` and the full report as JSON beside it, each written atomically, and the table
     printed: what every peer benchmark leaves behind."""
-    from mt3 import records
+    from mt3.data import records
 
     with records.atomic_write(out, "w") as f:
         f.write(text)

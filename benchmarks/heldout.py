@@ -43,7 +43,7 @@ DEFAULT_CORPUS = REPO / "data" / "corpus_big"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "heldout.md"
 SETS = ("multi", "piano", "level", "timbre")
 LEVELS_DB = (-20.0, -30.0)
-PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.TARGET_PEAK_DB)
+PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
 BUILDS = {
     "multi": ("test", None, "as rendered"),
@@ -76,7 +76,7 @@ def render_sequence(ns, bank: str, num_samples: int):
     import note_seq
     import numpy as np
 
-    from mt3 import rendering
+    from mt3.corpus import rendering
 
     with tempfile.TemporaryDirectory(prefix="heldout.") as tmp:
         midi = Path(tmp) / "in.mid"
@@ -92,8 +92,8 @@ def build(corpus: Path, prepared: Path, root: Path) -> None:
     """Builds the sets from `prepared` (the corpus's prepared records; prepared from `corpus` first if missing)."""
     from tqdm import tqdm
 
-    from mt3 import records
     from mt3.cli import main as cli_main
+    from mt3.data import records
 
     if not records.split_is_complete(prepared, "test"):
         if not (corpus / "corpus.json").exists():
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.sets) - set(SETS))
     if unknown:
         parser.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
-    from mt3 import records
+    from mt3.data import records
 
     for _, folder, _ in _runs(args.sets):
         if not records.split_is_complete(args.root / folder, "test"):

@@ -56,8 +56,8 @@ def main() -> None:
 
     from t5x_fixture import adafactor_statistics, write_t5x_checkpoint
 
-    from mt3.checkpoint_import import build_preset_model
     from mt3.models import models
+    from mt3.training.checkpoint_import import build_preset_model
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mt3_import_bench_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def chorale_audio(seconds: float) -> np.ndarray:
     import music21
     import pretty_midi
 
-    from mt3 import rendering
+    from mt3.corpus import rendering
 
     score = music21.corpus.parse("bach/bwv66.6")
     pm = pretty_midi.PrettyMIDI(initial_tempo=120.0)
@@ -137,7 +137,8 @@ def run_mt3_size(mode: str, args) -> dict:
     """One decoder ("fixed" = before, "compact" = after) of the MT3-size model on the chorale, in this process."""
     import dataclasses
 
-    from mt3 import compilation, model_loading
+    from mt3 import model_loading
+    from mt3.training import compilation
 
     audio = chorale_audio(args.seconds)
     started = time.perf_counter()

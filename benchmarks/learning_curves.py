@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     runs = [parse_run(r) for r in args.run]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4), sharex=True)

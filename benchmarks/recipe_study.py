@@ -1,7 +1,7 @@
 """The recipe study of issue 16: arms' checkpoints scored on the held-out selection set, against training CPU minutes.
 
 Each arm is a model dir written by `scripts/study_arm.sh` (a continuation of the bundled model's training checkpoint
-with some levers on), with its CPU clock (`benchmarks/cpu_clock.py`: the training process's own CPU seconds when each
+with some levers on), with its CPU clock (`mt3/training/cpu_clock.py`: the training process's own CPU seconds when each
 checkpoint appeared). Every `--every`-th checkpoint is scored once by full-track decoding on the `timbre` set of
 `benchmarks/heldout.py` (validation pieces, a synth never used in training or test) at 0 dB and at -30 dB, ours only;
 scores are cached in MODEL_DIR/heldout_eval/step_N.json, so the script can be rerun while arms train. Selection
@@ -30,7 +30,8 @@ METRICS = (("onset_f1", "onset F1"), ("onset_offset_f1", "onset+offset F1"), ("m
 def score_step(model_dir: Path, step: int, root: Path, max_tracks: int | None) -> dict:
     """Scores (cached) of one checkpoint on the timbre set at each level."""
     from benchmarks import compare_peers
-    from mt3 import api, records
+    from mt3 import api
+    from mt3.data import records
 
     cache = model_dir / "heldout_eval" / f"step_{step}.json"
     if cache.is_file():
@@ -58,7 +59,7 @@ def cached_steps(model_dir: Path) -> set[int]:
 
 def main(argv=None) -> int:
     from benchmarks import cpu_clock
-    from mt3.checkpoints import complete_steps
+    from mt3.training.checkpoints import complete_steps
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=MODEL_DIR")
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     arms = [(name, Path(d)) for name, _, d in (a.partition("=") for a in args.arm)]
     rows = ["| arm | step | CPU min | " + " | ".join(f"{label} {lv}" for _, lv in LEVELS for _, label in METRICS[:2])

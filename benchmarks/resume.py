@@ -29,7 +29,7 @@ GIN = "gin/local_tiny.gin"
 def indexed_position(steps: int, data_dir: str) -> dict:
     """The stored position of an indexed stream after `steps` batches of 8 (walked by block sizes, no examples made
     past the last block)."""
-    from mt3 import input_pipeline, train
+    from mt3.training import input_pipeline, train
 
     cfg = train.DatasetConfig(mixture_or_task_name="local_mix_notes_ties_vb1_train",
                               task_feature_lengths={"inputs": 256, "targets": 256}, batch_size=BATCH,
@@ -46,8 +46,8 @@ def indexed_position(steps: int, data_dir: str) -> dict:
 def write_checkpoint(model_dir: Path, steps: int, state_json: dict | None) -> None:
     import jax.numpy as jnp
 
-    from mt3 import checkpoints, partitioning, trainer
-    from mt3.checkpoint_import import build_preset_model
+    from mt3.training import checkpoints, partitioning, trainer
+    from mt3.training.checkpoint_import import build_preset_model
 
     model, optimizer_cfg, _ = build_preset_model(str(REPO / GIN), model_dir=model_dir)
     tr = trainer.Trainer(model, optimizer_cfg, partitioning.Partitioner())

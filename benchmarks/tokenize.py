@@ -85,7 +85,8 @@ def _best_of(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    from mt3 import metrics_utils, note_sequences, track_tokens, vocabularies
+    from mt3 import metrics_utils, note_sequences, vocabularies
+    from mt3.data import track_tokens
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=240.0)

@@ -69,13 +69,14 @@ def xla_flops(compiled) -> float | None:
 
 
 def run(args, gin_bindings: list[str]) -> dict:
-    from mt3 import gin_utils, train  # importing train registers its gin configurables
+    from mt3 import gin_utils
+    from mt3.training import train
 
     gin_utils.parse_gin_flags(args.gin_file, gin_bindings, model_dir=tempfile.mkdtemp(prefix="mt3_bench_"))
     import gin
     import jax
 
-    from mt3 import partitioning, trainer
+    from mt3.training import partitioning, trainer
 
     model = gin.get_configurable("models.ContinuousInputsEncoderDecoderModel")()
     config = model.config
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['examples_per_sec']:.2f} examples/s, {result['achieved_model_flops_per_sec'] / 1e9:.1f} GFLOP/s "
           f"model, peak {result['measured_peak_flops_per_sec'] / 1e9:.1f} GFLOP/s -> MFU {100 * result['mfu']:.1f}%")
     if args.json:
-        from mt3.records import atomic_write_json
+        from mt3.data.records import atomic_write_json
 
         atomic_write_json(args.json, result)
     return 0

@@ -19,7 +19,7 @@ model_dir=${1:?usage: sbatch $0 MODEL_DIR [GIN_FILE] [--gin.NAME=VALUE ...]}
 gin_file=${2:-gin/mt3.gin}
 shift $(( $# >= 2 ? 2 : 1 ))
 
-# Process 0 (the first node) coordinates; each task takes its rank from SLURM_PROCID (see mt3/partitioning.py).
+# Process 0 (the first node) coordinates; each task takes its rank from SLURM_PROCID (see mt3/training/partitioning.py).
 coordinator=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export JAX_COORDINATOR_ADDRESS="${coordinator}:${MT3_COORDINATOR_PORT:-29500}"
 export JAX_NUM_PROCESSES="$SLURM_NTASKS"

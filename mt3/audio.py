@@ -286,7 +286,7 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = D
     """
     import soundfile
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim not in (1, 2):

@@ -144,7 +144,7 @@ def data_dir_override(data_dir: str | os.PathLike | None):
 
 def prepared_hours(config: DatasetConfig, split: str, data_dir=None) -> float | None:
     """Hours of audio in a prepared split (from its manifest), or None if it is not prepared."""
-    from mt3 import records
+    from mt3.data import records
 
     path = config.path(data_dir)
     if not records.manifest_path(path, split).exists():
@@ -162,7 +162,7 @@ def recorded_program_mapping(manifest: dict) -> str:
 
 def check_program_mapping(config: DatasetConfig, split: str, data_dir=None) -> None:
     """InputError naming the manifest when a prepared split's programs are not the ones `config`'s tasks expect."""
-    from mt3 import records
+    from mt3.data import records
     from mt3.errors import InputError
 
     if config.program_mapping is None:
@@ -188,7 +188,7 @@ def make_data_source(config: DatasetConfig):
     import seqio
     import tensorflow as tf
 
-    from mt3 import records
+    from mt3.data import records
     from mt3.errors import InputError
 
     class PreparedDataSource(seqio.DataSource):

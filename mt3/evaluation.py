@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import datasets, records
+from mt3 import datasets
+from mt3.data import records
 from mt3.errors import InputError
 
 EVAL_GIN = "eval.gin"
@@ -323,7 +324,8 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     `step`, or every step with all_checkpoints) and writes the reports. Returns the results (or the sweep summary)."""
     import gin
 
-    from mt3 import checkpoints, gin_utils, inference, model_loading
+    from mt3 import gin_utils, inference, model_loading
+    from mt3.training import checkpoints
 
     register_gin_configurables()
     model = model_loading.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
@@ -401,7 +403,8 @@ def register_gin_configurables() -> None:
 def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None = None, spec=None,
                        infer_config=None, eval_config: EvalConfig = EvalConfig(num_plots=1),
                        out_dir: str | os.PathLike | None = None) -> Callable[[int, Any], dict[str, float]]:
-    """The trainer's hook (`mt3.train.train(..., infer_eval_fn=...)`): `fn(step, params) -> {"TASK/metric": F1}`.
+    """The trainer's hook (`mt3.training.train.train(..., infer_eval_fn=...)`): `fn(step, params) -> {"TASK/metric":
+    F1}`.
 
     Full-track inference eval during training, as MT3's infer_eval. The decoder is compiled on the first call and
     reused (only the parameters change); with out_dir, each step's reports go to OUT/step_N/.

@@ -4,7 +4,8 @@ Library code (trainer, partitioning, checkpoints, models) never imports gin; thi
 config dataclasses with `gin.external_configurable` under the names MT3/T5X users know (`network.T5Config`,
 `models.ContinuousInputsEncoderDecoderModel`, `trainer.OptimizerConfig`, ...). Registration happens inside
 `parse_gin_flags`, so importing this module is cheap. The modules that import THIS one register their own
-configurables where they are defined (`mt3.train`: `train_script.train`, `utils.DatasetConfig`, ...; `mt3.inference`,
+configurables where they are defined (`mt3.training.train`: `train_script.train`, `utils.DatasetConfig`, ...;
+`mt3.inference`,
 `mt3.evaluation`): this module imports none of them, so there is no import circle.
 
 Every gin problem (unknown configurable, parameter or macro, a value of the wrong type for a macro or a config field,
@@ -28,7 +29,7 @@ from mt3.errors import InputError
 
 REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 MODEL_DIR_MACRO = "MODEL_DIR"
-# Registered by `mt3.train` where they are defined. A model dir's config.gin names them, but transcription and
+# Registered by `mt3.training.train` where they are defined. A model dir's config.gin names them, but transcription and
 # evaluation do not need them: `parse_gin_flags(skip_unknown=TRAINING_ONLY_CONFIGURABLES)` reads such a file without
 # importing the training loop.
 TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConfig", "utils.DatasetConfig",
@@ -48,8 +49,10 @@ def register_configurables() -> None:
         return
     import gin
 
-    from mt3 import augmentation, checkpoints, mixing, partitioning, trainer  # none of these imports gin_utils
+    from mt3 import mixing
+    from mt3.data import augmentation
     from mt3.models import models, network
+    from mt3.training import checkpoints, partitioning, trainer
 
     with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
         ext = gin.external_configurable
@@ -316,7 +319,7 @@ def write_operative_config(model_dir: str | os.PathLike, flags: GinFlags | None 
     """
     import gin
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

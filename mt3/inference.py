@@ -22,16 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import (
-    audio,
-    compilation,
-    metrics_utils,
-    midi_io,
-    note_sequences,
-    program_consistency,
-    spectrograms,
-    vocabularies,
-)
+from mt3 import audio, metrics_utils, midi_io, note_sequences, program_consistency, spectrograms, vocabularies
+from mt3.training import compilation
 
 # Ticks per quarter note of the MIDI files we write. At the default 120 qpm this is 1000 ticks per second, so times on
 # the codec's 10 ms grid survive a MIDI round trip exactly (note_seq's default 220 would move them by up to 1.1 ms).

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import event_codec, note_sequences, run_length_encoding, track_tokens, vocabularies
+from mt3 import event_codec, note_sequences, run_length_encoding, vocabularies
+from mt3.data import track_tokens
 
 # vocabulary preset -> how MT3 trains it: ties, program granularity, input length in frames (REFERENCE §0)
 VOCAB_SETTINGS: dict[str, dict[str, Any]] = {

@@ -74,7 +74,7 @@ def midi_round_trip(ns):
 
 def write_midi(ns, path: str | os.PathLike) -> None:
     """Writes `midi_bytes(ns)` atomically (temporary name, then rename): never a half-written MIDI file."""
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     data = midi_bytes(ns)
     with atomic_write(path, "wb") as f:
@@ -84,7 +84,7 @@ def write_midi(ns, path: str | os.PathLike) -> None:
 def write_notes_json(ns, path: str | os.PathLike) -> None:
     import json
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     with atomic_write(path, "w") as f:
         json.dump(notes_to_dicts(ns), f, indent=1)
@@ -95,7 +95,7 @@ def write_notes_csv(ns, path: str | os.PathLike) -> None:
     """One row per note; `is_drum` is 0 or 1 (every column numeric, so spreadsheets and numpy read it as numbers)."""
     import csv
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     fields = ("onset", "offset", "pitch", "velocity", "program", "is_drum")
     with atomic_write(path, "w") as f:

@@ -19,7 +19,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mt3 import note_sequences, track_examples, track_tokens
+from mt3 import note_sequences
+from mt3.data import track_examples, track_tokens
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mt3 import compilation, vocabularies
+from mt3 import vocabularies
 from mt3.errors import InputError
 from mt3.inference import (
     DEFAULT_MAX_DECODE_LEN,
@@ -24,6 +24,7 @@ from mt3.inference import (
     OutputSpec,
     register_gin_configurables,
 )
+from mt3.training import compilation
 
 INFER_GIN = "infer.gin"
 
@@ -36,7 +37,8 @@ def restore_params(model_dir: str | os.PathLike, model, step: int | None = None)
     import jax
     import orbax.checkpoint as ocp
 
-    from mt3 import checkpoints, pretrained
+    from mt3 import pretrained
+    from mt3.training import checkpoints
 
     if pretrained.is_bundled_model(model_dir):  # the package's own model: bf16 arrays + model.json, not orbax
         params, bundled_step = pretrained.load_params(model_dir, model.abstract_params(), step)

@@ -6,7 +6,8 @@ pitch), drums last. With ties, each segment starts with the notes already soundi
 (program, pitch)) and a `tie` token, so segments decode independently yet stitch into whole notes.
 
 `tokenize_note_sequence` + `segment_targets` are the fast numpy path used by `mt3 tokens`, the seqio preprocessors and
-the benchmarks; they live in `mt3.track_tokens`, which builds on this module (never the other way round: import them
+the benchmarks; they live in `mt3.data.track_tokens`, which builds on this module (never the other way round: import
+them
 from there). They produce exactly what MT3's event-by-event
 encoder (`run_length_encoding.encode_and_index_events` with the functions below) produces; the tests check that token
 for token. note_seq is imported lazily.

@@ -3,7 +3,7 @@
 Why: a transcription is judged by eye first (which instrument got which notes, where the estimate drifts from the
 reference). matplotlib is imported lazily and only through the object API with an Agg canvas, so plotting works on
 headless GPU hosts, never touches pyplot's global state, and `import mt3.plotting` stays cheap. Every PNG is rendered to
-memory and then written with `mt3.records.atomic_write`, so a crash never leaves a truncated image.
+memory and then written with `mt3.data.records.atomic_write`, so a crash never leaves a truncated image.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _legend_handles(labels: Sequence[str], colours: Mapping[str, tuple]) -> list
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mt3 import augmentation, mixing
-from mt3.track_examples import TokenizeConfig, eval_segments, tokenize_track, training_examples
+from mt3 import mixing
+from mt3.data import augmentation
+from mt3.data.track_examples import TokenizeConfig, eval_segments, tokenize_track, training_examples
 
 # ----------------------------------------------------------------------------------------------------------------
 # seqio wrappers (TensorFlow lives only below this line, imported lazily)
@@ -41,7 +42,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     of several tracks' crops when `mix_config` (a `mixing.MixConfig`; None = the gin-bound
     `mixing.training_mix_config()`, off by default) says so. Their audio is augmented (level, colour, room, noise)
     when `augment_config` (an `augmentation.AugmentConfig`; None = the gin-bound one, off by default) says so.
-    Training examples also carry 'aux_onsets'/'aux_frames' piano rolls [L', 128] (`mt3.frame_targets`, for the
+    Training examples also carry 'aux_onsets'/'aux_frames' piano rolls [L', 128] (`mt3.data.frame_targets`, for the
     encoder's auxiliary heads) when `frame_targets` is True (None = gin's AUX_FRAME_LOSS_WEIGHT > 0; off by default).
     """
     import tensorflow as tf
@@ -135,11 +136,11 @@ def _seed_words(element_seed) -> list[int]:
 def _seeded_examples_map(numpy_fn, hop: int, id_fn, rolls_config: TokenizeConfig | None = None):
     """A seqio map (one stateless seed per element) running `numpy_fn(audio, sequence, seed) -> (inputs, input
     lengths, targets, target lengths)` and returning the padded examples with their lengths and ids; with
-    `rolls_config`, also the frame-target rolls decoded from each example's target ids (`mt3.frame_targets`)."""
+    `rolls_config`, also the frame-target rolls decoded from each example's target ids (`mt3.data.frame_targets`)."""
     import seqio
     import tensorflow as tf
 
-    from mt3 import frame_targets
+    from mt3.data import frame_targets
 
     def _with_rolls(*args):
         inputs, in_len, targets, tgt_len = numpy_fn(*args)
@@ -167,7 +168,7 @@ def _seeded_examples_map(numpy_fn, hop: int, id_fn, rolls_config: TokenizeConfig
 def _frame_targets_on(frame_targets: bool | None) -> bool:
     if frame_targets is not None:
         return bool(frame_targets)
-    from mt3 import frame_targets as frame_targets_lib
+    from mt3.data import frame_targets as frame_targets_lib
 
     return frame_targets_lib.training_enabled()
 
@@ -175,7 +176,7 @@ def _frame_targets_on(frame_targets: bool | None) -> bool:
 def _unpad_example(ex):
     """Cuts a padded example back to its lengths and drops the length features."""
     out = dict(ex)
-    from mt3 import frame_targets
+    from mt3.data import frame_targets
 
     for key in frame_targets.FEATURES:  # one row per input frame
         if key in out:

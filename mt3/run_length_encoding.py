@@ -11,7 +11,7 @@ The encoding is MT3's (REFERENCE §3), kept exactly because it decides which tok
 - `decode_events` is the inverse for one segment, driven by an encoding spec's decode function.
 
 This is the generic, event-function-driven implementation (a Python loop, as MT3). The note-specific vectorised path
-used for training lives in `mt3.track_tokens.tokenize_note_sequence`; tests check the two agree token for token.
+used for training lives in `mt3.data.track_tokens.tokenize_note_sequence`; tests check the two agree token for token.
 """
 
 from __future__ import annotations

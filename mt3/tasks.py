@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import seqio
 
-from mt3 import datasets, preprocessors, spectrograms, track_examples, vocabularies
-from mt3.feature_converters import ContinuousInputsEncDecFeatureConverter
+from mt3 import datasets, preprocessors, spectrograms, vocabularies
+from mt3.data import track_examples
+from mt3.data.feature_converters import ContinuousInputsEncDecFeatureConverter
 
 MIXING_TEMPERATURE = 10 / 3  # MT3 / paper §3.3: rate ∝ n^(1/T) = n^0.3
 
@@ -160,7 +161,7 @@ def _add_mixture(name: str, entries: Sequence[tuple[datasets.DatasetConfig, str]
     _INDEXED_MIXTURES[name] = [task for _, task in entries]
 
 
-# What the indexed sampler (`mt3.input_pipeline`) needs to read a training task without seqio: its dataset, its
+# What the indexed sampler (`mt3.training.input_pipeline`) needs to read a training task without seqio: its dataset, its
 # tokenize config and whether over-long targets are skipped; and the training mixtures' task lists (rates as above).
 _INDEXED_TASKS: dict[str, tuple[datasets.DatasetConfig, track_examples.TokenizeConfig, bool]] = {}
 _INDEXED_MIXTURES: dict[str, list[str]] = {}
@@ -169,7 +170,7 @@ _INDEXED_MIXTURES: dict[str, list[str]] = {}
 def indexed_tasks(name: str, data_dir: str | None = None):
     """`input_pipeline.IndexedTask`s of a registered training task or training mixture (rates as the seqio mixture:
     MT3's temperature over the prepared hours), or None for a name registered some other way."""
-    from mt3 import input_pipeline
+    from mt3.training import input_pipeline
 
     names = _INDEXED_MIXTURES.get(name, [name] if name in _INDEXED_TASKS else None)
     if names is None or any(n not in _INDEXED_TASKS for n in names):

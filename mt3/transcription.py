@@ -106,7 +106,8 @@ def sonify(ns, path: str | os.PathLike, *, seconds: float | None = None, sample_
     import shutil
     import tempfile
 
-    from mt3 import audio, rendering
+    from mt3 import audio
+    from mt3.corpus import rendering
 
     if seconds is None:
         seconds = max([0.0, *(n.end_time for n in ns.notes)])
@@ -266,7 +267,8 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         return failures
     import time
 
-    from mt3 import compilation, model_loading
+    from mt3 import model_loading
+    from mt3.training import compilation
 
     if model is None:
         started = time.perf_counter()

@@ -2,7 +2,7 @@
 # One arm of the recipe study of issue 16 (docs/recipe_study.md): continue the bundled model's training checkpoint
 # (step 17,900: training/local_cpu/resume.tar.gz as committed in fce6568, read with `git show`; MT3_ARM_START names
 # another tarball; its data position reset: an arm reads its own data from the start)
-# with the given data and gin levers, under a CPU clock (benchmarks/cpu_clock.py), until MT3_ARM_CPU_MINUTES of the
+# with the given data and gin levers, under a CPU clock (mt3/training/cpu_clock.py), until MT3_ARM_CPU_MINUTES of the
 # training process's own CPU time. Rerun the same command to resume.
 #   bash scripts/study_arm.sh RUN_DIR DATA_DIR [--gin_file=gin/levers/augment.gin ...]
 #   e.g. bash scripts/study_arm.sh runs/study2/a1_augment data/prepared_big --gin_file=gin/levers/augment.gin
@@ -21,7 +21,7 @@ fi
 "$PY" -c "import sys; from mt3.cli import main; sys.exit(main())" train --gin_file=gin/local_cpu.gin "$@" \
   --gin.CHECKPOINTS_TO_KEEP=30 --model_dir "$RUN" &
 TRAIN=$!
-"$PY" -m benchmarks.cpu_clock --pid "$TRAIN" --model-dir "$RUN" &
+"$PY" -m mt3.training.cpu_clock --pid "$TRAIN" --model-dir "$RUN" &
 LIMIT=$(( ${MT3_ARM_CPU_MINUTES:-45} * 60 ))
 while kill -0 "$TRAIN" 2>/dev/null; do
   # (|| true: before the clock's first line the pipeline fails, and set -e would end this loop, not the training)

@@ -7,7 +7,7 @@
 # (the newest training checkpoint: params, Adafactor state, step, RNG and input position). Before a session ends:
 #   bash scripts/train_local_cpu.sh --save-only   # refresh the tarball from the newest checkpoint (commit it)
 #   bash scripts/train_local_cpu.sh --export      # also bundle it into mt3/pretrained/local_cpu (then update README)
-# The run's CPU seconds are logged beside its checkpoints (runs/local_cpu/cpu_clock.csv, benchmarks/cpu_clock.py).
+# The run's CPU seconds are logged beside its checkpoints (runs/local_cpu/cpu_clock.csv, mt3/training/cpu_clock.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -59,7 +59,7 @@ FLAGS=()
 $MT3 train --gin_file="$RECIPE" --model_dir "$RUN" "${FLAGS[@]}" &
 TRAIN=$!
 trap 'kill -TERM "$TRAIN" 2>/dev/null' TERM INT
-.venv/bin/python -m benchmarks.cpu_clock --pid "$TRAIN" --model-dir "$RUN" &
+.venv/bin/python -m mt3.training.cpu_clock --pid "$TRAIN" --model-dir "$RUN" &
 wait "$TRAIN" || true
 wait "$TRAIN" 2>/dev/null || true
 save

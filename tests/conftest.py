@@ -10,7 +10,8 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Tests do not write XLA's compile cache into the home directory (mt3.compilation; a test that wants it sets it).
+# Tests do not write XLA's compile cache into the home directory (mt3.training.compilation; a test that wants it sets
+# it).
 os.environ.setdefault("MT3_COMPILATION_CACHE", "off")
 
 # (music21 corpus path, GM programs given to its parts in order, seconds kept)

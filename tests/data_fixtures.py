@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mt3 import records
+from mt3.data import records
 
 SR = records.SAMPLE_RATE
 

@@ -330,7 +330,7 @@ def expected_cerberus4(expected_slakh: list[ExpectedTrack]) -> list[ExpectedTrac
 
 def converted(out: Path, split: str) -> dict:
     """{id: TrackRecord} of a converted split, read from the shards its manifest lists."""
-    from mt3 import records
+    from mt3.data import records
 
     return {r.id: r for r in records.read_records(records.shard_paths(out, split))}
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from data_fixtures import chorale_train_task, gin_bound_train_examples, sub_sequence, synth
 
-from mt3 import augmentation
+from mt3.data import augmentation
 
 SR = augmentation.SAMPLE_RATE
 

@@ -8,8 +8,8 @@ import soundfile as sf
 import soxr
 from native_fixtures import assert_notes_match, converted, expected_cerberus4, make_slakh, notes_of
 
-from mt3 import records
 from mt3.converters.base import prepare_dataset
+from mt3.data import records
 
 
 @pytest.fixture(scope="module")

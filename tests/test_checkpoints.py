@@ -1,4 +1,5 @@
-"""Tests for mt3.checkpoints and exact resume: params, optimizer state, step, RNG and data position survive a SIGKILL;
+"""Tests for mt3.training.checkpoints and exact resume: params, optimizer state, step, RNG and data position survive a
+SIGKILL;
 SIGTERM (preemption) saves a checkpoint and exits 0.
 
 The kill/resume tests run real `train_from_gin` processes (tiny real model, synthetic data, dropout on). A worker
@@ -22,12 +23,13 @@ import numpy as np
 import pytest
 from test_trainer import REPO, TINY_RUN_BINDINGS, subprocess_env, synthetic_batch, tiny_model
 
-from mt3 import checkpoints, partitioning, trainer
+from mt3.training import checkpoints, partitioning, trainer
 
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
-from mt3 import gin_utils, train
+from mt3 import gin_utils
+from mt3.training import train
 
 model_dir, pause_at, pause_seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 bindings = json.loads(sys.argv[4])
@@ -210,8 +212,8 @@ def _cut_chunks(model_dir: Path, step: int) -> None:
 
 
 def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys):
-    from mt3 import train
     from mt3.errors import InputError
+    from mt3.training import train
 
     cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=8, source="synthetic")
 
@@ -349,9 +351,10 @@ def test_fine_tune_an_imported_t5x_checkpoint_with_adamw_then_transcribe(tmp_pat
     from t5x_fixture import write_t5x_checkpoint
     from test_import_checkpoint import _tiny_gin
 
-    from mt3 import cli, input_pipeline, model_loading, train
+    from mt3 import cli, model_loading
     from mt3.audio import write_wav
-    from mt3.checkpoint_import import build_preset_model, import_checkpoint
+    from mt3.training import input_pipeline, train
+    from mt3.training.checkpoint_import import build_preset_model, import_checkpoint
 
     preset = _tiny_gin(tmp_path / "tiny_mt3.gin", "mt3.gin")
     model, _, _ = build_preset_model(str(preset), model_dir=tmp_path / "unused")

@@ -261,9 +261,10 @@ def test_transcribe_refuses_unknown_macros_and_bad_types(tiny, tmp_path, capsys)
 
 
 def test_transcribe_in_a_fresh_process_reads_config_gin_without_the_training_loop(tiny, tmp_path):
-    """config.gin names train/DatasetConfig etc. (short names); a fresh `mt3 transcribe` never imports mt3.train."""
+    """config.gin names train/DatasetConfig etc. (short names); a fresh `mt3 transcribe` never imports
+    mt3.training.train."""
     code = ("import sys; from mt3 import cli; rc = cli.main(sys.argv[1:]); "
-            "assert 'mt3.train' not in sys.modules, 'imported the training loop'; sys.exit(rc)")
+            "assert 'mt3.training.train' not in sys.modules, 'imported the training loop'; sys.exit(rc)")
     result = subprocess.run([MT3[0], "-c", code, "transcribe", str(tiny.wav(4)), *common(tiny, tmp_path / "out")],
                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

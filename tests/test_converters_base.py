@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from native_fixtures import converted, leftover_files, make_maestro
 
-from mt3 import records
 from mt3.cli import main as cli_main
 from mt3.converters import base
+from mt3.data import records
 from mt3.errors import InputError
 
 # --------------------------------------------------------------------------------------------------------------------

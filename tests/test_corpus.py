@@ -19,8 +19,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from mt3 import arrangement, corpus, rendering
 from mt3.cli import main as cli_main
+from mt3.corpus import arrangement, rendering
+from mt3.corpus import builder as corpus
 from mt3.errors import InputError
 
 MINUTES = 1.5
@@ -303,7 +304,7 @@ def test_slakh_converter_reads_the_corpus_unchanged(built, tmp_path):
     root, _ = built
     out = tmp_path / "prepared"
     assert cli_main(["prepare-data", "slakh", "--root", str(root), "--out", str(out)]) == 0
-    from mt3.records import read_records, shard_paths
+    from mt3.data.records import read_records, shard_paths
 
     for split in corpus.SPLITS:
         records = {r.id: r for r in read_records(shard_paths(out, split))}

@@ -1,4 +1,4 @@
-"""benchmarks/cpu_clock.py: a process's own CPU seconds beside the newest checkpoint step, carried across restarts."""
+"""mt3/training/cpu_clock.py: a process's own CPU seconds beside the newest checkpoint step, carried across restarts."""
 
 import subprocess
 import sys

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from native_fixtures import make_slakh
 
-from mt3 import datasets, metrics_utils, note_sequences, track_examples, vocabularies
+from mt3 import datasets, metrics_utils, note_sequences, vocabularies
 from mt3.converters.base import prepare_dataset
 from mt3.converters.slakh import SLAKH_CLASS_PROGRAMS
+from mt3.data import track_examples
 from mt3.errors import InputError
 
 MT3_CODEC = vocabularies.build_codec(vocabularies.MT3_VOCAB_CONFIG)

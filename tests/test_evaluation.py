@@ -133,7 +133,8 @@ def test_missing_split_and_bad_checkpoint_are_input_errors(tiny, tmp_path):
 
 def test_infer_eval_during_training_from_gin(tiny, tmp_path):
     """`INFER_EVAL_TASKS` in gin makes `mt3 train` run full-track eval every EVAL_PERIOD, into MODEL_DIR/infer_eval."""
-    from mt3 import gin_utils, train
+    from mt3 import gin_utils
+    from mt3.training import train
 
     bindings = ["network.T5Config.emb_dim = 32", "network.T5Config.num_heads = 2", "network.T5Config.head_dim = 8",
                 "network.T5Config.mlp_dim = 32", "network.T5Config.num_encoder_layers = 1",

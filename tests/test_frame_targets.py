@@ -1,4 +1,5 @@
-"""Frame targets for the encoder's auxiliary heads (mt3.frame_targets) on real music: the rolls decoded from a crop's
+"""Frame targets for the encoder's auxiliary heads (mt3.data.frame_targets) on real music: the rolls decoded from a
+crop's
 target ids agree with the crop's own notes at the encoder's frame rate, drums never enter them, and the training task
 carries them only when the auxiliary loss is on (otherwise its examples are exactly what they were)."""
 
@@ -8,7 +9,8 @@ import numpy as np
 import test_mixing
 from data_fixtures import synth, windows, write_prepared_dataset
 
-from mt3 import frame_targets, note_sequences, preprocessors, track_examples, track_tokens
+from mt3 import note_sequences, preprocessors
+from mt3.data import frame_targets, track_examples, track_tokens
 
 # Target times sit on the 10 ms grid counted from the step at or before the crop's first frame, so a decoded time is
 # the true one moved by -5 ms (rounding) to +15 ms (rounding plus the crop start's offset from the grid).

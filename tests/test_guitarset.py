@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from mt3.converters import guitarset
+from mt3.data.records import ShardWriter, read_records, shard_paths
 from mt3.errors import InputError
-from mt3.records import ShardWriter, read_records, shard_paths
 
 RATE = 44100
 SECONDS = 3.0
@@ -176,7 +176,7 @@ def test_labels_longer_than_audio_are_rejected(tmp_path):
 
 def test_prepare_data_cli_end_to_end(guitarset_root, tmp_path, capsys):
     from mt3 import cli
-    from mt3.records import read_manifest
+    from mt3.data.records import read_manifest
 
     out = tmp_path / "prepared"
     assert cli.main(["prepare-data", "guitarset", "--root", str(guitarset_root), "--out", str(out)]) == 0
@@ -203,7 +203,7 @@ def test_prepare_data_cli_end_to_end(guitarset_root, tmp_path, capsys):
 
 def test_prepare_data_option_selects_audio_sources(guitarset_root, tmp_path, capsys):
     from mt3 import cli
-    from mt3.records import read_manifest
+    from mt3.data.records import read_manifest
 
     out = tmp_path / "both"
     assert cli.main(["prepare-data", "guitarset", "--root", str(guitarset_root), "--out", str(out),

@@ -15,8 +15,8 @@ import pytest
 from t5x_fixture import STORAGE_FORMS, adafactor_statistics, write_t5x_checkpoint
 
 from mt3 import cli, model_loading
-from mt3.checkpoint_import import build_preset_model, import_checkpoint, params_checksum
 from mt3.errors import InputError
+from mt3.training.checkpoint_import import build_preset_model, import_checkpoint, params_checksum
 
 STEP = 4321
 TINY_LAYERS = ["network.T5Config.num_encoder_layers = 1", "network.T5Config.num_decoder_layers = 1",
@@ -92,8 +92,8 @@ def test_adafactor_statistics_land_in_the_state_mt3_train_resumes(tiny, tmp_path
     import optax
     from flax.traverse_util import flatten_dict
 
-    from mt3 import partitioning, train, trainer
-    from mt3.checkpoints import CheckpointConfig, Checkpointer
+    from mt3.training import partitioning, train, trainer
+    from mt3.training.checkpoints import CheckpointConfig, Checkpointer
 
     src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, param_states=tiny.stats, form="file")
     import_checkpoint(src, tmp_path / "model", preset=str(tiny.preset))
@@ -155,7 +155,7 @@ def test_zarr_reader_agrees_with_tensorstore_both_ways(tmp_path, compressor):
     import tensorstore as ts
     from t5x_fixture import write_zarr
 
-    from mt3 import t5x_checkpoints
+    from mt3.training import t5x_checkpoints
 
     array = np.random.default_rng(1).standard_normal((7, 10)).astype(">f4")
     store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": str(tmp_path / "ts")},

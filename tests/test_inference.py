@@ -3,7 +3,8 @@ segment boundaries, batching with static shapes, robustness to any token output,
 
 `build_tiny_model` (also used by test_evaluation, test_server and test_browser) writes a tiny prepared dataset from a
 real music21 chorale (references parsed from MIDI files, audio synthesised from the notes) and trains a tiny model on it
-through mt3.train's gin API for a couple of hundred steps: enough to emit real notes, so metrics are not all zero.
+through mt3.training.train's gin API for a couple of hundred steps: enough to emit real notes, so metrics are not all
+zero.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import checkpoints, inference, midi_io, model_loading, note_sequences, track_tokens, vocabularies
+from mt3 import inference, midi_io, model_loading, note_sequences, vocabularies
+from mt3.data import track_tokens
 from mt3.errors import InputError
+from mt3.training import checkpoints
 
 TRAIN_STEPS = 160
 CHECKPOINT_PERIOD = 80
@@ -73,9 +76,10 @@ def build_tiny_model(tmp_path_factory) -> TinyModel:
     from conftest import music21_note_sequence
     from data_fixtures import sub_sequence, synth, write_prepared_dataset
 
-    from mt3 import gin_utils, train
+    from mt3 import gin_utils
     from mt3.audio import write_wav
     from mt3.midi_io import load_midi, write_midi
+    from mt3.training import train
 
     chorale = music21_note_sequence("bach_chorale")
     tracks = []

@@ -1,4 +1,5 @@
-"""Tests for mt3.input_pipeline: the indexed sampler resumes exactly from a few integers, per host, on real prepared
+"""Tests for mt3.training.input_pipeline: the indexed sampler resumes exactly from a few integers, per host, on real
+prepared
 records (music21 Bach with synthesised audio, written by the converters' own ShardWriter); its features are the seqio
 feature converter's; a checkpoint without a pipeline state resumes the seqio pipeline by skipping, as before."""
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from data_fixtures import sub_sequence, windows, write_prepared_dataset
 
-from mt3 import input_pipeline, train
+from mt3.training import input_pipeline, train
 
 TASK = "local_mix_notes_ties_vb1_train"
 LENGTHS = {"inputs": 256, "targets": 256}
@@ -79,7 +80,7 @@ def test_features_equal_the_seqio_feature_converter(prepared):
     """The same (inputs, targets) examples through seqio's converter and through `model_features`."""
     import tensorflow as tf
 
-    from mt3.feature_converters import ContinuousInputsEncDecFeatureConverter
+    from mt3.data.feature_converters import ContinuousInputsEncDecFeatureConverter
 
     stream = _stream(_cfg(prepared))
     examples = stream.block_examples(0, 0)[:4]

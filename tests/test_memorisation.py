@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mt3 import metrics, metrics_utils, partitioning, track_examples, trainer, vocabularies
+from mt3 import metrics, metrics_utils, vocabularies
+from mt3.data import track_examples
 from mt3.models import decoding, models, network
+from mt3.training import partitioning, trainer
 
 pytestmark = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="needs fluidsynth (scripts/setup.sh)")
 
@@ -30,7 +32,7 @@ def rendered(music21_sequences, tmp_path_factory):
     """The chorale's first 14 s rendered with fluidsynth (FluidR3 GM, a training soundfont), tokenized."""
     from data_fixtures import sub_sequence
 
-    from mt3 import rendering
+    from mt3.corpus import rendering
     from mt3.midi_io import write_midi
 
     ns = sub_sequence(music21_sequences["bach_chorale"], 0.0, 14.0)

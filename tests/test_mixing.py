@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from data_fixtures import chorale_train_task, gin_bound_train_examples, sub_sequence, synth
 
-from mt3 import metrics_utils, mixing, track_examples, vocabularies
+from mt3 import metrics_utils, mixing, vocabularies
+from mt3.data import track_examples
 
 
 def _decode_window(ids, config):

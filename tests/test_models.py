@@ -248,7 +248,7 @@ def test_prediction_ignores_the_aux_heads(tiny):
 
 def test_aux_metrics_sum_over_microbatches(tiny):
     """With gradient accumulation the batch's aux losses are the sums of its microbatches' (as the token loss)."""
-    from mt3 import trainer
+    from mt3.training import trainer
 
     model, _, batch = tiny
     aux = models.ContinuousInputsEncoderDecoderModel(model.module, aux_frame_loss_weight=1.0)

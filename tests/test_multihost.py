@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from test_trainer import REPO, subprocess_env, synthetic_batch, tiny_model
 
-from mt3 import partitioning, trainer
+from mt3.training import partitioning, trainer
 
 WORKER = r"""
 import json, sys
 sys.path.insert(0, "tests")
 from test_trainer import tiny_model
-from mt3 import partitioning, train
+from mt3.training import partitioning
+from mt3.training import train
 
 result = train.train(
     model=tiny_model(), model_dir=sys.argv[1],
@@ -65,7 +66,7 @@ def test_two_processes_train_one_step_and_agree(tmp_path):
 INDEXED_WORKER = r"""
 import json, sys
 sys.path.insert(0, "tests")
-from mt3 import train
+from mt3.training import train
 from mt3.models import models, network
 
 model_dir, data_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])

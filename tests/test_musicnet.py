@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 
 from mt3.converters import musicnet
+from mt3.data.records import ShardWriter, read_records, shard_paths
 from mt3.errors import InputError
-from mt3.records import ShardWriter, read_records, shard_paths
 
 RATE = 44100
 HEADER = ["start_time", "end_time", "instrument", "note", "start_beat", "end_beat", "note_value"]
@@ -159,7 +159,7 @@ def test_missing_audio_or_labels_and_bad_root(tmp_path):
 
 def test_prepare_data_cli_end_to_end(musicnet_root, tmp_path, capsys):
     from mt3 import cli
-    from mt3.records import read_manifest
+    from mt3.data.records import read_manifest
 
     out = tmp_path / "prepared"
     assert cli.main(["prepare-data", "musicnet", "--root", str(musicnet_root), "--out", str(out)]) == 0

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt3 import metrics_utils, run_length_encoding, track_tokens, vocabularies
+from mt3 import metrics_utils, run_length_encoding, vocabularies
 from mt3 import note_sequences as nsq
+from mt3.data import track_tokens
 
 MT3_CODEC = vocabularies.build_codec(vocabularies.MT3_VOCAB_CONFIG)
 PIANO_CODEC = vocabularies.build_codec(vocabularies.ISMIR2021_VOCAB_CONFIG)

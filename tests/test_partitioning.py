@@ -1,4 +1,5 @@
-"""Tests for mt3.partitioning: T5X's logical-axis rules, mesh shapes, launcher detection, and that 1x1, 8x1 and 4x2
+"""Tests for mt3.training.partitioning: T5X's logical-axis rules, mesh shapes, launcher detection, and that 1x1, 8x1
+and 4x2
 meshes (8 fake CPU devices, in a subprocess so the device count does not leak) train to the same loss."""
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from test_trainer import REPO, subprocess_env
 
-from mt3 import partitioning
+from mt3.training import partitioning
 
 MESH_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "tests")
 import jax
 from test_trainer import synthetic_batch, tiny_model
-from mt3 import partitioning, trainer
+from mt3.training import partitioning
+from mt3.training import trainer
 
 out = {}
 batch = synthetic_batch(batch_size=8)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from data_fixtures import sub_sequence, synth
 
-from mt3 import metrics_utils, spectrograms, track_examples, vocabularies
+from mt3 import metrics_utils, spectrograms, vocabularies
+from mt3.data import track_examples
 
 
 def _intervals(ns, drums=False):

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from test_inference import build_tiny_model
 
-from mt3 import checkpoints, inference, model_loading, pretrained
+from mt3 import inference, model_loading, pretrained
 from mt3.commands.export_model import export_model
 from mt3.errors import InputError
+from mt3.training import checkpoints
 
 
 @pytest.fixture(scope="module")

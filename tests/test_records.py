@@ -1,4 +1,5 @@
-"""Tests for mt3.records: atomic shards + manifest, and the TensorFlow-free reader checked against TensorFlow's own."""
+"""Tests for mt3.data.records: atomic shards + manifest, and the TensorFlow-free reader checked against TensorFlow's
+own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import note_seq
 import numpy as np
 import pytest
 
-from mt3 import records
+from mt3.data import records
 from mt3.errors import InputError
 
 

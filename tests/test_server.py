@@ -1,4 +1,5 @@
-"""HTTP tests for mt3.server against a REAL uvicorn server on 127.0.0.1 (a free port, run in a thread), serving the
+"""HTTP tests for mt3.serving.server against a REAL uvicorn server on 127.0.0.1 (a free port, run in a thread),
+serving the
 trained tiny checkpoint: MIDI/JSON/PNG responses, limits (413/400), bad audio (400 with the reason), shared batches
 across 8 concurrent requests, /healthz, and that the service keeps serving after bad requests."""
 
@@ -18,7 +19,8 @@ import pytest
 import requests
 from test_inference import build_tiny_model
 
-from mt3 import model_loading, server
+from mt3 import model_loading
+from mt3.serving import server
 
 
 @contextlib.contextmanager
@@ -143,7 +145,7 @@ def test_bad_requests_get_reasons_and_the_service_keeps_serving(base_url, tiny):
 def test_concurrent_requests_share_batches(base_url, tiny, caplog):
     files = [tiny.wav(3).read_bytes(), tiny.wav(4).read_bytes()]
     before = requests.get(f"{base_url}/healthz", timeout=10).json()["decoder"]
-    with caplog.at_level(logging.INFO, logger="mt3.server"), ThreadPoolExecutor(8) as pool:
+    with caplog.at_level(logging.INFO, logger="mt3.serving.server"), ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda i: _post(base_url, f"f{i}.wav", files[i % 2], format="json"), range(8)))
     assert [r.status_code for r in responses] == [200] * 8
     bodies = [r.json() for r in responses]
@@ -188,7 +190,7 @@ class _FailingModel:
 
 def test_decoding_failure_is_a_one_line_500(tiny, caplog):
     im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=2)
-    with caplog.at_level(logging.ERROR, logger="mt3.server"), running_server(_FailingModel(im)) as url:
+    with caplog.at_level(logging.ERROR, logger="mt3.serving.server"), running_server(_FailingModel(im)) as url:
         response = _post(url, "song.wav", tiny.wav(3).read_bytes(), format="json")
         assert response.status_code == 500
         assert response.json() == {"detail": "song.wav: transcription failed on the server (the server log has the "
@@ -226,7 +228,8 @@ def test_busy_port_and_bad_batch_size_are_one_line_before_the_model_loads(tmp_pa
 def test_serve_takes_the_instrument_consistency_flags_of_transcribe(tiny, tmp_path, monkeypatch, capsys):
     """`mt3 serve --programs/--two-pass-programs/--reassign-programs` bind the same InferenceConfig fields as
     `mt3 transcribe`, the served model reports them in /healthz, and a bad program list is one line before loading."""
-    from mt3 import cli, model_loading, server
+    from mt3 import cli, model_loading
+    from mt3.serving import server
 
     assert cli.main(["serve", "--programs", "0,300", "--checkpoint", str(tmp_path / "no_model")]) == 2
     err = capsys.readouterr().err

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from native_fixtures import SFX_NOTES, assert_notes_match, converted, make_slakh, notes_of
 
-from mt3 import records
 from mt3.cli import main as cli_main
 from mt3.converters import slakh
 from mt3.converters.base import prepare_dataset
+from mt3.data import records
 from mt3.errors import InputError
 
 

@@ -7,8 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from mt3 import frame_targets, train, vocabularies
+from mt3 import vocabularies
+from mt3.data import frame_targets
 from mt3.models import models, network
+from mt3.training import train
 
 
 def _batch(lengths, target_length=256, seed=0):

@@ -1,4 +1,5 @@
-"""Tests for mt3.trainer and mt3.train: MT3's Adafactor, LR schedules, microbatching, pure steps, the `mt3 train` loop.
+"""Tests for mt3.training.trainer and mt3.training.train: MT3's Adafactor, LR schedules, microbatching, pure steps,
+the `mt3 train` loop.
 
 Also home of the tiny gin configuration the other trainer-side tests (checkpoints, partitioning, multi-host) reuse:
 the real `network.Transformer` shrunk to a few thousand parameters, fed synthetic batches.
@@ -17,8 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from mt3 import partitioning, train, trainer
 from mt3.models import models, network
+from mt3.training import partitioning, train, trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MT3 = [sys.executable, "-m", "mt3.cli"]
@@ -171,7 +172,8 @@ def test_trainer_step_and_eval_on_one_device():
 
 
 def test_heavy_modules_do_not_import_tensorflow():
-    code = ("import sys; import mt3.trainer, mt3.partitioning, mt3.checkpoints, mt3.train; "
+    code = ("import sys; import mt3.training.trainer, mt3.training.partitioning, mt3.training.checkpoints, "
+            "mt3.training.train; "
             "bad = [m for m in ('tensorflow', 'seqio', 'mt3.tasks') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from mt3.converters import urmp
+from mt3.data.records import ShardWriter, read_records, shard_paths
 from mt3.errors import InputError
-from mt3.records import ShardWriter, read_records, shard_paths
 
 RATE = 48000
 SECONDS = 2.0
@@ -148,7 +148,7 @@ def test_notes_longer_than_audio_are_rejected(tmp_path):
 
 def test_prepare_data_cli_end_to_end(urmp_root, tmp_path, capsys):
     from mt3 import cli
-    from mt3.records import read_manifest
+    from mt3.data.records import read_manifest
 
     out = tmp_path / "prepared"
     assert cli.main(["prepare-data", "urmp", "--root", str(urmp_root), "--out", str(out)]) == 0

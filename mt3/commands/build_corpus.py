@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3 import rendering
-    from mt3.corpus import build_corpus
+    from mt3.corpus import rendering
+    from mt3.corpus.builder import build_corpus
 
     fonts = rendering.TRAIN_SOUNDFONTS
     if args.soundfonts == "diverse":

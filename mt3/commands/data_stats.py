@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3 import data_stats
+    from mt3.data import data_stats
 
     stats = data_stats.dataset_statistics(
         args.name, split=args.split, num_examples=args.num, seed=args.seed, data_dir=args.data_dir,

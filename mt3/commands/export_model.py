@@ -49,8 +49,9 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, na
     import jax
     import numpy as np
 
-    from mt3 import checkpoints, model_loading, pretrained
+    from mt3 import model_loading, pretrained
     from mt3.errors import InputError
+    from mt3.training import checkpoints
 
     pretrained.check_bundle_target(out_dir, overwrite=overwrite)  # before the (slow) restore
     model = model_loading.parse_model_dir_gin(model_dir)

@@ -1,6 +1,7 @@
 """`mt3 import-checkpoint SRC_DIR --preset {mt3,ismir2021} -o MODEL_DIR [--step N]`.
 
-Thin: `mt3.checkpoint_import.import_checkpoint` does the work. SRC_DIR is a T5X checkpoint as Magenta released it
+Thin: `mt3.training.checkpoint_import.import_checkpoint` does the work. SRC_DIR is a T5X checkpoint as Magenta
+released it
 (`gsutil -m cp -r gs://mt3/checkpoints/mt3 .` -> `mt3/`), or a T5X model dir holding checkpoint_N/ folders.
 """
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3.checkpoint_import import import_checkpoint
+    from mt3.training.checkpoint_import import import_checkpoint
 
     result = import_checkpoint(args.src, args.output, preset=args.preset, gin_files=args.gin_file,
                                gin_bindings=args.gin_bindings, step=args.step, workers=args.workers)

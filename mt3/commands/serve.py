@@ -1,7 +1,8 @@
 """`mt3 serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--max-upload-mb N] [--max-audio-seconds S]
 [--programs P,P,... | --two-pass-programs] [--reassign-programs family|dominant]`.
 
-Thin: `mt3.server.serve` loads the model once and runs uvicorn (upload page at /, POST /transcribe, GET /healthz).
+Thin: `mt3.serving.server.serve` loads the model once and runs uvicorn (upload page at /, POST /transcribe, GET
+/healthz).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mt3.errors import InputError
-    from mt3.server import serve
+    from mt3.serving.server import serve
     from mt3.transcription import resolve_model_dir
 
     if args.max_upload_mb <= 0 or args.max_audio_seconds <= 0:
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {args.batch_size}")
     bindings = [*args.gin_bindings, *consistency_bindings(args)]  # a bad --programs is named before anything loads
-    from mt3.server import check_port
+    from mt3.serving.server import check_port
 
     check_port(args.host, args.port)  # before resolving and loading the model
     checkpoint = resolve_model_dir(args.checkpoint, "serve")  # names the default model when it is used

@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mt3 import gin_utils, train  # importing train registers train_script.train & co. with gin
+    from mt3 import gin_utils
     from mt3.errors import InputError
+    from mt3.training import train
 
     if not args.gin_file:
         raise InputError(None, "no gin config: pass --gin_file=gin/mt3.gin (or local_tiny.gin, ismir2021.gin, ...)")

@@ -1,4 +1,4 @@
-"""Dataset converters: each dataset's native on-disk layout -> the records of `mt3.records`.
+"""Dataset converters: each dataset's native on-disk layout -> the records of `mt3.data.records`.
 
 Every converter module `mt3.converters.<name>` follows one protocol, so `mt3 prepare-data` (`base.prepare_dataset`)
 drives them all the same way (parallel workers, progress bar, `--skip-bad`, atomic shards, resume):

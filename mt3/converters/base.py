@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from mt3.converters import CONVERTERS
+from mt3.data.records import SAMPLE_RATE, TrackRecord, atomic_write_json, read_manifest, split_is_complete
 from mt3.errors import InputError
-from mt3.records import SAMPLE_RATE, TrackRecord, atomic_write_json, read_manifest, split_is_complete
 
 logger = logging.getLogger("mt3.converters")
 
@@ -218,8 +218,8 @@ def _manifest_fields(module, sources: list) -> dict:
 
 def _check_resumed_fields(out: Path, split: str, fields: dict) -> None:
     """A complete split is reused only if it was written the way this run would write it (e.g. its programs)."""
+    from mt3.data.records import manifest_path
     from mt3.datasets import recorded_program_mapping
-    from mt3.records import manifest_path
 
     manifest = read_manifest(out, split)
     for key, wanted in fields.items():
@@ -243,7 +243,7 @@ def _convert_split(module, split: str, sources: list, out: Path, *, skip_bad: bo
                    manifest_fields: dict | None = None) -> dict:
     from tqdm import tqdm
 
-    from mt3.records import ShardWriter
+    from mt3.data.records import ShardWriter
 
     ids = [s.id for s in sources]
     if len(set(ids)) != len(ids):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mt3.converters import slakh
 from mt3.converters.slakh import SlakhTrack, Stem
-from mt3.records import TrackRecord
+from mt3.data.records import TrackRecord
 
 NAME = "cerberus4"
 SPLITS = slakh.SPLITS

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt3.data.records import SAMPLE_RATE, TrackRecord
 from mt3.errors import InputError
-from mt3.records import SAMPLE_RATE, TrackRecord
 
 NAME = "guitarset"
 SPLITS = ("train", "validation")

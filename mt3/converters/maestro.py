@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt3.data.records import TrackRecord
 from mt3.errors import InputError
-from mt3.records import TrackRecord
 
 NAME = "maestrov3"
 SPLITS = ("train", "validation", "test")

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt3.data.records import TrackRecord
 from mt3.errors import InputError
-from mt3.records import TrackRecord
 
 NAME = "slakh"
 SPLITS = ("train", "validation", "test")

@@ -3,7 +3,8 @@ gated-GELU MLP and fixed sinusoidal position embeddings.
 
 Why these shapes: kernels are stored 2-D (e.g. attention query `[embed, joined_kv]`) exactly as T5X stores them, so
 parameter counts, initialiser fan-in and logical partitioning match MT3's network. Every parameter carries T5X logical
-axis names through `nn.with_logical_partitioning`; `mt3.partitioning` maps them onto the device mesh. No TensorFlow.
+axis names through `nn.with_logical_partitioning`; `mt3.training.partitioning` maps them onto the device mesh. No
+TensorFlow.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ does not depend on the loss scale, so normalise (e.g. 'NUM_REAL_TARGET_TOKENS') 
 
 Optional dense auxiliary supervision (off by default, as MT3): with `aux_frame_loss_weight > 0` linear onset/frame
 heads (`network.FrameHeads`, parameters under 'aux_frame_heads') read the encoder output and a binary cross entropy
-against the batch's piano rolls (`mt3.frame_targets`) is added to the token loss. They are training-only: prediction
+against the batch's piano rolls (`mt3.data.frame_targets`) is added to the token loss. They are training-only:
+prediction
 and decoding ignore them, and with the weight at 0 the parameters, the loss and the step are exactly MT3's.
 No TensorFlow is imported here.
 """
@@ -28,7 +29,7 @@ Batch = Mapping[str, Any]
 
 LOSS_NORMALIZING_FACTORS = ("NUM_REAL_TARGET_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
 AUX_HEADS = "aux_frame_heads"  # top-level parameter key of the auxiliary heads (present only when they are on)
-AUX_ONSETS, AUX_FRAMES = "aux_onsets", "aux_frames"  # batch features, as mt3.frame_targets.FEATURES
+AUX_ONSETS, AUX_FRAMES = "aux_onsets", "aux_frames"  # batch features, as mt3.data.frame_targets.FEATURES
 
 
 def cross_entropy_with_logits(logits: Array, soft_targets: Array, z_loss: float) -> tuple[Array, Array]:

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, track_tokens, vocabularies
+from mt3 import event_codec, note_sequences, run_length_encoding, spectrograms, vocabularies
+from mt3.data import track_tokens
 
 MAX_NUM_CACHED_FRAMES = 2000  # MT3's cache chunk (16 s); a training crop never crosses one
 
@@ -36,7 +37,7 @@ class TokenizeConfig:
     include_ties: bool = True
     program_granularity: str = "full"  # "flat" | "midi_class" | "full"
     trim_overlapping_notes: bool = True  # MT3 trims same-pitch overlaps for Slakh/Cerberus4 (DatasetConfig flag)
-    mt3_compat: bool = False  # MT3's tie section after a track's last note event (mt3.track_tokens docstring)
+    mt3_compat: bool = False  # MT3's tie section after a track's last note event (mt3.data.track_tokens docstring)
 
     def __post_init__(self):
         if self.program_granularity not in ("flat", "midi_class", "full"):

@@ -6,7 +6,7 @@ Why: wall time on a shared 2-core machine says more about the neighbours than ab
 training process itself (input pipeline, compilation and checkpointing included; time spent waiting for a core not)
 compare recipes fairly. Resumes continue the clock: each new sampler starts from the last CPU total in the file.
 
-    python -m benchmarks.cpu_clock --pid PID --model-dir runs/study2/a0 [--period 20]
+    python -m mt3.training.cpu_clock --pid PID --model-dir runs/study2/a0 [--period 20]
 `benchmarks.learning_curves` reads the file (`cpu_minutes_at`) to put each evaluated checkpoint on a CPU-minutes axis.
 """
 

@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mt3 import arrangement as arr
-from mt3.errors import InputError
-from mt3.rendering import (
+from mt3.corpus import arrangement as arr
+from mt3.corpus.rendering import (
     FLUIDSYNTH_GAIN,
     SAMPLE_RATE,
     TAIL_SECONDS,
@@ -51,6 +50,7 @@ from mt3.rendering import (
     soundfont_path,
     write_flac,
 )
+from mt3.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class Planner:
 def _write_midi(path: Path, instruments: list, qpm: float) -> None:
     import pretty_midi
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     pm = pretty_midi.PrettyMIDI(resolution=960, initial_tempo=qpm)
     pm.instruments.extend(instruments)
@@ -236,7 +236,7 @@ def _write_midi(path: Path, instruments: list, qpm: float) -> None:
 def _write_yaml(path: Path, obj) -> None:
     import yaml
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     with atomic_write(path, "w") as f:
         yaml.safe_dump(obj, f, sort_keys=True, default_flow_style=False)
@@ -448,7 +448,7 @@ def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, w
                    for t in tracks],
         "skipped": skipped,
     }
-    from mt3.records import atomic_write_json
+    from mt3.data.records import atomic_write_json
 
     atomic_write_json(out_dir / "corpus.json", summary)
     return summary

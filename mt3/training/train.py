@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import input_pipeline
-from mt3.checkpoints import CheckpointConfig, RestoreCheckpointConfig
-from mt3.partitioning import PartitionConfig
-from mt3.trainer import OptimizerConfig
+from mt3.training import input_pipeline
+from mt3.training.checkpoints import CheckpointConfig, RestoreCheckpointConfig
+from mt3.training.partitioning import PartitionConfig
+from mt3.training.trainer import OptimizerConfig
 
 log = logging.getLogger(__name__)
-# The streams live in mt3.input_pipeline; these names stay importable from here as before.
+# The streams live in mt3.training.input_pipeline; these names stay importable from here as before.
 MODEL_FEATURES, PIPELINES = input_pipeline.MODEL_FEATURES, input_pipeline.PIPELINES
 make_batch_iterator, stream_state = input_pipeline.make_batch_iterator, input_pipeline.stream_state
 synthetic_batches, trim_target_padding = input_pipeline.synthetic_batches, input_pipeline.trim_target_padding
@@ -46,7 +46,8 @@ class DatasetConfig:
     """One data stream (gin: `train/utils.DatasetConfig`, `train_eval/utils.DatasetConfig`, as T5X).
 
     source 'seqio' reads the prepared datasets of a registered task or mixture: with pipeline 'indexed' (default)
-    through the index-based sampler of `mt3.input_pipeline` (resume in constant time; `block_tracks` records per
+    through the index-based sampler of `mt3.training.input_pipeline` (resume in constant time; `block_tracks` records
+    per
     shuffled block), with 'seqio' through `mt3.tasks.get_dataset(...)` (resume skips the consumed batches).
     'synthetic' makes random batches of the same features and shapes (benchmarks, tests; deterministic in (seed,
     shard, batch index)). batch_size is the GLOBAL batch size.
@@ -217,7 +218,7 @@ def _mean_eval_metrics(per_batch: list[dict[str, float]]) -> dict[str, float]:
 def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> dict[str, float]:
     """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator); a
     preemption signal (`guard`) ends it after the batch in progress."""
-    from mt3 import trainer as trainer_lib
+    from mt3.training import trainer as trainer_lib
 
     batches = make_batch_iterator(cfg, skip_batches=0, **layout)
     per_batch = []
@@ -248,7 +249,7 @@ def _progress_bar(start: int, total: int, enabled: bool, max_seconds: float | No
 
 def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries, bar) -> dict[str, float]:
     """Device metrics -> host (the only per-period sync), TensorBoard, and the progress bar's postfix."""
-    from mt3 import trainer as trainer_lib
+    from mt3.training import trainer as trainer_lib
 
     host = {**trainer_lib.metrics_to_host(metrics), **throughput.report(step)}
     summaries.write("train", step, host)
@@ -272,7 +273,7 @@ def _periodic_eval(step: int, params, trainer, cfg: DatasetConfig | None, infer_
 
 
 def _data_meta(batches) -> dict:
-    from mt3 import checkpoints
+    from mt3.training import checkpoints
 
     return checkpoints.gather_data_states(stream_state(batches))
 
@@ -302,7 +303,7 @@ def _restore_or_init(trainer, checkpointer, *, seed: int, restore: bool,
     """
     import sys
 
-    from mt3 import checkpoints
+    from mt3.training import checkpoints
 
     if not restore or checkpointer.latest_step() is None:
         if init_cfg is not None and init_cfg.path:
@@ -330,9 +331,9 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
           after_first_step: Callable[[], None] | None = None,
           init_checkpoint_cfg: RestoreCheckpointConfig | None = None) -> TrainResult:
     """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data)."""
-    from mt3 import checkpoints, partitioning
-    from mt3 import trainer as trainer_lib
-    from mt3.checkpoints import Checkpointer
+    from mt3.training import checkpoints, partitioning
+    from mt3.training import trainer as trainer_lib
+    from mt3.training.checkpoints import Checkpointer
 
     partitioning.initialize_distributed()
     import jax
@@ -428,7 +429,7 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
         from mt3.errors import InputError
 
         raise InputError(None, "no model directory: pass --model_dir DIR (or --gin.MODEL_DIR='\"DIR\"')")
-    from mt3 import partitioning
+    from mt3.training import partitioning
 
     partitioning.initialize_distributed()  # before anything touches devices
     import jax

@@ -82,7 +82,7 @@ def _state_to_dict(state) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """A thin wrapper over `orbax.checkpoint.CheckpointManager` for `mt3.trainer.TrainState`."""
+    """A thin wrapper over `orbax.checkpoint.CheckpointManager` for `mt3.training.trainer.TrainState`."""
 
     def __init__(self, model_dir: str | os.PathLike, config: CheckpointConfig | None = None):
         import orbax.checkpoint as ocp
@@ -197,7 +197,7 @@ def reset_data_stream(model_dir: str | os.PathLike) -> list[int]:
     data (a recipe-study arm, a long run switching corpus): a stored input position means nothing in another dataset."""
     import json
 
-    from mt3 import records
+    from mt3.data import records
 
     steps = complete_steps(model_dir)
     for step in steps:
@@ -261,7 +261,7 @@ def restore_newest(model_dir: str | os.PathLike, restore_step, *, step: int | No
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The input pipeline's position, per host, in the checkpoint's meta (`mt3.input_pipeline`: a few integers each)
+# The input pipeline's position, per host, in the checkpoint's meta (`mt3.training.input_pipeline`: a few integers each)
 
 def gather_data_states(own: dict | None) -> dict:
     """{'data_states': [one position per process]} for streams with a state (the indexed sampler), else {}. Every

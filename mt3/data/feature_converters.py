@@ -10,7 +10,7 @@ from __future__ import annotations
 import seqio
 import tensorflow as tf
 
-from mt3 import frame_targets
+from mt3.data import frame_targets
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
@@ -40,7 +40,7 @@ class ContinuousInputsEncDecFeatureConverter(seqio.EncDecFeatureConverter):
         return d
 
     def __call__(self, ds, task_feature_lengths):
-        """seqio's conversion; training examples that carry frame targets (`mt3.frame_targets`, made only when the
+        """seqio's conversion; training examples that carry frame targets (`mt3.data.frame_targets`, made only when the
         auxiliary loss is on) keep them as seqio passthrough features, padded or cut to the inputs' length like the
         frames they label. Without them this is exactly seqio's conversion."""
         rolls = [k for k in frame_targets.FEATURES if k in ds.element_spec]

@@ -6,7 +6,7 @@ turns its audio into segments and queues them; the worker fills each batch with 
 (FIFO, up to the batch size, waiting `batch_wait_ms` for stragglers), decodes, and hands every request its tokens.
 Stitching, MIDI writing and plotting happen on the request's side, so the worker only ever decodes.
 
-Endpoints: `GET /` an upload page (`mt3/upload_page.py`), `POST /transcribe` (multipart field `file`;
+Endpoints: `GET /` an upload page (`mt3/serving/upload_page.py`), `POST /transcribe` (multipart field `file`;
 `?format=midi|json|png`), `GET /healthz` (model and batching statistics). Limits: upload bytes -> 413, audio seconds ->
 400, undecodable audio -> 400 with the reason; nothing a client sends stops the service. Error bodies are
 `{"detail": "NAME: problem"}` on one line, about the user's file only (no Python reprs or server paths).
@@ -36,7 +36,7 @@ from mt3.errors import InputError
 if TYPE_CHECKING:
     from mt3.inference import InferenceModel, Transcription
 
-log = logging.getLogger("mt3.server")
+log = logging.getLogger("mt3.serving.server")
 
 FORMATS = ("midi", "json", "png")
 
@@ -283,7 +283,8 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from mt3 import audio, midi_io, model_loading, upload_page
+    from mt3 import audio, midi_io, model_loading
+    from mt3.serving import upload_page
 
     decoder = BatchingDecoder(im, batch_wait_ms=batch_wait_ms)
     max_bytes = int(max_upload_mb * 1024 * 1024)

@@ -95,7 +95,7 @@ def record_offsets(path: str | os.PathLike) -> list[int]:
 
 def read_record(path: str, offset: int):
     """The `records.TrackRecord` stored at `offset` of a shard."""
-    from mt3 import records
+    from mt3.data import records
 
     with open(path, "rb") as f:
         f.seek(offset)
@@ -110,7 +110,7 @@ class IndexedTask:
 
     name: str
     dataset_config: Any  # mt3.datasets.DatasetConfig
-    tokenize_config: Any  # mt3.track_examples.TokenizeConfig
+    tokenize_config: Any  # mt3.data.track_examples.TokenizeConfig
     rate: float = 1.0
     skip_too_long: bool = False
 
@@ -122,7 +122,8 @@ class IndexedTask:
 def host_records(task: IndexedTask, split: str, shard_id: int, num_shards: int, data_dir=None
                  ) -> list[tuple[str, int]]:
     """(shard path, byte offset) of this host's records of a task's split (split 'eval' = the train-eval split)."""
-    from mt3 import datasets, records
+    from mt3 import datasets
+    from mt3.data import records
     from mt3.errors import InputError
 
     config = task.dataset_config
@@ -201,7 +202,7 @@ class IndexedStream:
         self.batches = 0
         self._mix, self._augment, self._multiple = mix_config, augment_config, target_length_multiple
         self._shuffle = shuffle
-        self._frame_targets = frame_targets  # piano rolls for the auxiliary encoder heads (mt3.frame_targets)
+        self._frame_targets = frame_targets  # piano rolls for the auxiliary encoder heads (mt3.data.frame_targets)
         self._closed = False
         self._workers = workers or max(1, min(4, os.cpu_count() or 1))
         self._iterator = self._batches()
@@ -227,7 +228,7 @@ class IndexedStream:
 
     def block_examples(self, task: int, task_block: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """The (inputs, target ids) examples of one block, in emission order (None past the last epoch)."""
-        from mt3 import augmentation, track_examples
+        from mt3.data import augmentation, track_examples
 
         found = self.block_records(task, task_block)
         if found is None:
@@ -260,7 +261,7 @@ class IndexedStream:
         if spec.skip_too_long:
             examples = [e for e in examples if len(e[1]) <= self.target_length]
         if self._frame_targets:  # (inputs, ids, onset roll, frame roll), decoded from the untruncated ids
-            from mt3 import frame_targets
+            from mt3.data import frame_targets
 
             fps = config.spectrogram_config.frames_per_second
             examples = [(x, y, *frame_targets.rolls_from_ids(y, len(x), config.codec, fps,
@@ -336,7 +337,7 @@ def model_features(examples: Sequence[tuple[np.ndarray, np.ndarray]], input_leng
                    target_length: int) -> dict[str, np.ndarray]:
     """(inputs, target ids) pairs -> the feature converter's batch: inputs zero-padded to L, targets trimmed/padded
     to T, decoder inputs = targets shifted right with 0 as BOS, loss weight 1 on non-pad targets (seqio's rules).
-    Examples may carry two more items, onset and frame rolls [L', 128] (`mt3.frame_targets`): 'aux_onsets' and
+    Examples may carry two more items, onset and frame rolls [L', 128] (`mt3.data.frame_targets`): 'aux_onsets' and
     'aux_frames', zero-padded to L."""
     hop = examples[0][0].shape[-1]
     inputs = np.zeros((len(examples), input_length, hop), np.float32)
@@ -348,7 +349,7 @@ def model_features(examples: Sequence[tuple[np.ndarray, np.ndarray]], input_leng
     decoder_inputs = np.concatenate([np.zeros((len(examples), 1), np.int32), targets[:, :-1]], axis=1)
     batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets,
              "decoder_loss_weights": (targets > 0).astype(np.float32)}
-    if len(examples[0]) > 2:  # frame-target rolls (mt3.frame_targets.FEATURES), zero-padded to L like the inputs
+    if len(examples[0]) > 2:  # frame-target rolls (mt3.data.frame_targets.FEATURES), zero-padded to L like the inputs
         for k, key in enumerate(("aux_onsets", "aux_frames"), start=2):
             batch[key] = np.zeros((len(examples), input_length, examples[0][k].shape[-1]), np.uint8)
             for i, example in enumerate(examples):
@@ -391,7 +392,8 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
         note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
              f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")
     if indexed is not None:
-        from mt3 import augmentation, frame_targets, mixing
+        from mt3 import mixing
+        from mt3.data import augmentation, frame_targets
 
         return IndexedStream(
             indexed, split=cfg.split, task_feature_lengths=dict(cfg.task_feature_lengths),
@@ -422,7 +424,7 @@ def seqio_batches(cfg, *, host_batch_size: int, shard_id: int, num_shards: int,
                            data_dir=cfg.data_dir)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    from mt3 import frame_targets
+    from mt3.data import frame_targets
 
     keep = MODEL_FEATURES + frame_targets.FEATURES  # [B, L, 128] rolls, only there when the auxiliary loss is on
     batches = ({k: v for k, v in batch.items() if k in keep} for batch in ds.as_numpy_iterator())

@@ -213,7 +213,7 @@ def write_flac(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SA
     """16-bit mono FLAC, written atomically (Slakh's redux format, at our 16 kHz)."""
     import soundfile as sf
 
-    from mt3.records import atomic_write
+    from mt3.data.records import atomic_write
 
     with atomic_write(path, "wb") as f:
         sf.write(f, np.clip(audio, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")

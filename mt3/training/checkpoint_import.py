@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from mt3 import t5x_checkpoints
 from mt3.errors import InputError
+from mt3.training import t5x_checkpoints
 
 PRESETS = {"mt3": "mt3.gin", "ismir2021": "ismir2021.gin"}
 IMPORT_INFO_FILE = "import.json"
@@ -195,11 +195,9 @@ def build_preset_model(preset: str, gin_files: Sequence[str | os.PathLike] = (),
     """Parses the preset (+ extra gin) with MODEL_DIR bound; returns (model, OptimizerConfig, parsed gin flags)."""
     import gin
 
-    from mt3 import (
-        gin_utils,
-        train,  # noqa: F401  (registers the training configurables the presets' train.gin names)
-    )
-    from mt3.trainer import OptimizerConfig
+    from mt3 import gin_utils
+    from mt3.training import train  # noqa: F401  (registers the training configurables the presets' train.gin names)
+    from mt3.training.trainer import OptimizerConfig
 
     flags = gin_utils.parse_gin_flags([preset_gin_file(preset), *gin_files], list(gin_bindings),
                                       model_dir=model_dir, finalize=False)
@@ -223,9 +221,9 @@ def import_checkpoint(src: str | os.PathLike, model_dir: str | os.PathLike, *, p
     import jax.numpy as jnp
 
     from mt3 import gin_utils
-    from mt3.checkpoints import CheckpointConfig, Checkpointer
-    from mt3.records import atomic_write_json
-    from mt3.trainer import TrainState
+    from mt3.data.records import atomic_write_json
+    from mt3.training.checkpoints import CheckpointConfig, Checkpointer
+    from mt3.training.trainer import TrainState
 
     started = time.perf_counter()
     model_dir = Path(os.path.abspath(model_dir))
