@@ -58,7 +58,7 @@ def cached_steps(model_dir: Path) -> set[int]:
 
 
 def main(argv=None) -> int:
-    from benchmarks import cpu_clock
+    from mt3.training import cpu_clock
     from mt3.training.checkpoints import complete_steps
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from benchmarks import cpu_clock
+from mt3.training import cpu_clock
 
 # burns about a second of CPU, then "saves" checkpoint 7 as it exits (what SIGTERM does to `mt3 train`)
 WORKER = """
