@@ -15,7 +15,11 @@ MAX_PROGRAMS_SHOWN = 12
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(CONVERTERS), help="dataset whose native layout is under --root")
+    parser.add_argument("dataset", choices=sorted(CONVERTERS),
+                        help="dataset whose native layout is under --root; 'pairs': your own recordings, each audio "
+                             "file beside a .mid/.midi of the same stem, split by the folders train/ validation/ "
+                             "test/ if any exists, else by a hash of each pair's relative path without extension "
+                             "(sha256, 80/10/10); --out DATA_DIR/NAME registers tasks NAME_notes_ties_vb1_*")
     parser.add_argument("--root", required=True, help="the dataset as its publisher ships it (e.g. maestro-v3.0.0/)")
     parser.add_argument("--out", required=True, help="output folder, e.g. $MT3_DATA_DIR/slakh")
     parser.add_argument("--skip-bad", action="store_true",
@@ -29,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="converter option, repeatable: e.g. guitarset audio_sources=mic,mix; slakh "
                              "program_mapping=slakh_class|full (default auto: MT3's Slakh-class programs, but GM "
-                             "programs for the local corpus of mt3 build-corpus)")
+                             "programs for the local corpus of mt3 build-corpus); pairs program=N|drums (every note "
+                             "gets GM program N, or is a drum; default: the MIDI's programs and drum channel)")
 
 
 def parse_options(items: list[str]) -> dict:

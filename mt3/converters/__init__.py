@@ -11,6 +11,9 @@ drives them all the same way (parallel workers, progress bar, `--skip-bad`, atom
         # reads one source (audio resampled to 16 kHz mono + labels as a NoteSequence); raises InputError naming the
         # offending file. A list because one source may yield several records (Cerberus4 stem combinations).
 
+Optional: `manifest_fields(sources) -> dict` (recorded in each split's manifest, checked on resume) and
+`check_out(out: Path)` (refuses an --out the converter cannot use; `pairs` names its tasks after the folder).
+
 `TrackSource` is any picklable object with an `id: str` attribute (a small frozen dataclass per converter).
 """
 
@@ -22,4 +25,5 @@ CONVERTERS: dict[str, str] = {
     "musicnet": "mt3.converters.musicnet",
     "guitarset": "mt3.converters.guitarset",
     "urmp": "mt3.converters.urmp",
+    "pairs": "mt3.converters.pairs",  # your own recordings: audio files beside MIDI files of the same stem
 }

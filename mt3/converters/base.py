@@ -170,6 +170,9 @@ def prepare_dataset(
     root, out = Path(root), Path(out)
     if not root.exists():
         raise InputError(root, "dataset root not found")
+    check_out = getattr(module, "check_out", None)  # optional: a converter whose --out name means something (pairs)
+    if check_out is not None:
+        check_out(out)
     if workers < 1:
         raise InputError(None, f"--workers must be >= 1, got {workers}")
     if num_shards is not None and num_shards < 1:
