@@ -212,6 +212,12 @@ def model_facts(transcriber) -> dict[str, Any]:
 # run
 
 
+def program_count(ns) -> int:
+    """Instruments a transcription names: distinct GM programs of pitched notes, plus one if it has drum notes (a MIDI
+    player needs one channel program per entry; issue 27 compares ours with the reference's per file)."""
+    return len({-1 if n.is_drum else int(n.program) for n in ns.notes})
+
+
 def _f(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -340,8 +346,10 @@ def run(args) -> dict[str, Any]:
                 tracks.append({
                     "id": rec.id, "audio_seconds": round(seconds, 3),
                     "ref_notes": len(ref.notes), "ref_drum_notes": sum(n.is_drum for n in ref.notes),
+                    "ref_programs": program_count(ref),
                     "ours": {"seconds": round(ours_seconds, 4), "rtf": ours_seconds / seconds,
-                             "est_notes": len(ours_est.notes), "invalid_events": result.invalid_events,
+                             "est_notes": len(ours_est.notes), "programs": program_count(ours_est),
+                             "invalid_events": result.invalid_events,
                              "decoded_tokens": getattr(result, "decoded_tokens", None),
                              "metrics": ours_m},
                     "basic_pitch": {"seconds": round(bp_answer["seconds"], 4), "rtf": bp_answer["seconds"] / seconds,

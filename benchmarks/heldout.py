@@ -9,15 +9,20 @@ Sets (built once from a local corpus with `--build`, kept as prepared records un
 - `timbre`: the corpus's validation split re-rendered with TiMidity++ and freepats, a synth engine and samples used
             neither in training nor in the test set. This is the recipe-selection set: select on `timbre`, report on
             `multi`/`piano`/`level`, never the other way round.
+- `plain`, `piano_dense`, `performance` (issue 27; `benchmarks/heldout_sets.py`, read from music21 scores, no corpus
+            needed): test-split pieces in their own score instrumentation; keyboard works and piano reductions of the
+            densest scores; humanised pieces (rubato, onset jitter, phrase dynamics, sustain pedal). Not made by our
+            arrangement module, so they do not share the training data's arrangement style.
 A piece's split is a hash of its music21 path, so no corpus (any seed, any size) trains on these pieces.
 Every render is peak-normalised to the corpus mixes' -1 dBFS, so "0 dB" is the training level.
 
 Scoring is `benchmarks.compare_peers.run` (the code and averaging of `mt3 eval`; drums excluded from the agnostic
 scores), once per set and level, with Basic Pitch beside ours unless `--no-peer` (the quick per-checkpoint selection
-run on `timbre`).
+run on `timbre`). Each row also gives the instruments per file (`compare_peers.program_count`: distinct programs, drums
+counting as one), ours vs the reference's, mean and max over the set's files.
 
 Usage:
-  .venv/bin/python -m benchmarks.heldout --build [--corpus data/corpus_big]   # sets -> data/heldout (minutes)
+  .venv/bin/python -m benchmarks.heldout --build [--corpus data/corpus_big] [--sets ...]  # -> data/heldout (minutes)
   .venv/bin/python -m benchmarks.heldout [--checkpoint DIR] [--sets multi,piano,level,timbre] [--no-peer]
       [--max-tracks N] [--out benchmarks/results/heldout.md]
 Writes the markdown table and FILE.json beside it, atomically; prints the table.
@@ -41,7 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO / "data" / "heldout"
 DEFAULT_CORPUS = REPO / "data" / "corpus_big"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "heldout.md"
-SETS = ("multi", "piano", "level", "timbre")
+CORPUS_SETS = ("multi", "piano", "level", "timbre")
+SCORE_SETS = ("plain", "piano_dense", "performance")  # benchmarks/heldout_sets.py: built from music21 scores directly
+SETS = CORPUS_SETS + SCORE_SETS
 LEVELS_DB = (-20.0, -30.0)
 PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
@@ -113,6 +120,18 @@ def build(corpus: Path, prepared: Path, root: Path) -> None:
         print(f"{name}: {len(recs)} tracks -> {root / name}")
 
 
+def build_score_sets(names: list[str], root: Path) -> None:
+    """The sets of benchmarks/heldout_sets.py (music21 scores only; no corpus needed)."""
+    from benchmarks import heldout_sets
+    from mt3.data import records
+
+    for name in names:
+        if records.split_is_complete(root / name, "test"):
+            print(f"{name}: exists ({root / name})")
+            continue
+        print(f"{name}: {heldout_sets.build_set(name, root)} tracks -> {root / name}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # score
 
@@ -120,7 +139,7 @@ def build(corpus: Path, prepared: Path, root: Path) -> None:
 def _runs(sets: list[str]) -> list[tuple[str, str, float]]:
     """(row label, set folder, gain dB) for what was asked."""
     runs = []
-    for name in ("multi", "piano", "timbre"):
+    for name in ("multi", "piano", "timbre") + SCORE_SETS:
         if name in sets:
             runs.append((name, name, 0.0))
     if "level" in sets:
@@ -146,6 +165,8 @@ def score(args) -> dict[str, Any]:
                      "peer": peer["mean"] if args.peer else None, "peer_rtf": peer["rtf"] if args.peer else None,
                      "invalid_events": sum(t["ours"]["invalid_events"] for t in report["tracks"]),
                      "decoded_tokens": sum(t["ours"].get("decoded_tokens") or 0 for t in report["tracks"]),
+                     "programs": [t["ours"]["programs"] for t in report["tracks"]],
+                     "ref_programs": [t["ref_programs"] for t in report["tracks"]],
                      "model": report["model"], "basic_pitch": report["basic_pitch"], "load": report["load"]})
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": compare_peers.machine(), "rows": rows}
@@ -168,8 +189,9 @@ def markdown(report: dict[str, Any]) -> str:
         "instrument-agnostic on pitched notes (drums excluded); multi-instrument and drum F1 are ours only.",
         "",
         "| set | tracks | min | ours onset | ours on+off | multi-instr. | drum | ours onset / 0 dB | invalid % |"
+        " programs/file ours (mean, max) | reference (mean, max) |"
         + (" Basic Pitch onset | Basic Pitch on+off |" if peer else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else ""),
     ]
     for r in rows:
         o = r["ours"]
@@ -180,14 +202,22 @@ def markdown(report: dict[str, Any]) -> str:
         invalid = f"{100.0 * r['invalid_events'] / tokens:.1f}" if tokens else "—"
         cells = [r["set"], str(r["tracks"]), f"{r['audio_seconds'] / 60:.1f}", _f(o.get("onset_f1")),
                  _f(o.get("onset_offset_f1")), _f(o.get("multi_instrument_f1")), _f(o.get("drum_onset_f1")),
-                 _f(rel), invalid]
+                 _f(rel), invalid, _programs(r.get("programs")), _programs(r.get("ref_programs"))]
         if peer:
             cells += [_f(r["peer"].get("onset_f1")), _f(r["peer"].get("onset_offset_f1"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Sets: `multi` test-split pieces as arranged, MuseScore General; `piano` the same pieces as solo "
               "piano, MuseScore General; `-20/-30 dB` those files scaled; `timbre` validation-split pieces rendered "
-              "with TiMidity++ + freepats (the selection set). Built by `python -m benchmarks.heldout --build`."]
+              "with TiMidity++ + freepats (the selection set); `plain` test-split pieces in their own score "
+              "instrumentation, `piano_dense` test-split keyboard works and piano reductions of the densest scores, "
+              "`performance` humanised test-split pieces (rubato, jitter, dynamics, sustain pedal), all MuseScore "
+              "General (benchmarks/heldout_sets.py). Built by `python -m benchmarks.heldout --build`. Programs/file: "
+              "distinct GM programs a file's notes use, drums counting as one."]
     return "\n".join(lines) + "\n"
+
+
+def _programs(counts: list[int] | None) -> str:
+    return f"{sum(counts) / len(counts):.1f}, {max(counts)}" if counts else "—"
 
 
 def main(argv=None) -> int:
@@ -204,14 +234,16 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tracks", type=int, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if args.build:
-        prepared = args.prepared or (REPO / "data" / "prepared_big" / "local")
-        build(args.corpus, prepared, args.root)
-        return 0
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = sorted(set(args.sets) - set(SETS))
     if unknown:
         parser.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
+    if args.build:
+        build_score_sets([s for s in SCORE_SETS if s in args.sets], args.root)
+        if set(args.sets) & set(CORPUS_SETS):
+            prepared = args.prepared or (REPO / "data" / "prepared_big" / "local")
+            build(args.corpus, prepared, args.root)
+        return 0
     from mt3.data import records
 
     for _, folder, _ in _runs(args.sets):
