@@ -12,6 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from mt3 import paths
+
 DEFAULT_DATA_DIR = "data/prepared"
 DATA_DIR_ENV = "MT3_DATA_DIR"
 PROGRAM_MAPPINGS = ("full", "slakh_class", "track_specs")
@@ -72,7 +74,12 @@ class DatasetConfig:
                              f"{PROGRAM_MAPPINGS}")
 
     def path(self, data_dir: str | os.PathLike | None = None) -> Path:
-        return Path(resolve_data_dir(data_dir)) / self.folder
+        """The prepared folder; an `etils.epath.Path` when the data dir is a URL (gs://...), which `pathlib` would
+        turn into a local folder."""
+        base = resolve_data_dir(data_dir)
+        if paths.is_url(base):
+            return paths.as_epath(paths.join(base, self.folder))
+        return Path(base) / self.folder
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
@@ -123,6 +130,45 @@ LOCAL_CONFIG = DatasetConfig(
 ALL_CONFIGS: tuple[DatasetConfig, ...] = (
     MAESTROV3_CONFIG, SLAKH_CONFIG, CERBERUS4_CONFIG, GUITARSET_CONFIG, URMP_CONFIG, MUSICNET_CONFIG, LOCAL_CONFIG)
 
+# Datasets a user prepares from their own recordings (`mt3 prepare-data pairs --out DATA_DIR/NAME`) need no config
+# written: the manifests' "dataset" field says which converter wrote a folder, and the folder's name is the dataset's.
+DISCOVERED_CONVERTERS = ("pairs",)
+
+
+def discover_prepared(data_dir: str | os.PathLike | None = None) -> list[DatasetConfig]:
+    """A DatasetConfig for every folder `DATA_DIR/NAME` holding a complete split written by `mt3 prepare-data pairs`
+    (built-in folders excluded), sorted by name, so such a dataset trains, evaluates and mixes with no Python written.
+
+    Its tasks are the local corpus's: splits train/validation/test (validation = the train-eval split, validation and
+    test evaluated by inference), the MIDI's programs kept ("full"), same-pitch overlaps trimmed in training targets as
+    for MT3's multi-track datasets. A split that was never prepared (a small folder's hash split may leave one empty)
+    fails only when read, naming the folder."""
+    import json
+    import re
+
+    root = Path(resolve_data_dir(data_dir))
+    if not root.is_dir():
+        return []
+    builtin = {c.folder for c in ALL_CONFIGS} | {c.name for c in ALL_CONFIGS}
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name in builtin or not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", folder.name):
+            continue
+        converters = set()
+        for manifest in folder.glob("*.manifest.json"):
+            try:
+                converters.add(json.loads(manifest.read_text()).get("dataset"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        converter = next((c for c in DISCOVERED_CONVERTERS if c in converters), None)
+        if converter is None:
+            continue
+        found.append(DatasetConfig(
+            name=folder.name, folder=folder.name, converter=converter, splits=("train", "validation", "test"),
+            train_split="train", train_eval_split="validation", infer_eval_splits=_VAL_TEST,
+            program_mapping="full", trim_overlapping_notes=True))
+    return found
+
 
 @contextlib.contextmanager
 def data_dir_override(data_dir: str | os.PathLike | None):
@@ -147,7 +193,7 @@ def prepared_hours(config: DatasetConfig, split: str, data_dir=None) -> float | 
     from mt3.data import records
 
     path = config.path(data_dir)
-    if not records.manifest_path(path, split).exists():
+    if not paths.exists(records.manifest_path(path, split)):
         return None
     return float(records.read_manifest(path, split)["hours"])
 

@@ -215,6 +215,45 @@ _add_mixture("local_mix_notes_ties_vb1_train", [(datasets.LOCAL_CONFIG, f"{_MT3_
 seqio.MixtureRegistry.add("local_mix_notes_ties_vb1_eval", [(f"{_MT3_PREFIXES['local']}_validation", 1.0)])
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets that register themselves: `mt3 prepare-data pairs --out DATA_DIR/NAME` (your own recordings)
+# ---------------------------------------------------------------------------------------------------------------
+
+_PREPARED: dict[str, datasets.DatasetConfig] = {}
+
+
+def register_prepared_datasets(data_dir: str | None = None) -> list[str]:
+    """Registers MT3's tasks for every dataset `datasets.discover_prepared` finds under the data dir, as the local
+    corpus gets them: `NAME_notes_ties_vb1_{train,validation,test}` and the `NAME_notes_ties_vb1_eval` mixture, so a
+    folder of recordings trains, evaluates and mixes by name with no Python written. Returns the prefixes this call
+    registered.
+
+    Runs when this module is imported, for $MT3_DATA_DIR (else ./data/prepared); a command whose data dir is known
+    only later (gin `DATA_DIR`, `--data-dir`) calls it again with that dir. A dataset already registered is kept; one
+    whose task names are taken by other tasks or mixtures is skipped with a warning naming the folder."""
+    import logging
+
+    registered = []
+    for config in datasets.discover_prepared(data_dir):
+        if config.name in _PREPARED:
+            continue
+        prefix = task_prefix(config.name, vocab_config=MT3_VOCAB, onsets_only=False, include_ties=True,
+                             spectrogram_config=SPECTROGRAM_CONFIG)
+        names = [f"{prefix}_train", f"{prefix}_eval", *(f"{prefix}_{s.suffix}" for s in config.infer_eval_splits)]
+        taken = [n for n in names if n in seqio.TaskRegistry.names() or n in seqio.MixtureRegistry.names()]
+        if taken:
+            logging.getLogger("mt3.tasks").warning("prepared dataset %s not registered: %r is already registered",
+                                                   config.path(data_dir), taken[0])
+            continue
+        add_transcription_task_to_registry(config, SPECTROGRAM_CONFIG, MT3_VOCAB, include_ties=True)
+        _PREPARED[config.name] = config
+        registered.append(prefix)
+    return registered
+
+
+register_prepared_datasets()
+
+
 def get_dataset(mixture_or_task_name: str, *, task_feature_lengths: dict[str, int], split: str, batch_size: int,
                 shuffle: bool = True, seed: int | None = 0, shard_id: int = 0, num_shards: int = 1,
                 num_epochs: int | None = None, data_dir: str | None = None, drop_remainder: bool = True):

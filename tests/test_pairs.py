@@ -137,7 +137,7 @@ def test_bad_program_option_is_one_line(tmp_path, excerpts, capsys, value):
     assert err.count("\n") == 1 and f"program={value}" in err and "0-127" in err
 
 
-@pytest.mark.parametrize("name", ["my-set", "9lives", "local", "maestrov3"])
+@pytest.mark.parametrize("name", ["my-set", "9lives", "local", "maestrov3", "mega"])
 def test_out_name_must_name_tasks(tmp_path, excerpts, capsys, name):
     root = tmp_path / "solo"
     write_pair(root / "train", "a", excerpts[0])
@@ -205,3 +205,51 @@ def test_an_empty_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "notes.txt").write_text("no music here")
     assert _run(tmp_path / "empty", tmp_path / "mine") == 2
     assert "no audio or MIDI files found" in capsys.readouterr().err
+
+
+def test_a_prepared_folder_registers_mt3s_tasks_and_they_read_its_records(tmp_path, excerpts, monkeypatch):
+    import seqio
+
+    from mt3 import datasets, tasks
+
+    root = tmp_path / "recordings"
+    for split, stems in (("train", ["a", "b"]), ("validation", ["c"]), ("test", ["d"])):
+        for i, stem in enumerate(stems):
+            write_pair(root / split, stem, excerpts[i + (2 if split != "train" else 0)])
+    data_dir = tmp_path / "data"
+    assert _run(root, data_dir / "my_band") == 0
+    datasets_dir = data_dir / "slakh_copy"  # another converter's output is not a pairs dataset: never registered
+    assert _run(root, datasets_dir) == 0
+    for manifest in datasets_dir.glob("*.manifest.json"):
+        manifest.write_text(manifest.read_text().replace('"dataset": "pairs"', '"dataset": "slakh"'))
+
+    assert [c.name for c in datasets.discover_prepared(data_dir)] == ["my_band"]
+    try:
+        _check_registered_tasks(tasks.register_prepared_datasets(data_dir), data_dir, monkeypatch)
+    finally:  # other tests see the registry as mt3.tasks left it
+        for name in [n for n in seqio.TaskRegistry.names() if n.startswith("my_band_")]:
+            seqio.TaskRegistry.remove(name)
+        seqio.MixtureRegistry.remove("my_band_notes_ties_vb1_eval")
+        tasks._PREPARED.pop("my_band", None)
+
+
+def _check_registered_tasks(registered, data_dir, monkeypatch):
+    import seqio
+
+    from mt3 import datasets, tasks
+
+    assert registered == ["my_band_notes_ties_vb1"]
+    assert tasks.register_prepared_datasets(data_dir) == [], "registering again is a no-op"
+    for name in ("my_band_notes_ties_vb1_train", "my_band_notes_ties_vb1_validation", "my_band_notes_ties_vb1_test"):
+        assert name in seqio.TaskRegistry.names()
+    assert "my_band_notes_ties_vb1_eval" in seqio.MixtureRegistry.names()
+    assert not any(n.startswith("slakh_copy") for n in seqio.TaskRegistry.names())
+
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(data_dir))
+    train = seqio.get_mixture_or_task("my_band_notes_ties_vb1_train")
+    ex = next(train.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False).as_numpy_iterator())
+    assert ex["inputs"].shape[1] == 128 and ex["targets"].size > 2, "128-sample audio frames and note tokens of a pair"
+    test = seqio.get_mixture_or_task("my_band_notes_ties_vb1_test")
+    ids = {x["id"].decode() for x in test.get_dataset({"inputs": 256, "targets": 1024}, split="eval",
+                                                      shuffle=False).as_numpy_iterator()}
+    assert ids == {"d"}, "the test task reads the test folder's pair"

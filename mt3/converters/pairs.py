@@ -39,6 +39,7 @@ MIDI_EXTENSIONS = (".mid", ".midi")
 DRUMS = "drums"
 # A prepared folder's name becomes a task name prefix (seqio allows word characters, '.' and ':'; we keep it simple).
 DATASET_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+RESERVED_NAMES = ("mega", "local_mix")  # NAME_notes_ties_vb1_train would be a built-in mixture's name
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def check_out(out: str | os.PathLike) -> None:
     if not DATASET_NAME_RE.match(name):
         raise InputError(out, f"folder name {name!r} cannot name tasks ({name}_notes_ties_vb1_train): use letters, "
                               "digits and '_', starting with a letter")
-    builtin = {c.name for c in datasets.ALL_CONFIGS} | {c.folder for c in datasets.ALL_CONFIGS}
+    builtin = {c.name for c in datasets.ALL_CONFIGS} | {c.folder for c in datasets.ALL_CONFIGS} | set(RESERVED_NAMES)
     if name in builtin:
         raise InputError(out, f"folder name {name!r} is a built-in dataset's; choose another name for --out")
 
