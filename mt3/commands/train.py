@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra directory to search for gin files and their includes (repeatable)")
     parser.add_argument("--model_dir", default=None,
                         help="where checkpoints, summaries and config.gin go (same as --gin.MODEL_DIR='\"DIR\"')")
+    parser.add_argument("--allow_config_change", action="store_true",
+                        help="resume although the model, vocabulary, task/mixture or batch size differ from the "
+                             "run's previous config (refused otherwise; recorded in MODEL_DIR/runs/)")
     parser.set_defaults(gin_bindings=[])
 
 
@@ -31,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
                                       model_dir=args.model_dir)
     gin_utils.build_bound_references("train_script.train")  # bad values first: they are the user's last edit
     check_before_writing()
-    train.train_from_gin(flags)
+    train.train_from_gin(flags, allow_config_change=args.allow_config_change)
     return 0
 
 

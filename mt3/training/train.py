@@ -329,8 +329,10 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
           optimizer_cfg: OptimizerConfig = OptimizerConfig(), checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
           partition_cfg: PartitionConfig = PartitionConfig(), infer_eval_fn: InferEvalFn | None = None,
           after_first_step: Callable[[], None] | None = None,
-          init_checkpoint_cfg: RestoreCheckpointConfig | None = None) -> TrainResult:
-    """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data)."""
+          init_checkpoint_cfg: RestoreCheckpointConfig | None = None,
+          on_start: Callable[[int], None] | None = None) -> TrainResult:
+    """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data).
+    `on_start(step)` runs once the state is restored or initialised (the run record, `mt3.training.run_records`)."""
     from mt3.training import checkpoints, partitioning
     from mt3.training import trainer as trainer_lib
     from mt3.training.checkpoints import Checkpointer
@@ -354,6 +356,8 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     except BaseException:  # no checkpoint restores: stop orbax's background threads before reporting it
         checkpointer.close()
         raise
+    if on_start is not None:
+        on_start(int(state.step))
     config = getattr(model, "config", None)
     shard_id, num_shards = partitioner.data_layout()
     layout = {"host_batch_size": partitioner.host_batch_size(train_dataset_cfg.batch_size), "shard_id": shard_id,
@@ -417,9 +421,12 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     return TrainResult(step=step, stop_reason=stop_reason, last_metrics=host_metrics, eval_metrics=eval_metrics)
 
 
-def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainResult:
+def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None,
+                   allow_config_change: bool = False) -> TrainResult:
     """Runs the gin-configured `train_script.train` after writing MODEL_DIR/config.gin (parsed config + gin files);
-    `operative_config.gin` (what was actually used) follows after the first step."""
+    `operative_config.gin` (what was actually used) follows after the first step. A resume whose model, vocabulary,
+    task or batch size differs from the previous start is refused (`mt3.training.config_guard`) unless
+    `allow_config_change`; each start is recorded under MODEL_DIR/runs/ (`mt3.training.run_records`)."""
     import gin
 
     from mt3 import gin_utils
@@ -435,14 +442,18 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None) -> TrainR
     import jax
 
     gin_utils.build_bound_references("train_script.train")  # a bad value stops here, before config.gin is written
+    from mt3.training import run_records
+
+    recorder = run_records.from_gin(model_dir, allow_config_change=allow_config_change)  # guard first; None: not chief
     if jax.process_index() == 0:
         gin_utils.write_operative_config(model_dir, flags)
-    after = (lambda: gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True)) \
-        if jax.process_index() == 0 else None
+    after = (lambda: (gin_utils.write_operative_config(model_dir, filename="operative_config.gin", operative=True),
+                      recorder.operative_config_summary())) if recorder is not None else None
     eval_tasks = gin_utils.query_macro("INFER_EVAL_TASKS")
     if infer_eval_fn is None and eval_tasks and jax.process_index() == 0:
         infer_eval_fn = _gin_infer_eval_fn(eval_tasks, model_dir)
-    return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after)
+    return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after,
+                                                      on_start=recorder.start if recorder is not None else None)
 
 
 def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
