@@ -39,8 +39,9 @@ RESAMPLE_QUALITY = "soxr_hq"  # librosa's default res_type, i.e. what MT3's libr
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".aifc", ".au", ".snd", ".caf",
                     ".w64", ".m4a", ".aac", ".mp4", ".wma", ".webm")
 # Peak level below which a recording is called quiet: 40 dB under full scale. The training recordings peak near
-# -1 dBFS (the local corpus: every one of 80 tracks of data/corpus_big between -1.2 and -1.0 dBFS, 2026-12-04), and the
-# model sees an input's level as it is (nothing normalises it).
+# -1 dBFS (the local corpus: every one of 80 tracks of data/corpus_big between -1.2 and -1.0 dBFS, 2026-12-04). A
+# model whose config sets INPUT_PEAK_DB (the bundled one) hears every file above SILENCE_PEAK_DB normalised to that
+# peak; MT3's imported models hear the level as it is (`quiet_warning` says which).
 QUIET_PEAK_DBFS = -40.0
 TRAINING_PEAK_DBFS = -1.0
 
@@ -58,12 +59,27 @@ def quiet_warning(samples: np.ndarray, normalised_to: float | None = None) -> st
     level = peak_dbfs(samples)
     if not math.isfinite(level) or level >= QUIET_PEAK_DBFS:
         return None
+    if normalised_to is not None and level <= SILENCE_PEAK_DB:  # `normalize_peak` leaves it as it is
+        return (f"the audio is nearly silent (peak {level:.0f} dBFS, at or below the {SILENCE_PEAK_DB:.0f} dBFS this "
+                "model takes for a noise floor and does not normalise), so expect no notes: if it holds music, raise "
+                f"its level (e.g. normalise the peak to {normalised_to:.0f} dBFS) and transcribe again")
     if normalised_to is not None:
         return (f"the audio is very quiet (peak {level:.0f} dBFS); the model hears it normalised to its training peak "
                 f"of {normalised_to:.0f} dBFS, which raises any noise and hum with it")
     return (f"the audio is very quiet (peak {level:.0f} dBFS, far below the {TRAINING_PEAK_DBFS:.0f} dBFS peaks of "
             "the training recordings; this model does not normalise its input), so expect few or no notes: raise "
             "its level (e.g. normalise the peak to -1 dBFS) and transcribe again")
+
+
+def input_warnings(samples: np.ndarray, sample_rate: int, normalised_to: float | None = None) -> list[str]:
+    """Every warning about one input's audio: silence (every sample zero: no notes), else `quiet_warning`.
+
+    Why one function: `mt3 transcribe` prints these lines and `mt3 serve` returns them in "warnings"; built in one
+    place, an upload is never silent about what the command line warns of."""
+    if not np.any(samples):
+        return [f"the audio is silent ({len(samples) / sample_rate:.2f} s, every sample zero): no notes"]
+    quiet = quiet_warning(samples, normalised_to)
+    return [] if quiet is None else [quiet]
 
 
 def _check_rate(path, rate, what: str) -> int:

@@ -263,3 +263,14 @@ def test_quiet_warning_is_about_the_input_level():
     normalised = audio.quiet_warning(tone * 10 ** (-50 / 20), normalised_to=-1.0)
     assert "peak -50 dBFS" in normalised and "normalised to its training peak of -1 dBFS" in normalised
     assert audio.AUDIO_EXTENSIONS == tuple(dict.fromkeys(audio.AUDIO_EXTENSIONS))  # one list, no repeats
+
+
+def test_quiet_warning_below_the_noise_floor_says_no_notes():
+    """Below SILENCE_PEAK_DB a normalising model leaves the input as it is (`normalize_peak`), so the line must not
+    promise normalisation (issue 28: at -84 dBFS the bundled model gives 0 notes)."""
+    tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+    quiet = tone * np.float32(10 ** (-84 / 20))
+    assert np.array_equal(audio.normalize_peak(quiet, -1.0), quiet)
+    line = audio.quiet_warning(quiet, normalised_to=-1.0)
+    assert "nearly silent (peak -84 dBFS" in line and "expect no notes" in line and "hears it normalised" not in line
+    assert "hears it normalised" in audio.quiet_warning(tone * np.float32(10 ** (-79 / 20)), normalised_to=-1.0)

@@ -136,3 +136,24 @@ def test_json_into_a_closed_pipe_stops_quietly(music21_midi_files):
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 141  # 128 + SIGPIPE, as a shell reports a tool the closed pipe stopped
+
+
+def test_reference_much_longer_than_the_estimate_warns(music21_midi_files, tmp_path, capsys):
+    """A whole piece (60 s) scored against a 2 s excerpt's notes: a warning on stderr and in the JSON, and the scores
+    are still those of what the files hold (every later reference note missed)."""
+    from mt3.midi_io import load_midi
+
+    reference = music21_midi_files["string_quartet"]
+    excerpt = load_midi(reference)
+    kept = [n for n in excerpt.notes if n.end_time <= 2.0]
+    del excerpt.notes[:]
+    excerpt.notes.extend(kept)
+    write_midi(excerpt, tmp_path / "excerpt.mid")
+    code, out, err = _run(capsys, reference, tmp_path / "excerpt.mid", "--json")
+    result = json.loads(out)
+    assert code == 0 and err.startswith(f"mt3 score: warning: {reference} lasts 60.0 s but the notes of ")
+    assert result["warnings"] == [err.strip().removeprefix("mt3 score: warning: ")]
+    assert result["onset_precision"] == pytest.approx(1.0) and result["onset_recall"] == pytest.approx(
+        len(kept) / result["ref_notes"])
+    code, out, err = _run(capsys, reference, reference, "--json")
+    assert code == 0 and err == "" and json.loads(out)["warnings"] == []

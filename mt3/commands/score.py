@@ -1,6 +1,9 @@
 """`mt3 score REF.mid EST.mid [--json]`: MT3's metrics for one estimated MIDI against a reference MIDI.
 
 Thin: `mt3.metrics.score_midi_files` does the work; this module only formats. Bad files raise InputError (exit 2).
+Both files are scored as they hold their notes (as a MIDI player reads them: a note-off ends every sounding note of
+its pitch on its channel). A reference whose notes run far past the estimate's gets a warning line on stderr (and
+in the JSON's "warnings"): it is usually a whole piece scored against an excerpt.
 """
 
 from __future__ import annotations
@@ -72,13 +75,36 @@ def _json_safe(obj):
     return obj
 
 
+# A reference this much longer than the estimate is most likely a whole piece scored against a transcribed excerpt:
+# every reference note past the excerpt counts as missed, and the scores mean nothing (236 s against 2 s scores 0.001).
+LENGTH_RATIO_WARNING = 1.5
+LENGTH_SLACK_SECONDS = 5.0
+
+
+def length_warning(ref_seconds: float, est_seconds: float, reference: str, estimate: str) -> str | None:
+    """One line when the reference's notes run far past the estimate's (None otherwise, and for an empty estimate)."""
+    if est_seconds <= 0.0 or ref_seconds <= est_seconds * LENGTH_RATIO_WARNING + LENGTH_SLACK_SECONDS:
+        return None
+    return (f"{reference} lasts {ref_seconds:.1f} s but the notes of {estimate} end at {est_seconds:.1f} s: every "
+            "reference note after that counts as missed; if the estimate transcribes an excerpt, score it against "
+            "the same excerpt of the reference")
+
+
 def main(args: argparse.Namespace) -> int:
+    import sys
+
     from mt3.metrics import score_midi_files
+    from mt3.midi_io import load_midi
 
     result = score_midi_files(args.reference, args.estimate, velocity=args.velocity)
+    ends = [max([0.0, *(n.end_time for n in load_midi(path, allow_empty=True).notes)])
+            for path in (args.reference, args.estimate)]  # what each file holds, as scored
+    warning = length_warning(*ends, args.reference, args.estimate)
+    if warning:
+        print(f"mt3 score: warning: {warning}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps(_json_safe({"reference": args.reference, "estimate": args.estimate, **result}),
-                         sort_keys=False))
+        print(json.dumps(_json_safe({"reference": args.reference, "estimate": args.estimate, **result,
+                                     "warnings": [warning] if warning else []}), sort_keys=False))
     else:
         print(format_report(result, velocity=args.velocity))
     return 0
