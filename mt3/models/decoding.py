@@ -4,6 +4,9 @@
 cross-attention keys/values once), then feeds one token per step inside a single jitted `lax.while_loop` with static
 shapes. The loop stops as soon as every row has emitted EOS, or at max_decode_len; after its EOS a row emits PAD.
 `decode_uncached` recomputes the whole prefix every step: the reference for tests and the cache speed benchmark.
+
+Tensor names carry their shape (nanodo's habit): B batch rows, S encoder frames, E embedding features, T decoder
+steps (max_decode_len, or the compacting loop's current cache length), V vocabulary ids.
 """
 
 from __future__ import annotations
@@ -23,24 +26,25 @@ EOS_ID = 1
 DECODER_START_ID = 0  # MT3 starts decoding from id 0 (PAD) as BOS
 
 
-def select_next(logits: Array, *, greedy: bool, temperature: Array | float, top_k: int, rng: Array) -> Array:
+def select_next(logits_BxV: Array, *, greedy: bool, temperature: Array | float, top_k: int, rng: Array) -> Array:
     """Next ids [B] from logits [B, V]: argmax when greedy, else a sample from softmax(logits / temperature),
     restricted to the top_k ids when top_k > 0."""
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits.astype(jnp.float32) / temperature
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV.astype(jnp.float32) / temperature
     if top_k > 0:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-def init_cache(module, params: Any, encoded: Array, max_decode_len: int) -> Any:
+def init_cache(module, params: Any, encoded_BxSxE: Array, max_decode_len: int) -> Any:
     """The 'cache' collection for `max_decode_len` steps: zero self-attention caches at index 0 and the encoder
     output projected to cross-attention keys/values (one cache-creating decoder pass on a dummy token)."""
-    batch = encoded.shape[0]
-    dummy = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
-    _, variables = module.apply({"params": params}, encoded, dummy, decoder_positions=jnp.zeros((batch, 1), jnp.int32),
+    batch = encoded_BxSxE.shape[0]
+    dummy_Bx1 = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
+    _, variables = module.apply({"params": params}, encoded_BxSxE, dummy_Bx1,
+                                decoder_positions=jnp.zeros((batch, 1), jnp.int32),
                                 enable_dropout=False, decode=True, max_decode_length=max_decode_len,
                                 mutable=["cache"], method=module.decode)
     return variables["cache"]
@@ -62,27 +66,27 @@ def _decode_loop(step_logits: Callable[[Any, Array, Array, Array], tuple[Array, 
                  eos_id: int) -> tuple[Array, Array]:
     """Shared while_loop: step_logits(state, step, token [B], out [B, T]) -> (logits [B, V], state).
     Returns (ids [B, T], number of decoder steps run)."""
-    out = jnp.full((batch, max_decode_len), PAD_ID, jnp.int32)
-    token = jnp.full((batch,), DECODER_START_ID, jnp.int32)
-    done = jnp.zeros((batch,), bool)
+    out_BxT = jnp.full((batch, max_decode_len), PAD_ID, jnp.int32)
+    token_B = jnp.full((batch,), DECODER_START_ID, jnp.int32)
+    done_B = jnp.zeros((batch,), bool)
 
     def cond(carry):
-        step, _, _, done, _, _ = carry
-        return jnp.logical_and(step < max_decode_len, jnp.logical_not(jnp.all(done)))
+        step, _, _, done_B, _, _ = carry
+        return jnp.logical_and(step < max_decode_len, jnp.logical_not(jnp.all(done_B)))
 
     def body(carry):
-        step, token, out, done, state, rng = carry
+        step, token_B, out_BxT, done_B, state, rng = carry
         rng, step_rng = jax.random.split(rng)
-        logits, state = step_logits(state, step, token, out)
-        next_token = select_next(logits, greedy=greedy, temperature=temperature, top_k=top_k, rng=step_rng)
-        next_token = jnp.where(done, PAD_ID, next_token)
-        out = jax.lax.dynamic_update_slice(out, next_token[:, None], (0, step))
-        done = jnp.logical_or(done, next_token == eos_id)
-        return step + 1, next_token, out, done, state, rng
+        logits_BxV, state = step_logits(state, step, token_B, out_BxT)
+        next_B = select_next(logits_BxV, greedy=greedy, temperature=temperature, top_k=top_k, rng=step_rng)
+        next_B = jnp.where(done_B, PAD_ID, next_B)
+        out_BxT = jax.lax.dynamic_update_slice(out_BxT, next_B[:, None], (0, step))
+        done_B = jnp.logical_or(done_B, next_B == eos_id)
+        return step + 1, next_B, out_BxT, done_B, state, rng
 
-    carry = (jnp.zeros((), jnp.int32), token, out, done, state, rng)
-    steps, _, out, _, _, _ = jax.lax.while_loop(cond, body, carry)
-    return out, steps
+    carry = (jnp.zeros((), jnp.int32), token_B, out_BxT, done_B, state, rng)
+    steps, _, out_BxT, _, _, _ = jax.lax.while_loop(cond, body, carry)
+    return out_BxT, steps
 
 
 @functools.partial(jax.jit, static_argnames=("module", "max_decode_len", "greedy", "top_k", "eos_id", "cached"))
@@ -90,25 +94,27 @@ def _decode_jit(module, params: Any, encoder_inputs: Array, temperature: Array, 
                 greedy: bool, top_k: int, eos_id: int, cached: bool) -> tuple[Array, Array]:
     """One compiled program per (module, shapes, max_decode_len, greedy, top_k): the temperature is traced, so
     sweeping it does not recompile."""
-    encoded = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
-    batch = encoded.shape[0]
+    encoded_BxSxE = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
+    batch = encoded_BxSxE.shape[0]
 
-    def cached_step(cache, step, token, out):
-        del out
-        positions = jnp.full((batch, 1), step, jnp.int32)
-        logits, variables = module.apply({"params": params, "cache": cache}, encoded, token[:, None],
-                                         decoder_positions=positions, enable_dropout=False, decode=True,
-                                         mutable=["cache"], method=module.decode)
-        return logits[:, 0], variables["cache"]
+    def cached_step(cache, step, token_B, out_BxT):
+        del out_BxT
+        positions_Bx1 = jnp.full((batch, 1), step, jnp.int32)
+        logits_Bx1xV, variables = module.apply({"params": params, "cache": cache}, encoded_BxSxE, token_B[:, None],
+                                               decoder_positions=positions_Bx1, enable_dropout=False, decode=True,
+                                               mutable=["cache"], method=module.decode)
+        return logits_Bx1xV[:, 0], variables["cache"]
 
-    def uncached_step(state, step, token, out):
-        del token
-        inputs = jnp.concatenate([jnp.full((batch, 1), DECODER_START_ID, jnp.int32), out[:, :-1]], axis=1)
-        logits = module.apply({"params": params}, encoded, inputs, enable_dropout=False, method=module.decode)
-        return jax.lax.dynamic_index_in_dim(logits, step, axis=1, keepdims=False), state
+    def uncached_step(state, step, token_B, out_BxT):
+        del token_B
+        start_Bx1 = jnp.full((batch, 1), DECODER_START_ID, jnp.int32)
+        inputs_BxT = jnp.concatenate([start_Bx1, out_BxT[:, :-1]], axis=1)
+        logits_BxTxV = module.apply({"params": params}, encoded_BxSxE, inputs_BxT, enable_dropout=False,
+                                    method=module.decode)
+        return jax.lax.dynamic_index_in_dim(logits_BxTxV, step, axis=1, keepdims=False), state
 
     if cached:
-        step_fn, state = cached_step, init_cache(module, params, encoded, max_decode_len)
+        step_fn, state = cached_step, init_cache(module, params, encoded_BxSxE, max_decode_len)
     else:
         step_fn, state = uncached_step, None
     return _decode_loop(step_fn, state, batch, max_decode_len, greedy=greedy, temperature=temperature, top_k=top_k,
@@ -167,35 +173,36 @@ def next_power_of_two(n: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("module", "cache_len"))
 def _encode_and_init_cache(module, params: Any, encoder_inputs: Array, *, cache_len: int) -> Any:
-    encoded = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
-    return init_cache(module, params, encoded, cache_len)
+    encoded_BxSxE = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
+    return init_cache(module, params, encoded_BxSxE, cache_len)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out"))
-def _greedy_chunk(module, params: Any, cache: Any, token: Array, out: Array, done: Array, allowed: Array, step: Array,
-                  min_live: Array, *, eos_id: int):
-    """Greedy steps until every row is done, the cache (= out's length) is full, or at most `min_live` rows are
-    still running. `allowed` [B, V] masks ids a row may emit (all True: plain greedy)."""
-    batch, length = out.shape
+@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out_BxT"))
+def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Array, done_B: Array, allowed_BxV: Array,
+                  step: Array, min_live: Array, *, eos_id: int):
+    """Greedy steps until every row is done, the cache (= out's length T) is full, or at most `min_live` rows are
+    still running. `allowed_BxV` masks ids a row may emit (all True: plain greedy)."""
+    batch, length = out_BxT.shape
     # cross-attention keys/values live in the cache, so the decoder never reads the encoder output again
-    encoded = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
+    encoded_Bx1xE = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
 
     def cond(carry):
-        step, _, _, done, _ = carry
-        live = jnp.sum(jnp.logical_not(done))
+        step, _, _, done_B, _ = carry
+        live = jnp.sum(jnp.logical_not(done_B))
         return jnp.logical_and(step < length, jnp.logical_and(live > 0, live > min_live))
 
     def body(carry):
-        step, token, out, done, cache = carry
-        logits, variables = module.apply({"params": params, "cache": cache}, encoded, token[:, None],
-                                         decoder_positions=jnp.full((batch, 1), step, jnp.int32),
-                                         enable_dropout=False, decode=True, mutable=["cache"], method=module.decode)
-        logits = jnp.where(allowed, logits[:, 0], -jnp.inf)
-        next_token = jnp.where(done, PAD_ID, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-        out = jax.lax.dynamic_update_slice(out, next_token[:, None], (0, step))
-        return step + 1, next_token, out, jnp.logical_or(done, next_token == eos_id), variables["cache"]
+        step, token_B, out_BxT, done_B, cache = carry
+        logits_Bx1xV, variables = module.apply({"params": params, "cache": cache}, encoded_Bx1xE, token_B[:, None],
+                                               decoder_positions=jnp.full((batch, 1), step, jnp.int32),
+                                               enable_dropout=False, decode=True, mutable=["cache"],
+                                               method=module.decode)
+        logits_BxV = jnp.where(allowed_BxV, logits_Bx1xV[:, 0], -jnp.inf)
+        next_B = jnp.where(done_B, PAD_ID, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
+        out_BxT = jax.lax.dynamic_update_slice(out_BxT, next_B[:, None], (0, step))
+        return step + 1, next_B, out_BxT, jnp.logical_or(done_B, next_B == eos_id), variables["cache"]
 
-    return jax.lax.while_loop(cond, body, (step, token, out, done, cache))
+    return jax.lax.while_loop(cond, body, (step, token_B, out_BxT, done_B, cache))
 
 
 def _is_self_cache(path) -> bool:
@@ -203,13 +210,14 @@ def _is_self_cache(path) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("length",))
-def _grow(cache: Any, out: Array, *, length: int) -> tuple[Any, Array]:
-    """Self-attention caches and `out` padded with zeros (never attended: masked by the cache index) to `length`."""
-    def pad(x):
-        return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+def _grow(cache: Any, out_BxT: Array, *, length: int) -> tuple[Any, Array]:
+    """Self-attention caches [B, T, H, D] and `out_BxT` padded with zeros (never attended: masked by the cache index)
+    along T to `length`."""
+    def pad(x_BxTx_):
+        return jnp.pad(x_BxTx_, [(0, 0), (0, length - x_BxTx_.shape[1])] + [(0, 0)] * (x_BxTx_.ndim - 2))
 
     cache = jax.tree_util.tree_map_with_path(lambda p, x: pad(x) if _is_self_cache(p) else x, cache)
-    return cache, pad(out)
+    return cache, pad(out_BxT)
 
 
 @jax.jit
@@ -230,35 +238,38 @@ def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_
     _check_args(max_decode_len, 0.0, 0, None)
     batch = encoder_inputs.shape[0]
     vocab = module.config.vocab_size
-    allowed = jnp.ones((batch, vocab), bool) if allowed is None else jnp.asarray(allowed, bool)
-    if allowed.shape != (batch, vocab):
-        raise ValueError(f"allowed must be bool [{batch}, {vocab}], got {allowed.shape}")
+    allowed_BxV = jnp.ones((batch, vocab), bool) if allowed is None else jnp.asarray(allowed, bool)
+    if allowed_BxV.shape != (batch, vocab):
+        raise ValueError(f"allowed must be bool [{batch}, {vocab}], got {allowed_BxV.shape}")
     length = min(int(first_len), max_decode_len)
     cache = _encode_and_init_cache(module, params, encoder_inputs, cache_len=length)
-    result = np.zeros((batch, max_decode_len), np.int32)
-    rows = np.arange(batch)  # original row of each live slot (-1: a finished filler)
-    token = jnp.full((batch,), DECODER_START_ID, jnp.int32)
-    out = jnp.zeros((batch, length), jnp.int32)
-    done = jnp.zeros((batch,), bool)
+    # From here B is the number of slots in the current chunk (a power of two after the first compaction).
+    result_BxT = np.zeros((batch, max_decode_len), np.int32)  # original rows, full length
+    rows_B = np.arange(batch)  # original row of each live slot (-1: a finished filler)
+    token_B = jnp.full((batch,), DECODER_START_ID, jnp.int32)
+    out_BxT = jnp.zeros((batch, length), jnp.int32)
+    done_B = jnp.zeros((batch,), bool)
     step = jnp.zeros((), jnp.int32)
     while True:
-        slots = len(rows)
+        slots = len(rows_B)
         min_live = slots // 2 if slots > 1 else 0
-        step, token, out, done, cache = _greedy_chunk(module, params, cache, token, out, done, allowed, step,
-                                                      jnp.asarray(min_live, jnp.int32), eos_id=eos_id)
-        steps_run, done_h = int(step), np.asarray(done)
-        live = np.flatnonzero(~done_h & (rows >= 0))
+        step, token_B, out_BxT, done_B, cache = _greedy_chunk(module, params, cache, token_B, out_BxT, done_B,
+                                                              allowed_BxV, step, jnp.asarray(min_live, jnp.int32),
+                                                              eos_id=eos_id)
+        steps_run, done_host_B = int(step), np.asarray(done_B)
+        live = np.flatnonzero(~done_host_B & (rows_B >= 0))
         if len(live) == 0 or steps_run >= max_decode_len:
-            real = rows >= 0
-            result[rows[real], :out.shape[1]] = np.asarray(out)[real]
-            return result, steps_run
-        if steps_run == out.shape[1]:
-            cache, out = _grow(cache, out, length=min(2 * out.shape[1], max_decode_len))
+            real_B = rows_B >= 0
+            result_BxT[rows_B[real_B], :out_BxT.shape[1]] = np.asarray(out_BxT)[real_B]
+            return result_BxT, steps_run
+        if steps_run == out_BxT.shape[1]:
+            cache, out_BxT = _grow(cache, out_BxT, length=min(2 * out_BxT.shape[1], max_decode_len))
         if len(live) <= min_live:
-            finished = np.flatnonzero(done_h & (rows >= 0))
-            result[rows[finished], :out.shape[1]] = np.asarray(out)[finished]
+            finished = np.flatnonzero(done_host_B & (rows_B >= 0))
+            result_BxT[rows_B[finished], :out_BxT.shape[1]] = np.asarray(out_BxT)[finished]
             new_slots = next_power_of_two(len(live))
-            filler = np.flatnonzero(done_h)[: new_slots - len(live)]  # done rows only emit PAD
+            filler = np.flatnonzero(done_host_B)[: new_slots - len(live)]  # done rows only emit PAD
             keep = np.concatenate([live, filler]).astype(np.int32)
-            cache, token, out, done, allowed = _take_rows((cache, token, out, done, allowed), jnp.asarray(keep))
-            rows = np.concatenate([rows[live], np.full(len(filler), -1)])
+            cache, token_B, out_BxT, done_B, allowed_BxV = _take_rows(
+                (cache, token_B, out_BxT, done_B, allowed_BxV), jnp.asarray(keep))
+            rows_B = np.concatenate([rows_B[live], np.full(len(filler), -1)])

@@ -5,6 +5,10 @@ Why these shapes: kernels are stored 2-D (e.g. attention query `[embed, joined_k
 parameter counts, initialiser fan-in and logical partitioning match MT3's network. Every parameter carries T5X logical
 axis names through `nn.with_logical_partitioning`; `mt3.training.partitioning` maps them onto the device mesh. No
 TensorFlow.
+
+Tensor names carry their shape (nanodo's habit), where cache and attention shape bugs live: B batch, L length (Q
+queries, K keys; T the decode cache's max_decode_length), E embedding features, H heads, D head dim, M mlp dim,
+F mel bins, C conv channels.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class DenseGeneral(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        # kernel [prod(in), prod(features)] as stored, reshaped to in_shape + features to contract `axis`
         axis = _normalize_axes(self.axis, inputs.ndim)
         in_shape = tuple(inputs.shape[a] for a in axis)
         kernel = self.param(
@@ -144,35 +149,36 @@ def combine_masks(*masks: Array | None) -> Array | None:
     return out
 
 
-def make_attention_mask(query_valid: Array, key_valid: Array) -> Array:
-    """[B, Lq] x [B, Lk] booleans -> [B, 1, Lq, Lk] mask (True = may attend)."""
-    return jnp.logical_and(query_valid[:, None, :, None], key_valid[:, None, None, :])
+def make_attention_mask(query_valid_BxQ: Array, key_valid_BxK: Array) -> Array:
+    """[B, Q] x [B, K] booleans -> [B, 1, Q, K] mask (True = may attend)."""
+    return jnp.logical_and(query_valid_BxQ[:, None, :, None], key_valid_BxK[:, None, None, :])
 
 
 def make_causal_mask(length: int) -> Array:
     """[1, 1, L, L] lower-triangular mask."""
-    idx = jnp.arange(length)
-    return (idx[None, :] <= idx[:, None])[None, None]
+    idx_L = jnp.arange(length)
+    return (idx_L[None, :] <= idx_L[:, None])[None, None]
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, *, dropout_rate: float,
-                          deterministic: bool, dropout_rng: Array | None, dtype: jnp.dtype) -> Array:
-    """softmax(q k^T + bias) v with [B, L, H, D] inputs; logits and softmax in float32.
+def dot_product_attention(query_BxQxHxD: Array, key_BxKxHxD: Array, value_BxKxHxD: Array, mask: Array | None, *,
+                          dropout_rate: float, deterministic: bool, dropout_rng: Array | None,
+                          dtype: jnp.dtype) -> Array:
+    """softmax(q k^T + bias) v -> [B, Q, H, D]; logits and softmax in float32. `mask` broadcasts to [B, H, Q, K].
 
     There is no 1/sqrt(D) factor here: T5 folds it into the query kernel init. Attention-probability dropout shares
     its mask across the query axis (T5X `broadcast_dropout`).
     """
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", query_BxQxHxD, key_BxKxHxD, preferred_element_type=jnp.float32)
     if mask is not None:
-        logits = logits + jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
-    weights = jax.nn.softmax(logits, axis=-1)
+        logits_BxHxQxK = logits_BxHxQxK + jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
+    weights_BxHxQxK = jax.nn.softmax(logits_BxHxQxK, axis=-1)
     if not deterministic and dropout_rate > 0.0:
-        keep_shape = list(weights.shape)
+        keep_shape = list(weights_BxHxQxK.shape)
         keep_shape[-2] = 1  # broadcast over queries
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
-        weights = weights * keep / (1.0 - dropout_rate)
-    weights = weights.astype(dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+        keep_BxHx1xK = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
+        weights_BxHxQxK = weights_BxHxQxK * keep_BxHx1xK / (1.0 - dropout_rate)
+    weights_BxHxQxK = weights_BxHxQxK.astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights_BxHxQxK, value_BxKxHxD.astype(dtype))
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -205,63 +211,69 @@ class MultiHeadDotProductAttention(nn.Module):
 
         dense = lambda name, init: DenseGeneral(heads, ("embed", "joined_kv"), dtype=self.dtype, kernel_init=init,
                                                 name=name)
-        query = dense("query", query_init)(inputs_q)
-        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        query_BxQxHxD = dense("query", query_init)(inputs_q)
+        query_BxQxHxD = nn.with_logical_constraint(query_BxQxHxD, ("batch", "length", "heads", "kv"))
 
         if decode and self.is_cross_attention:
-            key, value = self._cached_cross_kv(dense, inputs_kv)
+            key_BxKxHxD, value_BxKxHxD = self._cached_cross_kv(dense, inputs_kv)
         else:
-            key = dense("key", self.kernel_init)(inputs_kv)
-            value = dense("value", self.kernel_init)(inputs_kv)
-        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
-        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+            key_BxKxHxD = dense("key", self.kernel_init)(inputs_kv)
+            value_BxKxHxD = dense("value", self.kernel_init)(inputs_kv)
+        key_BxKxHxD = nn.with_logical_constraint(key_BxKxHxD, ("batch", "length", "heads", "kv"))
+        value_BxKxHxD = nn.with_logical_constraint(value_BxKxHxD, ("batch", "length", "heads", "kv"))
 
         if decode and not self.is_cross_attention:
-            key, value, mask = self._update_self_cache(key, value, mask, max_decode_length)
+            # K becomes the cache length T
+            key_BxKxHxD, value_BxKxHxD, mask = self._update_self_cache(key_BxKxHxD, value_BxKxHxD, mask,
+                                                                       max_decode_length)
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                    deterministic=deterministic, dropout_rng=dropout_rng, dtype=self.dtype)
-        out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
-                           kernel_init=self.kernel_init, name="out")(out)
-        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+        out_BxQxHxD = dot_product_attention(query_BxQxHxD, key_BxKxHxD, value_BxKxHxD, mask,
+                                            dropout_rate=self.dropout_rate, deterministic=deterministic,
+                                            dropout_rng=dropout_rng, dtype=self.dtype)
+        out_BxQxE = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
+                                 kernel_init=self.kernel_init, name="out")(out_BxQxHxD)
+        return nn.with_logical_constraint(out_BxQxE, ("batch", "length", "embed"))
 
-    def _cached_cross_kv(self, dense, inputs_kv: Array) -> tuple[Array, Array]:
+    def _cached_cross_kv(self, dense, inputs_kv_BxSxE: Array) -> tuple[Array, Array]:
+        """Encoder keys/values [B, S, H, D], projected on the cache-creating call and read from the cache after."""
         if self.has_variable("cache", "cross_key"):
             return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
-        key = dense("key", self.kernel_init)(inputs_kv)
-        value = dense("value", self.kernel_init)(inputs_kv)
-        self.put_variable("cache", "cross_key", key)
-        self.put_variable("cache", "cross_value", value)
-        return key, value
+        key_BxSxHxD = dense("key", self.kernel_init)(inputs_kv_BxSxE)
+        value_BxSxHxD = dense("value", self.kernel_init)(inputs_kv_BxSxE)
+        self.put_variable("cache", "cross_key", key_BxSxHxD)
+        self.put_variable("cache", "cross_value", value_BxSxHxD)
+        return key_BxSxHxD, value_BxSxHxD
 
-    def _update_self_cache(self, key: Array, value: Array, mask: Array | None,
+    def _update_self_cache(self, key_Bx1xHxD: Array, value_Bx1xHxD: Array, mask: Array | None,
                            max_decode_length: int | None) -> tuple[Array, Array, Array | None]:
-        batch = key.shape[0]
+        """Write this step's key/value at `cache_index`; return the whole cache [B, T, H, D] and a mask that hides
+        the slots not written yet. (On the cache-creating pass the inputs are [B, L, H, D] and pass through.)"""
+        batch = key_Bx1xHxD.shape[0]
         if not self.has_variable("cache", "cached_key"):
             if max_decode_length is None:
                 raise ValueError("max_decode_length is required to create the decoder self-attention cache")
-            shape = (batch, max_decode_length, self.num_heads, self.head_dim)
-            self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
-            self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+            shape_BxTxHxD = (batch, max_decode_length, self.num_heads, self.head_dim)
+            self.variable("cache", "cached_key", jnp.zeros, shape_BxTxHxD, key_Bx1xHxD.dtype)
+            self.variable("cache", "cached_value", jnp.zeros, shape_BxTxHxD, value_Bx1xHxD.dtype)
             self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-            return key, value, mask  # cache-creating pass: plain attention, nothing written
-        if key.shape[1] != 1:
-            raise ValueError(f"cached decoding takes one token per call, got length {key.shape[1]}")
-        cached_key = self.variable("cache", "cached_key")
-        cached_value = self.variable("cache", "cached_value")
+            return key_Bx1xHxD, value_Bx1xHxD, mask  # cache-creating pass: plain attention, nothing written
+        if key_Bx1xHxD.shape[1] != 1:
+            raise ValueError(f"cached decoding takes one token per call, got length {key_Bx1xHxD.shape[1]}")
+        cache_key_BxTxHxD = self.variable("cache", "cached_key")
+        cache_value_BxTxHxD = self.variable("cache", "cached_value")
         cache_index = self.variable("cache", "cache_index")
         index = cache_index.value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
-                                                        (0, index, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
-                                                          (0, index, 0, 0))
+        cache_key_BxTxHxD.value = jax.lax.dynamic_update_slice(
+            cache_key_BxTxHxD.value, key_Bx1xHxD.astype(cache_key_BxTxHxD.value.dtype), (0, index, 0, 0))
+        cache_value_BxTxHxD.value = jax.lax.dynamic_update_slice(
+            cache_value_BxTxHxD.value, value_Bx1xHxD.astype(cache_value_BxTxHxD.value.dtype), (0, index, 0, 0))
         cache_index.value = index + 1
-        length = cached_key.value.shape[1]
-        step_mask = (jnp.arange(length) <= index)[None, None, None, :]  # [1, 1, 1, L]
-        return cached_key.value, cached_value.value, combine_masks(step_mask, mask)
+        length = cache_key_BxTxHxD.value.shape[1]
+        step_mask_1x1x1xT = (jnp.arange(length) <= index)[None, None, None, :]
+        return cache_key_BxTxHxD.value, cache_value_BxTxHxD.value, combine_masks(step_mask_1x1x1xT, mask)
 
 
 class MlpBlock(nn.Module):
@@ -272,15 +284,15 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
-        emb_dim = x.shape[-1]
-        gate = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_0")(x)
-        linear = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_1")(x)
-        h = jax.nn.gelu(gate, approximate=True) * linear
-        h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        out = DenseGeneral(emb_dim, ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
-        return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+    def __call__(self, x_BxLxE: Array, *, deterministic: bool = True) -> Array:
+        emb_dim = x_BxLxE.shape[-1]
+        gate_BxLxM = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_0")(x_BxLxE)
+        linear_BxLxM = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="wi_1")(x_BxLxE)
+        h_BxLxM = jax.nn.gelu(gate_BxLxM, approximate=True) * linear_BxLxM
+        h_BxLxM = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(h_BxLxM, deterministic=deterministic)
+        h_BxLxM = nn.with_logical_constraint(h_BxLxM, ("batch", "length", "mlp"))
+        out_BxLxE = DenseGeneral(emb_dim, ("mlp", "embed"), dtype=self.dtype, name="wo")(h_BxLxM)
+        return nn.with_logical_constraint(out_BxLxE, ("batch", "length", "embed"))
 
 
 # Logical names of the conv frontend's kernel dimensions: small, never sharded (no rule maps them, so replicated).
@@ -313,11 +325,12 @@ class ConvFrontend(nn.Module):
         return jax.nn.gelu(y + jnp.asarray(b, self.dtype), approximate=True)
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        batch, length, freq = x.shape
+    def __call__(self, x_BxLxF: Array) -> Array:
+        batch, length, freq = x_BxLxF.shape
         if freq % self.freq_pool:
             raise ValueError(f"ConvFrontend: freq_pool {self.freq_pool} must divide the {freq} input bins")
-        y = self._conv(x[..., None], self.channels, (3, 7), "conv_0")
-        y = y.reshape(batch, length, freq // self.freq_pool, self.freq_pool, self.channels).max(axis=3)
-        y = self._conv(y, self.channels, (3, 5), "conv_1")
-        return y.reshape(batch, length, (freq // self.freq_pool) * self.channels)
+        pooled = freq // self.freq_pool
+        y_BxLxFxC = self._conv(x_BxLxF[..., None], self.channels, (3, 7), "conv_0")
+        y_BxLxPxC = y_BxLxFxC.reshape(batch, length, pooled, self.freq_pool, self.channels).max(axis=3)  # P = F/pool
+        y_BxLxPxC = self._conv(y_BxLxPxC, self.channels, (3, 5), "conv_1")
+        return y_BxLxPxC.reshape(batch, length, pooled * self.channels)
