@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokens": ("tokens", "Tokenize a MIDI segment-wise with ties, decode, stitch and write the reconstruction."),
     "build-corpus": ("build_corpus", "Render music21 scores with fluidsynth into a Slakh2100-layout local corpus."),
     "prepare-data": ("prepare_data", "Convert a dataset from its native layout into sharded TFRecords + manifests."),
+    "tasks": ("tasks", "List the registered tasks and mixtures: datasets, prepared hours, mixture rates and shares."),
     "data-stats": ("data_stats", "Read examples of a task or mixture through the real pipeline and print statistics."),
     "train": ("train", "Train a model from gin configs (sharded over a JAX device mesh, resumable)."),
     "eval": ("eval", "Evaluate checkpoints on eval tasks: results.json, results.md and piano-roll PNGs."),

@@ -38,16 +38,6 @@ HEADLINE_METRICS = (  # (results.md column, results.json key)
     ("Drum F1", "drum_onset_f1"),
     ("Frame F1", "frame_f1"),
 )
-# task prefixes per dataset: MT3's vocabulary (1 velocity bin, ties) and, for MAESTRO, ismir2021's (no ties)
-_PREFIX_FORMATS = ("{name}_notes_ties_vb1", "{name}_notes")
-# mixtures of eval tasks that are not `{prefix}_eval` (tasks.py registers these names)
-_EXTRA_MIXTURES = {
-    "mega_notes_ties_vb1_eval": [f"{c}_notes_ties_vb1_validation"
-                                 for c in ("maestrov3", "guitarset", "urmp", "musicnet", "cerberus4", "slakh")],
-    "local_mix_notes_ties_vb1_eval": ["local_notes_ties_vb1_validation"],
-}
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # tasks
 
@@ -70,58 +60,25 @@ class EvalTask:
         return records.shard_paths(path, self.split)
 
 
-def _task_table() -> dict[str, EvalTask]:
-    table = {}
-    for config in datasets.ALL_CONFIGS:
-        for fmt in _PREFIX_FORMATS:
-            prefix = fmt.format(name=config.name)
-            for split in config.infer_eval_splits:
-                table[f"{prefix}_{split.suffix}"] = EvalTask(f"{prefix}_{split.suffix}", config, split.name)
-    return table
-
-
-def _mixtures(table: Mapping[str, EvalTask]) -> dict[str, list[str]]:
-    mixtures = dict(_EXTRA_MIXTURES)
-    for config in datasets.ALL_CONFIGS:
-        for fmt in _PREFIX_FORMATS:
-            prefix = fmt.format(name=config.name)
-            mixtures[f"{prefix}_eval"] = [f"{prefix}_{s.suffix}" for s in config.infer_eval_splits
-                                          if s.include_in_mixture]
-    return mixtures
-
-
-def _did_you_mean(name: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
 def resolve_tasks(tasks: Sequence[str] = (), mixture: str | None = None, split: str | None = None) -> list[EvalTask]:
-    """Eval task names (and/or one `*_eval` mixture) -> EvalTasks; `split` replaces every task's prepared split.
+    """Eval task names and/or one mixture -> EvalTasks; `split` replaces every task's prepared split.
 
-    Raises InputError listing the known names for an unknown one.
+    Names come from seqio's registry (`mt3.registry`): every transcription task registered there evaluates, MT3's own,
+    a user's `add_transcription_task_to_registry` and tasks of a user's module or gin mixture alike. A mixture means
+    each member's eval split (an inference-eval task's own split; a training task's train-eval split). Raises
+    InputError naming the closest registered names for an unknown one.
     """
-    table = _task_table()
-    mixtures = _mixtures(table)
-    names = list(tasks)
-    if mixture:
-        if mixture not in mixtures:
-            raise InputError(None, f"unknown eval mixture {mixture!r}{_did_you_mean(mixture, mixtures)}; known: "
-                                   f"{', '.join(sorted(mixtures))}")
-        names.extend(mixtures[mixture])
-    if not names:
+    from mt3 import registry
+
+    if not tasks and not mixture:
         raise InputError(None, "no eval tasks: pass --tasks T1,T2 or --mixture M (e.g. local_notes_ties_vb1_test)")
     out = []
-    for name in dict.fromkeys(names):
-        if name not in table:
-            raise InputError(None, f"unknown eval task {name!r}{_did_you_mean(name, table)}; known: "
-                                   f"{', '.join(sorted(table))}")
-        task = table[name]
+    for target in registry.eval_targets(tasks, mixture):
+        task = EvalTask(target.name, target.dataset, target.split)
         if split is not None:
             if split not in task.dataset.splits:
                 raise InputError(None, f"dataset {task.dataset.name!r} has no split {split!r} ({task.dataset.splits})")
-            suffix = re.sub(r"_[^_]+$", "", name)
+            suffix = re.sub(r"_[^_]+$", "", task.name)
             task = EvalTask(f"{suffix}_{split}", task.dataset, split)
         out.append(task)
     return out
@@ -319,7 +276,8 @@ def write_sweep(per_step: Mapping[int, Mapping[str, Any]], out_dir: str | os.Pat
 def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture: str | None = None,
              split: str | None = None, out_dir: str | os.PathLike | None = None, all_checkpoints: bool = False,
              step: int | None = None, max_tracks: int | None = None, batch_size: int | None = None,
-             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (), progress: bool = True) -> dict:
+             gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (), progress: bool = True,
+             module_imports: Sequence[str] = ()) -> dict:
     """`mt3 eval`: loads MODEL_DIR (config.gin + gin/eval.gin + extra gin), evaluates the latest checkpoint (or
     `step`, or every step with all_checkpoints) and writes the reports. Returns the results (or the sweep summary)."""
     import gin
@@ -328,6 +286,10 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     from mt3.training import checkpoints
 
     register_gin_configurables()
+    if module_imports:  # T5X's --module_import: before gin, as the run's own modules may define configurables
+        from mt3 import registry
+
+        registry.import_modules(module_imports)
     model = model_loading.parse_model_dir_gin(model_dir, gin_files, gin_bindings, role_gin=EVAL_GIN)
     try:
         infer_config = gin.get_configurable("inference.InferenceConfig")()
@@ -343,6 +305,8 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
         names = gin_utils.query_macro("EVAL_TASKS") or ()
         tasks = [names] if isinstance(names, str) else list(names)
         mixture = gin_utils.query_macro("EVAL_MIXTURE") or (None if tasks else _default_mixture())
+    # the run's MIXTURE_OR_TASK_MODULE and gin MIXTURES (its config.gin has them), datasets prepared under the data dir
+    gin_utils.load_registry(data_dir=eval_config.data_dir)
     eval_tasks = resolve_tasks(tasks, mixture, split)
     spec = model_loading.spec_from_gin(model)
     out = Path(out_dir) if out_dir is not None else Path(model_dir) / "eval"

@@ -37,7 +37,7 @@ TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConf
 # Macros that code reads with `query_macro` although no gin file has to define them: a binding of one is not unknown.
 CODE_MACROS = frozenset({MODEL_DIR_MACRO, "INFER_EVAL_TASKS", "EVAL_TASKS", "EVAL_MIXTURE", "TASK_PREFIX", "DATA_DIR",
                          "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL",
-                         "INPUT_PEAK_DB"})
+                         "INPUT_PEAK_DB", "MIXTURE_OR_TASK_MODULE", "MIXTURES"})
 
 _REGISTERED = False
 
@@ -298,6 +298,17 @@ def build_bound_references(configurable: str) -> None:
         except (ValueError, TypeError) as err:
             message = " ".join(str(err).split()).split(" In call to configurable")[0]
             raise InputError(None, f"bad gin configuration for {configurable}.{name}: {message}") from err
+
+
+def load_registry(module_imports: Sequence[str] = (), data_dir: str | None = None) -> None:
+    """The task/mixture registry a command reads (`mt3.registry`): MT3's tasks, datasets prepared under `data_dir`
+    (else the DATA_DIR macro) that register themselves, the `--module_import` modules, the module named by the
+    MIXTURE_OR_TASK_MODULE macro (T5X's conventions) and the mixtures of the MIXTURES macro."""
+    from mt3 import registry
+
+    registry.import_modules(module_imports)
+    registry.load(modules=query_macro("MIXTURE_OR_TASK_MODULE") or (), mixtures=query_macro("MIXTURES"),
+                  data_dir=data_dir or query_macro("DATA_DIR"))
 
 
 def query_macro(name: str, default=None):

@@ -162,13 +162,3 @@ def mixed_training_examples(tracks: Sequence[track_examples.Track], config: trac
             gains = 10.0 ** (rng.uniform(-mix.gain_db_range, 0.0, size=len(group)) / 20.0)
             yield mix_crops(group, config, gains)
 
-
-def training_mix_config() -> MixConfig:
-    """The MixConfig training tasks use: gin's `mixing.MixConfig` bindings when gin has them (registered by
-    `gin_utils.register_configurables`), else the default, which is off as in MT3's presets."""
-    import gin
-
-    try:
-        return gin.get_configurable("mixing.MixConfig")()
-    except ValueError:  # not registered: no gin in this process
-        return MixConfig()

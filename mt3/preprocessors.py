@@ -7,11 +7,41 @@ need `tf.data.Dataset -> tf.data.Dataset` functions. TensorFlow is imported lazi
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import numpy as np
 
 from mt3 import mixing
 from mt3.data import augmentation
 from mt3.data.track_examples import TokenizeConfig, eval_segments, tokenize_track, training_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """What the training preprocessor adds to MT3's crops: audio mixes, augmentation, frame-target rolls. Off unless a
+    caller sets them with `training_options` (the trainer passes its dataset config's, bound in gin/train.gin)."""
+
+    mix_config: mixing.MixConfig | None = None
+    augment_config: augmentation.AugmentConfig | None = None
+    frame_targets: bool = False
+
+
+_OPTIONS = TrainingOptions()
+
+
+@contextlib.contextmanager
+def training_options(*, mix_config=None, augment_config=None, frame_targets: bool = False):
+    """Sets the TrainingOptions for the seqio datasets built inside the block. seqio runs a task's preprocessors when
+    its dataset is built (and passes them no extra arguments), so the options are read then, as `data_dir_override`
+    does for the data root; nothing outlives the block."""
+    global _OPTIONS
+    saved, _OPTIONS = _OPTIONS, TrainingOptions(mix_config, augment_config, bool(frame_targets))
+    try:
+        yield
+    finally:
+        _OPTIONS = saved
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # seqio wrappers (TensorFlow lives only below this line, imported lazily)
@@ -39,11 +69,10 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
 
     `split_kind` is "train" (random crops per chunk, seeded per element by seqio) or "eval" (consecutive segments;
     adds 'id', 'start_time' and, on segment 0, the full-track reference 'sequence'). Training examples are audio mixes
-    of several tracks' crops when `mix_config` (a `mixing.MixConfig`; None = the gin-bound
-    `mixing.training_mix_config()`, off by default) says so. Their audio is augmented (level, colour, room, noise)
-    when `augment_config` (an `augmentation.AugmentConfig`; None = the gin-bound one, off by default) says so.
-    Training examples also carry 'aux_onsets'/'aux_frames' piano rolls [L', 128] (`mt3.data.frame_targets`, for the
-    encoder's auxiliary heads) when `frame_targets` is True (None = gin's AUX_FRAME_LOSS_WEIGHT > 0; off by default).
+    of several tracks' crops when `mix_config` (a `mixing.MixConfig`) says so. Their audio is augmented (level,
+    colour, room, noise) when `augment_config` (an `augmentation.AugmentConfig`) says so. Training examples also carry
+    'aux_onsets'/'aux_frames' piano rolls [L', 128] (`mt3.data.frame_targets`, for the encoder's auxiliary heads) when
+    `frame_targets` is True. Each None takes the `training_options` in force (all off by default).
     """
     import tensorflow as tf
 
@@ -51,7 +80,7 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
     input_length = int(sequence_length["inputs"])
 
     if split_kind == "train" and augment_config is None:
-        augment_config = augmentation.training_augment_config()
+        augment_config = _OPTIONS.augment_config
     rolls_config = config if split_kind == "train" and _frame_targets_on(frame_targets) else None
 
     def _train_np(audio_bytes, seq_bytes, element_seed):
@@ -72,8 +101,8 @@ def tokenize_transcription_example(dataset, config: TokenizeConfig, *, sequence_
         return inputs, in_len, targets, tgt_len, start_times
 
     if split_kind == "train" and mix_config is None:
-        mix_config = mixing.training_mix_config()
-    if split_kind == "train" and mix_config.enabled:
+        mix_config = _OPTIONS.mix_config
+    if split_kind == "train" and mix_config is not None and mix_config.enabled:
         return _mixed_training_dataset(dataset, config, mix_config, input_length, augment_config, rolls_config)
     if split_kind == "train":
         # seqio hands each element its own stateless seed, different every epoch (the repeat happens before this
@@ -166,11 +195,7 @@ def _seeded_examples_map(numpy_fn, hop: int, id_fn, rolls_config: TokenizeConfig
 
 
 def _frame_targets_on(frame_targets: bool | None) -> bool:
-    if frame_targets is not None:
-        return bool(frame_targets)
-    from mt3.data import frame_targets as frame_targets_lib
-
-    return frame_targets_lib.training_enabled()
+    return _OPTIONS.frame_targets if frame_targets is None else bool(frame_targets)
 
 
 def _unpad_example(ex):

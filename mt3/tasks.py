@@ -10,7 +10,11 @@ file that names its task). Task names follow MT3: `{dataset}_{notes|onsets}[_tie
   `{prefix}_eval`           a mixture of the inference-eval tasks.
 
 Mixtures: `mega_notes_ties_vb1_train` (MT3's six datasets, temperature-scaled rates), `piano_notes_train` (piano-only,
-ismir2021 vocabulary), `local_mix_notes_ties_vb1_train` (the local corpus; what the CPU quickstart trains on).
+ismir2021 vocabulary), `local_mix_notes_ties_vb1_train` (the local corpus; what the CPU quickstart trains on). Any
+mixture of `{prefix}_train` tasks trains on the indexed sampler with its seqio rates, whoever registered it
+(`add_mixture` here, a gin `MIXTURES` macro, or a user's `seqio.MixtureRegistry.add`): seqio's registry is the one list
+of what exists, and each task's source carries what the sampler needs (`TranscriptionInfo`). `mt3.registry` reads it
+for every command.
 """
 
 from __future__ import annotations
@@ -24,8 +28,26 @@ import seqio
 from mt3 import datasets, preprocessors, spectrograms, vocabularies
 from mt3.data import track_examples
 from mt3.data.feature_converters import ContinuousInputsEncDecFeatureConverter
+from mt3.errors import InputError
 
 MIXING_TEMPERATURE = 10 / 3  # MT3 / paper §3.3: rate ∝ n^(1/T) = n^0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscriptionInfo:
+    """What a registered transcription task reads, kept on its seqio source (`task.source.transcription`), so that the
+    indexed sampler, `mt3 eval` and `mt3 tasks` find it from seqio's registry alone.
+
+    kind: 'train' (the `{prefix}_train` task: random crops; its 'eval' split is the train-eval split) or 'eval' (an
+    inference-eval task: consecutive segments of `eval_split`). standard_tokenizer: False when the task was registered
+    with another `tokenize_fn`, which only the seqio pipeline runs."""
+
+    dataset_config: datasets.DatasetConfig
+    tokenize_config: track_examples.TokenizeConfig
+    skip_too_long: bool
+    kind: str
+    eval_split: str
+    standard_tokenizer: bool = True
 
 
 def task_prefix(dataset_name: str, *, vocab_config: vocabularies.VocabularyConfig, onsets_only: bool,
@@ -81,9 +103,14 @@ def add_transcription_task_to_registry(
     output_features = _output_features(vocab_config)
     source = datasets.make_data_source(dataset_config)
     too_long = functools.partial(preprocessors.handle_too_long, skip=skip_too_long)
+    standard = tokenize_fn is preprocessors.tokenize_transcription_example
+    train_info = TranscriptionInfo(dataset_config, config, skip_too_long, "train", dataset_config.train_eval_split,
+                                   standard)
+    if _already_registered(f"{prefix}_train", train_info):
+        return prefix
 
-    def _split_mapped_source(split_map: dict[str, str]):
-        return _RenamedSplitSource(source, split_map)
+    def _split_mapped_source(split_map: dict[str, str], info: TranscriptionInfo):
+        return _RenamedSplitSource(source, split_map, info)
 
     train_preprocessors = [
         seqio.CacheDatasetPlaceholder(),  # random crops run after it, so repeats draw new crops each epoch
@@ -99,10 +126,10 @@ def add_transcription_task_to_registry(
 
     # As in MT3, the train task's 'eval' split is the train-eval split under the same (random-crop) preprocessing:
     # teacher-forced eval during training sees crops like training does, deterministic for a seed.
-    _INDEXED_TASKS[f"{prefix}_train"] = (dataset_config, config, skip_too_long)
     seqio.TaskRegistry.add(
         f"{prefix}_train",
-        source=_split_mapped_source({"train": dataset_config.train_split, "eval": dataset_config.train_eval_split}),
+        source=_split_mapped_source({"train": dataset_config.train_split, "eval": dataset_config.train_eval_split},
+                                    train_info),
         output_features=output_features,
         preprocessors=train_preprocessors,
         shuffle_buffer_size=256,
@@ -112,7 +139,8 @@ def add_transcription_task_to_registry(
         name = f"{prefix}_{split.suffix}"
         seqio.TaskRegistry.add(
             name,
-            source=_split_mapped_source({"eval": split.name}),
+            source=_split_mapped_source({"eval": split.name}, dataclasses.replace(train_info, kind="eval",
+                                                                                  eval_split=split.name)),
             output_features=output_features,
             preprocessors=eval_preprocessors,
         )
@@ -126,9 +154,10 @@ def add_transcription_task_to_registry(
 class _RenamedSplitSource(seqio.DataSource):
     """Exposes a source's splits under task split names ('train'/'eval' -> the dataset's own split names)."""
 
-    def __init__(self, source, split_map: dict[str, str]):
+    def __init__(self, source, split_map: dict[str, str], transcription: TranscriptionInfo | None = None):
         self._source = source
         self._split_map = dict(split_map)
+        self.transcription = transcription
         super().__init__(splits=tuple(split_map), num_input_examples=None, caching_permitted=True)
 
     @property
@@ -145,43 +174,73 @@ class _RenamedSplitSource(seqio.DataSource):
         return self._split_map[split]
 
 
-def _temperature_rate(dataset_config: datasets.DatasetConfig, temperature: float = MIXING_TEMPERATURE):
-    """MT3 weights tasks by (number of 16 s cached examples)^(1/T); we count them from the manifest's hours."""
+def _already_registered(train_task: str, info: TranscriptionInfo) -> bool:
+    """True when `train_task` exists for the same dataset and tokenization (registering twice, e.g. a config added to
+    `datasets.ALL_CONFIGS` and registered by hand too, is then a no-op); one InputError line when the name is taken by
+    a different dataset or tokenization."""
+    if train_task not in seqio.TaskRegistry.names():
+        return False
+    existing = getattr(seqio.TaskRegistry.get(train_task).source, "transcription", None)
+    if existing == info:
+        return True
+    raise InputError(None, f"task {train_task!r} is already registered for another dataset or tokenization "
+                           f"({existing.dataset_config if existing else 'not by add_transcription_task_to_registry'}); "
+                           f"give the new DatasetConfig another name")
+
+
+def transcription_info(task) -> TranscriptionInfo | None:
+    """The TranscriptionInfo of a seqio Task registered by `add_transcription_task_to_registry`, else None."""
+    return getattr(getattr(task, "source", None), "transcription", None)
+
+
+def temperature_rate(dataset_config: datasets.DatasetConfig, temperature: float = MIXING_TEMPERATURE):
+    """MT3's mixing rate (a seqio rate function): (number of 16 s cached examples)^(1/T), counted from the manifest's
+    hours of the prepared train split when the rate is read (so `MT3_DATA_DIR` / `DATA_DIR` can be set after import)."""
+    if not temperature or temperature <= 0:
+        raise ValueError(f"mixing temperature must be > 0, got {temperature!r}")
 
     def rate(task) -> float:
         hours = datasets.prepared_hours(dataset_config, dataset_config.train_split) or 0.0
         examples = max(hours * 3600.0 / 16.0, 1.0)
         return examples ** (1.0 / temperature)
 
+    rate.temperature = temperature  # shown by `mt3 tasks`
     return rate
 
 
-def _add_mixture(name: str, entries: Sequence[tuple[datasets.DatasetConfig, str]]) -> None:
-    seqio.MixtureRegistry.add(name, [(task, _temperature_rate(cfg)) for cfg, task in entries])
-    _INDEXED_MIXTURES[name] = [task for _, task in entries]
+def add_mixture(name: str, rates: Sequence[tuple[str, float]] | None = None, *, tasks: Sequence[str] = (),
+                temperature: float | None = None) -> str:
+    """Registers a seqio mixture of transcription tasks: explicit rates `[(task, rate), ...]` (relative numbers of
+    examples, seqio's meaning) or MT3's temperature rule over `tasks` (`temperature_rate`). A mixture added
+    straight with `seqio.MixtureRegistry.add` is equivalent; this only adds the temperature rule and one-line errors."""
+    if (rates is None) == (not tasks):
+        raise InputError(None, f"mixture {name!r}: give either rates [(task, rate), ...] or tasks with a temperature")
+    entries: list = []
+    if rates is not None:
+        for task, rate in rates:
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or rate < 0:
+                raise InputError(None, f"mixture {name!r}: rate of {task!r} must be a number >= 0, got {rate!r}")
+            entries.append((_known_task(name, task), float(rate)))
+    else:
+        for task in tasks:
+            info = transcription_info(seqio.TaskRegistry.get(_known_task(name, task)))
+            if info is None:
+                raise InputError(None, f"mixture {name!r}: a temperature needs transcription tasks; {task!r} is "
+                                       f"not one")
+            entries.append((task, temperature_rate(info.dataset_config, temperature or MIXING_TEMPERATURE)))
+    seqio.MixtureRegistry.add(name, entries)
+    return name
 
 
-# What the indexed sampler (`mt3.training.input_pipeline`) needs to read a training task without seqio: its dataset, its
-# tokenize config and whether over-long targets are skipped; and the training mixtures' task lists (rates as above).
-_INDEXED_TASKS: dict[str, tuple[datasets.DatasetConfig, track_examples.TokenizeConfig, bool]] = {}
-_INDEXED_MIXTURES: dict[str, list[str]] = {}
+def _known_task(mixture: str, task: str) -> str:
+    names = set(seqio.TaskRegistry.names())
+    if task not in names:
+        import difflib
 
-
-def indexed_tasks(name: str, data_dir: str | None = None):
-    """`input_pipeline.IndexedTask`s of a registered training task or training mixture (rates as the seqio mixture:
-    MT3's temperature over the prepared hours), or None for a name registered some other way."""
-    from mt3.training import input_pipeline
-
-    names = _INDEXED_MIXTURES.get(name, [name] if name in _INDEXED_TASKS else None)
-    if names is None or any(n not in _INDEXED_TASKS for n in names):
-        return None
-    out = []
-    for task in names:
-        config, tokenize_config, skip = _INDEXED_TASKS[task]
-        with datasets.data_dir_override(data_dir):
-            rate = _temperature_rate(config)(task) if len(names) > 1 else 1.0
-        out.append(input_pipeline.IndexedTask(task, config, tokenize_config, rate=rate, skip_too_long=skip))
-    return out
+        close = difflib.get_close_matches(task, sorted(names), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else " (`mt3 tasks` lists them)"
+        raise InputError(None, f"mixture {mixture!r}: unknown task {task!r}{hint}")
+    return task
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,16 +261,18 @@ _MT3_PREFIXES = {
 _MEGA = [datasets.MAESTROV3_CONFIG, datasets.GUITARSET_CONFIG, datasets.URMP_CONFIG, datasets.MUSICNET_CONFIG,
          datasets.CERBERUS4_CONFIG, datasets.SLAKH_CONFIG]
 
-_add_mixture("mega_notes_ties_vb1_train", [(c, f"{_MT3_PREFIXES[c.name]}_train") for c in _MEGA])
+add_mixture("mega_notes_ties_vb1_train", tasks=[f"{_MT3_PREFIXES[c.name]}_train" for c in _MEGA],
+            temperature=MIXING_TEMPERATURE)
 # MT3's targets exactly, its end-of-track tie section included: mega_notes_ties_vb1_mt3compat_train
-_add_mixture("mega_notes_ties_vb1_mt3compat_train", [
-    (c, add_transcription_task_to_registry(c, SPECTROGRAM_CONFIG, MT3_VOCAB, include_ties=True, mt3_compat=True)
-     + "_train") for c in _MEGA])
+add_mixture("mega_notes_ties_vb1_mt3compat_train", tasks=[
+    add_transcription_task_to_registry(c, SPECTROGRAM_CONFIG, MT3_VOCAB, include_ties=True, mt3_compat=True)
+    + "_train" for c in _MEGA], temperature=MIXING_TEMPERATURE)
 seqio.MixtureRegistry.add(
     "mega_notes_ties_vb1_eval",
-    [(f"{_MT3_PREFIXES[c.name]}_validation", _temperature_rate(c)) for c in _MEGA])
-_add_mixture("piano_notes_train", [(datasets.MAESTROV3_CONFIG, f"{_MAESTRO_PIANO}_train")])
-_add_mixture("local_mix_notes_ties_vb1_train", [(datasets.LOCAL_CONFIG, f"{_MT3_PREFIXES['local']}_train")])
+    [(f"{_MT3_PREFIXES[c.name]}_validation", temperature_rate(c)) for c in _MEGA])
+add_mixture("piano_notes_train", tasks=[f"{_MAESTRO_PIANO}_train"], temperature=MIXING_TEMPERATURE)
+add_mixture("local_mix_notes_ties_vb1_train", tasks=[f"{_MT3_PREFIXES['local']}_train"],
+            temperature=MIXING_TEMPERATURE)
 seqio.MixtureRegistry.add("local_mix_notes_ties_vb1_eval", [(f"{_MT3_PREFIXES['local']}_validation", 1.0)])
 
 

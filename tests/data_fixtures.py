@@ -74,13 +74,19 @@ def chorale_train_task(root: Path, chorale, num_tracks: int, monkeypatch):
 
 
 def gin_bound_train_examples(task, configurable: str, take: int, **bindings) -> list[dict]:
-    """The first `take` training examples of `task` with `configurable.NAME = VALUE` bound in a cleared gin config
-    (callers clear it again afterwards)."""
+    """The first `take` training examples of `task` when `configurable` (mixing.MixConfig or
+    augmentation.AugmentConfig) is built by gin with `configurable.NAME = VALUE` bound in a cleared config, and handed
+    to the pipeline as the trainer hands its dataset config's (`preprocessors.training_options`). Callers clear gin
+    again afterwards."""
     import gin
+
+    from mt3 import preprocessors
 
     with gin.unlock_config():
         gin.clear_config()
         for name, value in bindings.items():
             gin.bind_parameter(f"{configurable}.{name}", value)
-    ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
+    key = "mix_config" if configurable.startswith("mixing.") else "augment_config"
+    with preprocessors.training_options(**{key: gin.get_configurable(configurable)()}):
+        ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0)
     return list(ds.take(take).as_numpy_iterator())

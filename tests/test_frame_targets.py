@@ -9,7 +9,7 @@ import numpy as np
 import test_mixing
 from data_fixtures import synth, windows, write_prepared_dataset
 
-from mt3 import note_sequences, preprocessors
+from mt3 import mixing, note_sequences, preprocessors
 from mt3.data import frame_targets, track_examples, track_tokens
 
 # Target times sit on the 10 ms grid counted from the step at or before the crop's first frame, so a decoded time is
@@ -127,35 +127,28 @@ def test_batch_rolls_follow_each_rows_length(tracks):
         np.testing.assert_array_equal(frames[i], expected[1])
 
 
-def _task_examples(tmp_path, music21_sequences, monkeypatch, bindings: list[str], num: int = 10):
-    import gin
+def _task_examples(tmp_path, music21_sequences, monkeypatch, num: int = 10, **options):
+    """Training examples of the local task with the pipeline options the trainer passes (`training_options`)."""
     import seqio
 
-    from mt3 import datasets, gin_utils, tasks
+    from mt3 import datasets, preprocessors, tasks
 
-    gin_utils.register_configurables()
     pieces = windows(music21_sequences["string_quartet"], 4, stride=4.0, length=9.0, prefix="t")
     if not (tmp_path / "local").exists():
         write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
     task = seqio.get_mixture_or_task(f"{tasks._MT3_PREFIXES['local']}_train")
-    with gin.unlock_config():
-        gin.clear_config()
-        gin.parse_config(bindings)
-    try:
+    with preprocessors.training_options(**options):
         ds = task.get_dataset({"inputs": 256, "targets": 1024}, split="train", shuffle=False, seed=0, num_epochs=3)
-        return list(ds.take(num).as_numpy_iterator())
-    finally:
-        with gin.unlock_config():
-            gin.clear_config()
+    return list(ds.take(num).as_numpy_iterator())
 
 
 def test_training_task_carries_rolls_only_when_the_aux_loss_is_on(tmp_path, music21_sequences, monkeypatch):
     config = track_examples.TokenizeConfig()
     fps = config.spectrogram_config.frames_per_second
-    off = _task_examples(tmp_path, music21_sequences, monkeypatch, [])
-    zero = _task_examples(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 0.0"])
-    on = _task_examples(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 1.0"])
+    off = _task_examples(tmp_path, music21_sequences, monkeypatch)
+    zero = _task_examples(tmp_path, music21_sequences, monkeypatch, frame_targets=False)
+    on = _task_examples(tmp_path, music21_sequences, monkeypatch, frame_targets=True)
     assert len(off) == len(on) == len(zero) == 10
     for a, z, b in zip(off, zero, on, strict=True):
         assert set(a) == set(z) == {"inputs", "targets", "id"}  # nothing extra when off
@@ -172,9 +165,9 @@ def test_training_task_carries_rolls_only_when_the_aux_loss_is_on(tmp_path, musi
 def test_mixed_training_examples_carry_rolls_of_their_merged_targets(tmp_path, music21_sequences, monkeypatch):
     config = track_examples.TokenizeConfig()
     fps = config.spectrogram_config.frames_per_second
-    mix = ["mixing.MixConfig.max_examples_per_mix = 2", "mixing.MixConfig.mix_probability = 1.0"]
-    examples = _task_examples(tmp_path, music21_sequences, monkeypatch, [*mix, "AUX_FRAME_LOSS_WEIGHT = 0.5"])
-    plain = _task_examples(tmp_path, music21_sequences, monkeypatch, mix)
+    mix = mixing.MixConfig(max_examples_per_mix=2, mix_probability=1.0)
+    examples = _task_examples(tmp_path, music21_sequences, monkeypatch, mix_config=mix, frame_targets=True)
+    plain = _task_examples(tmp_path, music21_sequences, monkeypatch, mix_config=mix)
     for ex, p in zip(examples, plain, strict=True):
         np.testing.assert_array_equal(ex["targets"], p["targets"])
         expected = frame_targets.rolls_from_ids(ex["targets"], len(ex["inputs"]), config.codec, fps,
@@ -183,16 +176,22 @@ def test_mixed_training_examples_carry_rolls_of_their_merged_targets(tmp_path, m
         assert ex["aux_onsets"].shape == (len(ex["inputs"]), 128)
 
 
-def test_training_enabled_follows_the_gin_macro():
+def test_the_training_dataset_config_asks_for_frame_targets_when_the_macro_is_positive():
+    """gin/train.gin binds the macro that weights the model's auxiliary loss onto the training dataset config, which
+    the pipeline reads (the data modules read no gin); the train-eval stream never carries rolls."""
     import gin
 
-    assert not frame_targets.training_enabled()
+    from mt3 import gin_utils
+    from mt3.training import train  # noqa: F401  (registers utils.DatasetConfig)
+
     try:
-        for text, expected in (("AUX_FRAME_LOSS_WEIGHT = 0.0", False), ("AUX_FRAME_LOSS_WEIGHT = 2.0", True)):
-            with gin.unlock_config():
-                gin.clear_config()
-                gin.parse_config(text)
-            assert frame_targets.training_enabled() is expected
+        for weight, expected in ((0.0, False), (2.0, True)):
+            gin_utils.parse_gin_flags(["gin/local_tiny.gin"], [f"AUX_FRAME_LOSS_WEIGHT = {weight}"],
+                                      model_dir="/tmp/unused", finalize=False)
+            cfg = gin.query_parameter("train_script.train.train_dataset_cfg").scoped_configurable_fn()
+            assert cfg.frame_targets is expected and cfg.aux_frame_loss_weight == weight
+            eval_cfg = gin.query_parameter("train_script.train.train_eval_dataset_cfg").scoped_configurable_fn()
+            assert eval_cfg.frame_targets is False
     finally:
         with gin.unlock_config():
             gin.clear_config()

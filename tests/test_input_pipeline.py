@@ -1,7 +1,8 @@
 """Tests for mt3.training.input_pipeline: the indexed sampler resumes exactly from a few integers, per host, on real
 prepared
 records (music21 Bach with synthesised audio, written by the converters' own ShardWriter); its features are the seqio
-feature converter's; a checkpoint without a pipeline state resumes the seqio pipeline by skipping, as before."""
+feature converter's; a checkpoint without a pipeline state resumes the seqio pipeline by skipping, as before; a name
+it cannot read is an error, not a switch to seqio."""
 
 from __future__ import annotations
 
@@ -115,13 +116,16 @@ def test_a_checkpoint_without_pipeline_state_skips_the_seqio_pipeline(prepared):
     _assert_same(next(legacy), next(seqio_stream))
 
 
-def test_unknown_names_use_seqio_and_a_state_for_them_is_refused(prepared):
-    notes: list[str] = []
+def test_a_name_the_indexed_sampler_cannot_read_is_one_line_never_a_silent_switch(prepared):
+    from mt3.errors import InputError
+
     eval_task = train.DatasetConfig(mixture_or_task_name="local_notes_ties_vb1_validation",
                                     task_feature_lengths=LENGTHS, batch_size=1, split="eval", data_dir=str(prepared))
-    stream = _stream(eval_task, note=notes.append)
-    assert not isinstance(stream, input_pipeline.IndexedStream) and "seqio pipeline reads it" in notes[0]
-    with pytest.raises(ValueError, match="indexed sampler"):
+    with pytest.raises(InputError, match="inference-eval task .* train on local_notes_ties_vb1_train"):
+        _stream(eval_task)
+    with pytest.raises(InputError, match="inference-eval task"):
         _stream(eval_task, state=input_pipeline.IndexedPosition(task_blocks=(0,)).to_json())
+    seqio_stream = _stream(train.DatasetConfig(**{**eval_task.__dict__, "pipeline": "seqio"}))  # asked for: seqio
+    assert not isinstance(seqio_stream, input_pipeline.IndexedStream) and next(seqio_stream)
     with pytest.raises(ValueError, match="pipeline"):
         _cfg(prepared, pipeline="tfdata")

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tracks", type=int, default=None, metavar="N", help="first N tracks of each split")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="segments decoded together")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from mt3.commands.train import add_module_import_argument
+
+    add_module_import_argument(parser)
     parser.set_defaults(gin_bindings=[])
 
 
@@ -43,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     result = run_eval(checkpoint, tasks=tasks, mixture=args.mixture, split=args.split, out_dir=args.out,
                       all_checkpoints=args.all_checkpoints, step=args.step, max_tracks=args.max_tracks,
                       batch_size=args.batch_size, gin_files=args.gin_file, gin_bindings=args.gin_bindings,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, module_imports=args.module_import)
     per_step = result["results"] if "steps" in result else {result["step"]: result}
     for step, results in sorted(per_step.items()):
         for name, task in results["tasks"].items():

@@ -20,7 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow_config_change", action="store_true",
                         help="resume although the model, vocabulary, task/mixture or batch size differ from the "
                              "run's previous config (refused otherwise; recorded in MODEL_DIR/runs/)")
+    add_module_import_argument(parser)
     parser.set_defaults(gin_bindings=[])
+
+
+def add_module_import_argument(parser: argparse.ArgumentParser) -> None:
+    """T5X's `--module_import`: modules that register tasks/mixtures (or gin configurables), imported first."""
+    parser.add_argument("--module_import", action="append", default=[], metavar="MODULE",
+                        help="import this module before gin and the task registry are read, e.g. my_project.tasks "
+                             "(repeatable; T5X's flag; the gin macro MIXTURE_OR_TASK_MODULE does the same)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,6 +38,10 @@ def main(args: argparse.Namespace) -> int:
 
     if not args.gin_file:
         raise InputError(None, "no gin config: pass --gin_file=gin/mt3.gin (or local_tiny.gin, ismir2021.gin, ...)")
+    if args.module_import:
+        from mt3 import registry
+
+        registry.import_modules(args.module_import)
     flags = gin_utils.parse_gin_flags(args.gin_file, args.gin_bindings, search_paths=args.gin_search_path,
                                       model_dir=args.model_dir)
     gin_utils.build_bound_references("train_script.train")  # bad values first: they are the user's last edit
@@ -40,10 +52,9 @@ def main(args: argparse.Namespace) -> int:
 
 def check_before_writing() -> None:
     """What would otherwise fail after config.gin, gin/ and checkpoints/ are written (and ~15 s of start-up): a model
-    dir that is a file or cannot be written, an unknown task or mixture (named with the closest registered names),
-    and a training split that is not prepared. Reads the parsed gin macros; InputError on the first problem."""
-    import difflib
-
+    dir that is a file or cannot be written, an unknown task or mixture (named with the closest registered names), a
+    mixture the indexed sampler cannot read (why, and the fix), and a training split that is not prepared. Reads the
+    parsed gin macros (MIXTURE_OR_TASK_MODULE and MIXTURES register first); InputError on the first problem."""
     from mt3 import gin_utils
     from mt3.errors import InputError
     from mt3.output_dirs import check_writable_dir
@@ -56,18 +67,25 @@ def check_before_writing() -> None:
     name = gin_utils.query_macro("MIXTURE_OR_TASK_NAME")
     if not isinstance(name, str):
         return
-    import seqio
+    import gin
 
-    from mt3 import datasets, tasks  # noqa: F401  (registers the tasks and mixtures)
+    from mt3 import datasets, registry
 
-    registered = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-    if name not in registered:
-        close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
-        common = [n for n in ("local_notes_ties_vb1_train", "mega_notes_ties_vb1_train", "maestrov3_notes_train")
-                  if n in registered]
-        hint = f"did you mean {', '.join(close)}?" if close else f"e.g. {', '.join(common or registered[:3])}"
-        raise InputError(None, f"MIXTURE_OR_TASK_NAME: unknown task or mixture {name!r} ({hint}); "
-                               f"{len(registered)} are registered in mt3/tasks.py")
-    with datasets.data_dir_override(gin_utils.query_macro("DATA_DIR")):
-        for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+    gin_utils.load_registry()  # MIXTURE_OR_TASK_MODULE, MIXTURES
+    data_dir = gin_utils.query_macro("DATA_DIR")
+    try:
+        pipeline = gin.query_parameter("train/utils.DatasetConfig.pipeline")
+    except ValueError:
+        pipeline = "indexed"
+    try:
+        if pipeline == "indexed":  # one line with the fix when the indexed sampler cannot read it
+            subtasks = [registry.get(m.task) for m in registry.training_members(name, data_dir=data_dir)]
+        else:
+            import seqio
+
+            subtasks = seqio.get_subtasks(registry.get(name))
+    except InputError as err:
+        raise InputError(None, f"MIXTURE_OR_TASK_NAME: {err.problem}") from err
+    with datasets.data_dir_override(data_dir):
+        for task in subtasks:
             task.source.list_shards("train")  # InputError naming the folder when the split is not prepared

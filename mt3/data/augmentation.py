@@ -140,13 +140,3 @@ def augment_examples(examples: list[tuple], cfg: AugmentConfig | None, seed) -> 
     rng = np.random.default_rng([*(int(s) & 0xFFFFFFFF for s in np.ravel(seed)), 0xA06])
     return [(augment_frames(ex[0], cfg, rng), *ex[1:]) for ex in examples]
 
-
-def training_augment_config() -> AugmentConfig:
-    """The AugmentConfig training tasks use: gin's `augmentation.AugmentConfig` bindings when gin has them
-    (registered by `gin_utils.register_configurables`), else the default, which is off."""
-    import gin
-
-    try:
-        return gin.get_configurable("augmentation.AugmentConfig")()
-    except ValueError:  # not registered: no gin in this process
-        return AugmentConfig()

@@ -15,8 +15,9 @@ hop at 16 kHz), 128 MIDI pitches, instrument-agnostic, drums excluded. Onsets ma
 mark [onset frame, offset frame), at least one frame. With the onsets-only encoding there are no offsets, so the frame
 roll equals the onset roll. Times are those the decoder is taught: on the 10 ms grid counted from the step at or
 before the crop's first frame, i.e. within -5..+15 ms (under two frames) of the audio. Plain numpy; the training
-pipeline calls `training_enabled` to decide whether to compute them at all (nothing is computed or carried when the
-auxiliary loss weight is 0).
+pipeline computes them only when its dataset config says so (`train.DatasetConfig.aux_frame_loss_weight` > 0, bound in
+gin/train.gin to the AUX_FRAME_LOSS_WEIGHT macro that gives the model its loss weight): nothing is computed or carried
+when the weight is 0.
 """
 
 from __future__ import annotations
@@ -107,14 +108,3 @@ def batch_rolls(targets: np.ndarray, target_lengths: np.ndarray, num_frames: int
     frames = np.stack([r[1] for r in rolls]) if rolls else np.zeros(shape, np.uint8)
     return onsets, frames
 
-
-def training_enabled() -> bool:
-    """Whether training examples carry frame targets: gin's AUX_FRAME_LOSS_WEIGHT macro is bound and > 0 (the same
-    macro gives the model its loss weight). False without gin or without the binding, as in MT3's presets."""
-    import gin
-
-    try:
-        weight = gin.query_parameter(f"{WEIGHT_MACRO}/macro.value")
-    except ValueError:  # not bound (or no config parsed)
-        return False
-    return weight is not None and float(weight) > 0.0

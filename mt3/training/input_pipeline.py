@@ -106,7 +106,10 @@ def read_record(path: str, offset: int):
 
 @dataclasses.dataclass(frozen=True)
 class IndexedTask:
-    """One registered training task as the indexed sampler needs it (built by `mt3.tasks.indexed_tasks`)."""
+    """One registered training task as the indexed sampler needs it (built by `indexed_tasks` from seqio's registry).
+
+    rate: the task's seqio mixing rate, a relative number of EXAMPLES (seqio's meaning, and MT3's temperature
+    rule's)."""
 
     name: str
     dataset_config: Any  # mt3.datasets.DatasetConfig
@@ -117,6 +120,32 @@ class IndexedTask:
     @property
     def salt(self) -> int:
         return zlib.crc32(self.name.encode())
+
+
+def indexed_tasks(name: str, data_dir=None) -> list[IndexedTask]:
+    """The IndexedTasks of a registered task or mixture, rates as seqio computes them (`mt3.registry`); InputError in
+    one line, with the fix, for a name the indexed sampler cannot read."""
+    from mt3 import registry
+
+    return [IndexedTask(m.task, m.info.dataset_config, m.info.tokenize_config, rate=m.rate,
+                        skip_too_long=m.info.skip_too_long) for m in registry.training_members(name, data_dir=data_dir)]
+
+
+def examples_per_track(task: IndexedTask, split: str, data_dir=None) -> float:
+    """Mean training examples one record of the split yields: one crop per 2000-frame chunk (MT3's rule), counted
+    from the manifest's track durations (a block's size in examples, which turns per-example rates into block
+    probabilities)."""
+    import math
+
+    from mt3.data import records, track_examples
+
+    config = task.dataset_config
+    name = {"train": config.train_split, "eval": config.train_eval_split}.get(split, split)
+    spec = task.tokenize_config.spectrogram_config
+    tracks = records.read_manifest(config.path(data_dir), name).get("tracks") or []
+    chunks = [math.ceil(math.ceil(float(t["seconds"]) * spec.sample_rate / spec.hop_width)
+                        / track_examples.MAX_NUM_CACHED_FRAMES) for t in tracks if "seconds" in t]
+    return max(float(np.mean(chunks)), 1.0) if chunks else 1.0
 
 
 def host_records(task: IndexedTask, split: str, shard_id: int, num_shards: int, data_dir=None
@@ -193,7 +222,14 @@ class IndexedStream:
         self.records = [host_records(t, split, shard_id, num_shards, data_dir) for t in self.tasks]
         self.blocks_per_epoch = [-(-len(r) // block_tracks) for r in self.records]
         rates = np.array([max(t.rate, 0.0) for t in self.tasks], np.float64)
-        self.probabilities = rates / rates.sum() if rates.sum() > 0 else np.full(len(rates), 1 / len(rates))
+        self.rates = rates / rates.sum() if rates.sum() > 0 else np.full(len(rates), 1 / len(rates))
+        # Rates count examples (seqio); the sampler draws blocks, whose sizes in examples differ between tasks.
+        self.examples_per_block = np.array(
+            [examples_per_track(t, split, data_dir) * len(r) / n if len(self.tasks) > 1 else 1.0
+             for t, r, n in zip(self.tasks, self.records, self.blocks_per_epoch, strict=True)], np.float64)
+        weights = self.rates / self.examples_per_block
+        self.probabilities = weights / weights.sum()
+        self.task_examples = [0] * len(self.tasks)  # examples this stream emitted per task (data-stats, run record)
         position = position or IndexedPosition(task_blocks=(0,) * len(self.tasks))
         if len(position.task_blocks) != len(self.tasks):
             raise ValueError(f"input-pipeline state has {len(position.task_blocks)} tasks, this stream "
@@ -283,8 +319,8 @@ class IndexedStream:
             yield block, task, before[task], before
             block += 1
 
-    def _examples(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], IndexedPosition]]:
-        """Each example with the position after it."""
+    def _examples(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], IndexedPosition, int]]:
+        """Each example with the position after it and its task's index."""
         schedule = self._schedule()
         skip = self.position.offset
         # Not a `with` block: leaving the stream (a preemption) must not wait for blocks computed ahead.
@@ -294,13 +330,13 @@ class IndexedStream:
             while True:
                 while len(pending) < self._workers + 1:
                     block, task, task_block, before = next(schedule)
-                    pending.append((block, before, pool.submit(self.block_examples, task, task_block)))
-                block, before, future = pending.popleft()
+                    pending.append((block, task, before, pool.submit(self.block_examples, task, task_block)))
+                block, task, before, future = pending.popleft()
                 examples = future.result()
                 if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
                     return
                 for index in range(skip, len(examples)):
-                    yield examples[index], IndexedPosition(block, index + 1, before)
+                    yield examples[index], IndexedPosition(block, index + 1, before), task
                 skip = 0
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -315,11 +351,41 @@ class IndexedStream:
                     break
             if len(chunk) < self.batch_size:  # drop_remainder, as seqio batches
                 return
-            batch = model_features([e for e, _ in chunk], self.input_length, self.target_length)
+            batch = model_features([e for e, _, _ in chunk], self.input_length, self.target_length)
             if self._multiple:
                 batch = trim_target_padding(batch, self._multiple)
             self.position, self.batches = chunk[-1][1], self.batches + 1
+            for _, _, task in chunk:
+                self.task_examples[task] += 1
             yield batch
+
+    def blocks(self) -> Iterator[tuple[int, list, list[tuple[str, int]]]]:
+        """(task index, examples before batching and truncation, records read) of each block from the current
+        position on, in the order training reads them (`mt3 data-stats` reports what training sees)."""
+        for _, task, task_block, _ in self._schedule():
+            found = self.block_records(task, task_block)
+            examples = self.block_examples(task, task_block)
+            if found is None or examples is None:
+                return
+            yield task, examples, found[1]
+
+    def mixture_summary(self, horizon_blocks: int = 10000) -> list[dict]:
+        """Per task: its rate share, block probability, examples per block, and the shares of examples the sampler
+        realises over the first `horizon_blocks` blocks of this seed (a pure function: no data is read) and in what
+        this stream has emitted, and the blocks drawn so far (from the position)."""
+        if getattr(self, "_drawn", (None,))[0] != horizon_blocks:  # a pure function of the seed: computed once
+            self._drawn = (horizon_blocks, np.bincount([self._task_of_block(b) for b in range(horizon_blocks)],
+                                                       minlength=len(self.tasks)))
+        realised = self._drawn[1] * self.examples_per_block
+        emitted = sum(self.task_examples)
+        return [{"task": t.name, "rate": float(t.rate), "rate_share": float(self.rates[i]),
+                 "block_probability": float(self.probabilities[i]),
+                 "examples_per_block": float(self.examples_per_block[i]),
+                 "realised_share": float(realised[i] / realised.sum()),
+                 "emitted_examples": int(self.task_examples[i]),
+                 "emitted_share": self.task_examples[i] / emitted if emitted else None,
+                 "blocks_drawn": int(self.position.task_blocks[i]) if self.position.task_blocks else 0}
+                for i, t in enumerate(self.tasks)]
 
     def close(self) -> None:
         """Stops the blocks being computed ahead (their threads return at the next record)."""
@@ -368,8 +434,9 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
 
     `state` (an indexed position as stored in a checkpoint) resumes the indexed sampler where it stopped. Without it,
     `skip_batches` > 0 means a checkpoint from a seqio-pipeline run: the seqio pipeline is rebuilt and that many
-    batches skipped, as before (`note(line)` says so). A fresh stream uses `cfg.pipeline`; names the indexed sampler
-    does not know (a task registered elsewhere) use seqio, with a note.
+    batches skipped, as before (`note(line)` says so). A fresh stream uses `cfg.pipeline`; a name the indexed sampler
+    cannot read is an InputError saying why and how to fix it, never a silent switch of pipeline. Audio mixing,
+    augmentation and frame targets come from `cfg` (bound in gin/train.gin), not from gin here.
     """
     if cfg.target_length_multiple and num_shards > 1:
         raise ValueError("target_length_multiple needs one data shard: hosts would disagree on batch shapes")
@@ -377,32 +444,23 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
         return synthetic_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, vocab_size=vocab_size,
                                  input_depth=input_depth, start=skip_batches)
     note = note or (lambda line: None)
-    indexed = None
+    if getattr(cfg, "module", None):  # T5X's DatasetConfig.module (gin: MIXTURE_OR_TASK_MODULE)
+        from mt3 import registry
+
+        registry.import_modules(cfg.module, "MIXTURE_OR_TASK_MODULE")
     if state is not None or (cfg.pipeline == "indexed" and not skip_batches):
-        from mt3 import tasks
-
-        indexed = tasks.indexed_tasks(cfg.mixture_or_task_name, data_dir=cfg.data_dir)
-        if indexed is None and state is not None:
-            raise ValueError(f"the checkpoint's input-pipeline state is for the indexed sampler, which does not know "
-                             f"{cfg.mixture_or_task_name!r}")
-        if indexed is None:
-            note(f"{cfg.mixture_or_task_name!r} is not a registered transcription task or mixture: the seqio pipeline "
-                 f"reads it (resuming it skips the consumed batches)")
-    elif skip_batches and cfg.pipeline == "indexed":
-        note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
-             f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")
-    if indexed is not None:
-        from mt3 import mixing
-        from mt3.data import augmentation, frame_targets
-
         return IndexedStream(
-            indexed, split=cfg.split, task_feature_lengths=dict(cfg.task_feature_lengths),
+            indexed_tasks(cfg.mixture_or_task_name, data_dir=cfg.data_dir), split=cfg.split,
+            task_feature_lengths=dict(cfg.task_feature_lengths),
             batch_size=host_batch_size, seed=cfg.seed or 0, shard_id=shard_id, num_shards=num_shards,
             num_epochs=cfg.num_epochs, block_tracks=cfg.block_tracks, data_dir=cfg.data_dir,
             position=IndexedPosition.from_json(state) if state is not None else None,
-            mix_config=mixing.training_mix_config(), augment_config=augmentation.training_augment_config(),
+            mix_config=cfg.mix_config, augment_config=cfg.augment_config,
             target_length_multiple=cfg.target_length_multiple, shuffle=cfg.shuffle,
-            frame_targets=frame_targets.training_enabled() and cfg.split == "train")
+            frame_targets=cfg.frame_targets and cfg.split == "train")
+    if skip_batches and cfg.pipeline == "indexed":
+        note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
+             f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")
     return seqio_batches(cfg, host_batch_size=host_batch_size, shard_id=shard_id, num_shards=num_shards,
                          skip_batches=skip_batches)
 
@@ -416,12 +474,14 @@ def seqio_batches(cfg, *, host_batch_size: int, shard_id: int, num_shards: int,
         tf.config.set_visible_devices([], "GPU")  # the input pipeline runs on CPU; the accelerators belong to JAX
     except RuntimeError:  # TensorFlow's devices were initialised already (a second iterator): nothing to change
         pass
-    from mt3 import tasks
+    from mt3 import preprocessors, tasks
 
-    ds = tasks.get_dataset(cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-                           split=cfg.split, batch_size=host_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
-                           shard_id=shard_id, num_shards=num_shards, num_epochs=cfg.num_epochs,
-                           data_dir=cfg.data_dir)
+    with preprocessors.training_options(mix_config=cfg.mix_config, augment_config=cfg.augment_config,
+                                        frame_targets=cfg.frame_targets):
+        ds = tasks.get_dataset(cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+                               split=cfg.split, batch_size=host_batch_size, shuffle=cfg.shuffle, seed=cfg.seed,
+                               shard_id=shard_id, num_shards=num_shards, num_epochs=cfg.num_epochs,
+                               data_dir=cfg.data_dir)
     if skip_batches:
         ds = ds.skip(skip_batches)
     from mt3.data import frame_targets

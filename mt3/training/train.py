@@ -68,6 +68,18 @@ class DatasetConfig:
     target_length_multiple: int | None = None
     pipeline: str = "indexed"
     block_tracks: int = 16
+    # What the training examples get beyond MT3's crops (gin/train.gin binds them; all off by default, as MT3):
+    # audio mixes (`mixing.MixConfig`), augmentation (`augmentation.AugmentConfig`), and the frame-target rolls of the
+    # auxiliary encoder heads, made when the model's AUX_FRAME_LOSS_WEIGHT is > 0 (`mt3.data.frame_targets`).
+    mix_config: Any = None
+    augment_config: Any = None
+    aux_frame_loss_weight: float = 0.0
+    # T5X's DatasetConfig.module (gin macro MIXTURE_OR_TASK_MODULE): imported before the name is looked up
+    module: str | None = None
+
+    @property
+    def frame_targets(self) -> bool:
+        return bool(self.aux_frame_loss_weight and self.aux_frame_loss_weight > 0)
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -273,9 +285,14 @@ def _periodic_eval(step: int, params, trainer, cfg: DatasetConfig | None, infer_
 
 
 def _data_meta(batches) -> dict:
+    """The input position(s) a checkpoint stores, and for a mixture on the indexed sampler its realised per-task
+    shares (rates, block probabilities, blocks drawn so far: `IndexedStream.mixture_summary`)."""
     from mt3.training import checkpoints
 
-    return checkpoints.gather_data_states(stream_state(batches))
+    meta = checkpoints.gather_data_states(stream_state(batches))
+    if len(getattr(batches, "tasks", ())) > 1:
+        meta["mixture"] = batches.mixture_summary()
+    return meta
 
 
 def _out_of_time(started: float, budget_seconds: float | None) -> bool:
