@@ -54,7 +54,7 @@ def _run(root, out, *extra):
     return cli_main(["prepare-data", "pairs", "--root", str(root), "--out", str(out), *extra])
 
 
-def test_split_folders_keep_programs_and_drums_from_the_midi(tmp_path, excerpts):
+def test_split_folders_keep_programs_and_drums_from_the_midi(tmp_path, excerpts, capsys):
     root = tmp_path / "recordings"
     expected = {
         ("train", "take1"): write_pair(root / "train", "take1", excerpts[0]),
@@ -68,6 +68,9 @@ def test_split_folders_keep_programs_and_drums_from_the_midi(tmp_path, excerpts)
     write_audio(root / "train" / "groove.wav", synth_notes(DRUM_NOTES, 3.0, 22050, drums=True), 22050, "WAV")
     out = tmp_path / "data" / "mine"
     assert _run(root, out) == 0
+    assert (f"tasks: mine_notes_ties_vb1_{{train,validation,test}} and the mixture mine_notes_ties_vb1_eval, "
+            f"registered when the data dir ($MT3_DATA_DIR or gin DATA_DIR) is {tmp_path / 'data'}") in \
+        capsys.readouterr().out
     for (split, track_id), notes in expected.items():
         record = converted(out, split)[track_id]
         assert record.dataset == "pairs" and record.sample_rate == 16000

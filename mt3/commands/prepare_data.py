@@ -83,4 +83,16 @@ def main(args: argparse.Namespace) -> int:
     for split, manifest in results.items():
         for item in manifest.get("skipped", []):
             print(f"skipped ({split}) {item['id']}: {item['path']}: {item['problem']}")
+    if args.dataset == "pairs":
+        print(pairs_tasks_line(args.out, results))
     return 0
+
+
+def pairs_tasks_line(out: str, results: dict[str, dict]) -> str:
+    """What a `pairs` folder becomes: its task names, and the data dir under which it registers them."""
+    from pathlib import Path
+
+    name, parent = Path(out).resolve().name, Path(out).resolve().parent
+    splits = "{" + ",".join(s for s in ("train", "validation", "test") if s in results) + "}"
+    return (f"tasks: {name}_notes_ties_vb1_{splits} and the mixture {name}_notes_ties_vb1_eval, registered when the "
+            f"data dir ($MT3_DATA_DIR or gin DATA_DIR) is {parent}")
