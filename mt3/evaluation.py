@@ -285,7 +285,6 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     from mt3 import gin_utils, inference, model_loading
     from mt3.training import checkpoints
 
-    register_gin_configurables()
     if module_imports:  # T5X's --module_import: before gin, as the run's own modules may define configurables
         from mt3 import registry
 
@@ -346,24 +345,6 @@ def _default_mixture() -> str | None:
     return f"{prefix}_eval"
 
 
-_GIN_REGISTERED = False
-
-
-def register_gin_configurables() -> None:
-    """`evaluation.EvalConfig` and `inference.InferenceConfig` for gin (idempotent)."""
-    global _GIN_REGISTERED
-    from mt3 import inference
-
-    inference.register_gin_configurables()
-    if _GIN_REGISTERED:
-        return
-    import gin
-
-    with gin.unlock_config():
-        gin.external_configurable(EvalConfig, module="evaluation")
-    _GIN_REGISTERED = True
-
-
 def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None = None, spec=None,
                        infer_config=None, eval_config: EvalConfig = EvalConfig(num_plots=1),
                        out_dir: str | os.PathLike | None = None) -> Callable[[int, Any], dict[str, float]]:
@@ -380,7 +361,9 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
     if infer_config is None:  # the gin-bound decoding settings (e.g. inference.InferenceConfig.max_decode_len)
         import gin
 
-        register_gin_configurables()
+        from mt3 import configurables
+
+        configurables.register([configurables.INFERENCE])
         infer_config = model_loading.with_model_defaults(gin.get_configurable("inference.InferenceConfig")())
     holder: dict[str, Any] = {}
 

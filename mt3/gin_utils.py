@@ -1,12 +1,14 @@
-"""Gin at the edge: `--gin_file` / `--gin.NAME=VALUE` parsing, configurable registration, the operative config.
+"""Gin at the edge: `--gin_file` / `--gin.NAME=VALUE` parsing, the gin file search path, the operative config.
 
-Library code (trainer, partitioning, checkpoints, models) never imports gin; this module registers their functions and
-config dataclasses with `gin.external_configurable` under the names MT3/T5X users know (`network.T5Config`,
-`models.ContinuousInputsEncoderDecoderModel`, `trainer.OptimizerConfig`, ...). Registration happens inside
-`parse_gin_flags`, so importing this module is cheap. The modules that import THIS one register their own
-configurables where they are defined (`mt3.training.train`: `train_script.train`, `utils.DatasetConfig`, ...;
-`mt3.inference`,
-`mt3.evaluation`): this module imports none of them, so there is no import circle.
+Library code (trainer, partitioning, checkpoints, models, data) never imports gin. What gin may build is one table,
+`mt3.configurables` (names MT3/T5X users know: `network.T5Config`, `trainer.OptimizerConfig`, ...);
+`parse_gin_flags(stages=...)` registers the stages a command needs and lets the files name the rest unregistered, so
+`mt3 transcribe` reads a model directory's config.gin without importing the training loop. Importing this module is
+cheap, and it imports no module that registers configurables, so there is no import circle.
+
+The gin files live in the repository's top-level `gin/` folder and ship inside the installed package as `mt3/gin/`
+(setup.py maps one onto the other): `GIN_DIR` is whichever this install has, so `--gin_file=gin/mt3.gin` and
+`--gin_file=mt3.gin` work from any directory, editable install or not.
 
 Every gin problem (unknown configurable, parameter or macro, a value of the wrong type for a macro or a config field,
 syntax error, missing file, undefined macro) surfaces here, at start-up and before anything is written, as one
@@ -25,53 +27,26 @@ import tokenize
 from collections.abc import Sequence
 from pathlib import Path
 
+from mt3 import configurables
 from mt3.errors import InputError
 
-REPO_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+
+def _gin_dir() -> Path:
+    """The gin files: `mt3/gin/` in an installed wheel (setup.py's package_dir), else the checkout's top-level gin/."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "gin", package.parent / "gin"):
+        if (candidate / "train.gin").is_file():
+            return candidate
+    return package.parent / "gin"
+
+
+GIN_DIR = _gin_dir()
 MODEL_DIR_MACRO = "MODEL_DIR"
-# Registered by `mt3.training.train` where they are defined. A model dir's config.gin names them, but transcription and
-# evaluation do not need them: `parse_gin_flags(skip_unknown=TRAINING_ONLY_CONFIGURABLES)` reads such a file without
-# importing the training loop.
-TRAINING_ONLY_CONFIGURABLES = ("train_script.train", "train_script.TrainLoopConfig", "utils.DatasetConfig",
-                               "train", "TrainLoopConfig", "DatasetConfig")  # config.gin writes the short names
-# Macros that code reads with `query_macro` although no gin file has to define them: a binding of one is not unknown.
-CODE_MACROS = frozenset({MODEL_DIR_MACRO, "INFER_EVAL_TASKS", "EVAL_TASKS", "EVAL_MIXTURE", "TASK_PREFIX", "DATA_DIR",
-                         "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "TASK_FEATURE_LENGTHS", "MODEL",
-                         "INPUT_PEAK_DB", "MIXTURE_OR_TASK_MODULE", "MIXTURES"})
-
-_REGISTERED = False
-
-
-def register_configurables() -> None:
-    """Registers every configurable the gin files may name (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    import gin
-
-    from mt3 import mixing
-    from mt3.data import augmentation
-    from mt3.models import models, network
-    from mt3.training import checkpoints, partitioning, trainer
-
-    with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
-        ext = gin.external_configurable
-        ext(network.T5Config, module="network")
-        ext(network.Transformer, module="network")
-        ext(models.ContinuousInputsEncoderDecoderModel, module="models")
-        ext(trainer.OptimizerConfig, module="trainer")
-        ext(checkpoints.CheckpointConfig, module="checkpoints")
-        ext(checkpoints.RestoreCheckpointConfig, module="checkpoints")
-        ext(partitioning.PartitionConfig, module="partitioning")
-        ext(mixing.MixConfig, module="mixing")
-        ext(augmentation.AugmentConfig, module="augmentation")
-        ext(partitioning.standard_logical_axis_rules, module="partitioning")
-    _REGISTERED = True
 
 
 def _search_paths(extra: Sequence[str | os.PathLike]) -> list[str]:
-    # The repo root too, so `--gin_file=gin/local_tiny.gin` (as the README types it) works from any directory.
-    paths = [os.getcwd(), *(os.fspath(p) for p in extra), os.fspath(REPO_GIN_DIR), os.fspath(REPO_GIN_DIR.parent)]
+    # GIN_DIR's parent too, so `--gin_file=gin/local_tiny.gin` (as the README types it) works from any directory.
+    paths = [os.getcwd(), *(os.fspath(p) for p in extra), os.fspath(GIN_DIR), os.fspath(GIN_DIR.parent)]
     return list(dict.fromkeys(paths))
 
 
@@ -113,18 +88,22 @@ class GinFlags:
 
 def parse_gin_flags(gin_files: Sequence[str | os.PathLike] | None, gin_bindings: Sequence[str] | None = None, *,
                     search_paths: Sequence[str | os.PathLike] = (), model_dir: str | os.PathLike | None = None,
-                    finalize: bool = True, skip_unknown: Sequence[str] = ()) -> GinFlags:
+                    finalize: bool = True, skip_unknown: Sequence[str] = (),
+                    stages: Sequence[str] = configurables.STAGES) -> GinFlags:
     """Parses gin files then bindings (later wins); `model_dir` becomes the MODEL_DIR macro, overriding the rest.
 
     Files are searched in the working directory, then `search_paths`, then the repository's `gin/` folder (includes
     inside gin files use the same search path). Each binding is checked before it counts: a macro no file defines or
     uses is refused with the closest known names, and a value of another type than the files' own (an int macro given
     a string) is refused naming both. `skip_unknown` lists configurables the FILES may name without them being
-    registered (TRAINING_ONLY_CONFIGURABLES for a model dir's config.gin). Raises InputError on any problem.
+    registered; `stages` are the `mt3.configurables` stages registered first (default: all): the files may name the
+    table's other entries without their modules being imported (a model dir's config.gin names the training loop,
+    which inference never imports). Raises InputError on any problem.
     """
     import gin
 
-    register_configurables()
+    configurables.register(stages)
+    skip_unknown = [*skip_unknown, *configurables.unregistered_names()]
     for path in _search_paths(search_paths):
         if path not in gin.config._LOCATION_PREFIXES:  # gin has no public way to list its search path
             gin.add_config_file_search_path(path)
@@ -179,7 +158,7 @@ def _known_macros(files: Sequence[Path], bindings: Sequence[str]) -> dict[str, o
 
     defined = {scope: params.get("value") for (scope, selector), params in gin.config._CONFIG.items()
                if selector == "gin.macro"}  # gin has no public listing of macros
-    used: set[str] = set(CODE_MACROS)
+    used: set[str] = set(configurables.CODE_MACROS)
     for path in files:
         used.update(_MACRO_USE.findall(path.read_text(errors="replace")))
     for binding in bindings:

@@ -372,21 +372,3 @@ class InferenceModel:
             results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))
             offset += n
         return results
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# gin (loading a model directory written by `mt3 train` lives in mt3.model_loading)
-
-_GIN_REGISTERED = False
-
-
-def register_gin_configurables() -> None:
-    """Registers this module's configurables with gin (idempotent): `inference.InferenceConfig`."""
-    global _GIN_REGISTERED
-    if _GIN_REGISTERED:
-        return
-    import gin
-
-    with gin.unlock_config():  # a finalized config (e.g. after training in this process) locks registration
-        gin.external_configurable(InferenceConfig, module="inference")
-    _GIN_REGISTERED = True

@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mt3 import vocabularies
+from mt3 import configurables, vocabularies
 from mt3.errors import InputError
 from mt3.inference import (
     DEFAULT_MAX_DECODE_LEN,
     InferenceConfig,
     InferenceModel,
     OutputSpec,
-    register_gin_configurables,
 )
 from mt3.training import compilation
 
@@ -95,11 +94,10 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
         raise InputError(model_dir, "checkpoint directory not found (pass --checkpoint MODEL_DIR from `mt3 train`)")
     if not config_gin.is_file():
         raise InputError(model_dir, "no config.gin in the checkpoint directory (is it a model dir from `mt3 train`?)")
-    register_gin_configurables()
     given = {Path(f).name for f in gin_files}
     files = [config_gin, *([role_gin] if role_gin and role_gin not in given else []), *gin_files]
     gin_utils.parse_gin_flags(files, list(gin_bindings), finalize=False,
-                              skip_unknown=gin_utils.TRAINING_ONLY_CONFIGURABLES)  # no training loop needed
+                              stages=configurables.SERVING_STAGES)  # no training loop needed
     try:
         reference = gin.query_parameter("MODEL/macro.value")
         model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference

@@ -64,9 +64,9 @@ def chorale_train_task(root: Path, chorale, num_tracks: int, monkeypatch):
     `root` (the data dir is set through the environment for this test only)."""
     import seqio
 
-    from mt3 import datasets, gin_utils, tasks
+    from mt3 import configurables, datasets, tasks
 
-    gin_utils.register_configurables()
+    configurables.register([configurables.DATA])
     pieces = windows(chorale, num_tracks, stride=4.0, length=8.0, prefix="t")
     write_prepared_dataset(root, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(root))

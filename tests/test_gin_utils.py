@@ -22,7 +22,9 @@ def _clear_gin():
 
 
 def macro(name):
-    return gin_utils.query_macro(name)
+    """A macro's value; a derived one (NUM_EMBEDDINGS = @vocabularies.num_embeddings()) evaluated."""
+    value = gin_utils.query_macro(name)
+    return value.scoped_configurable_fn() if isinstance(value, gin.config.ConfigurableReference) else value
 
 
 @pytest.mark.parametrize("preset, expected", [
@@ -88,7 +90,8 @@ def test_write_operative_config_records_bindings_and_copies_files(tmp_path):
     path = gin_utils.write_operative_config(tmp_path, flags)
     text = path.read_text()
     assert path == tmp_path / "config.gin"
-    assert "BATCH_SIZE = 48" in text and "NUM_EMBEDDINGS = 1664" in text and "# gin binding: BATCH_SIZE = 48" in text
+    assert "BATCH_SIZE = 48" in text and "NUM_VELOCITY_BINS = 127" in text and "# gin binding: BATCH_SIZE = 48" in text
+    assert "NUM_EMBEDDINGS = @vocabularies.num_embeddings()" in text  # derived from the vocabulary, as MT3's model.gin
     for name in ("ismir2021.gin", "train.gin", "model_small.gin"):
         assert (tmp_path / "gin" / name).read_bytes() == (REPO / "gin" / name).read_bytes()
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
@@ -110,7 +113,7 @@ def test_cli_bad_binding_exits_2_before_any_work(tmp_path):
 
 
 def test_parsing_does_not_import_tensorflow_or_the_data_layer():
-    code = ("import sys; from mt3 import gin_utils, train; "
+    code = ("import sys; from mt3 import gin_utils; from mt3.training import train; "
             "gin_utils.parse_gin_flags(['gin/mt3.gin'], [], model_dir='/tmp/x'); "
             "bad = [m for m in ('tensorflow', 'seqio', 'mt3.tasks') if m in sys.modules]; print(bad); "
             "sys.exit(1 if bad else 0)")
@@ -217,3 +220,87 @@ def test_no_import_circle_through_gin_utils_train_evaluation_inference():
     for module in ("mt3.mixing", "mt3.preprocessors", "mt3.data.track_examples", "mt3.note_sequences",
                    "mt3.data.track_tokens", "mt3.data.augmentation", "mt3.data.frame_targets"):
         assert module not in reachable(module), f"{module} imports itself through {sorted(reachable(module))}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One registration table (mt3.configurables), gin files inside the package (issue 24)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_every_configurable_a_gin_file_names_is_in_the_table():
+    import re
+
+    from mt3 import configurables
+
+    named = set()
+    for path in (REPO / "gin").rglob("*.gin"):
+        for line in path.read_text().splitlines():
+            code = line.split("#")[0]
+            # `scope/module.Name.param = ...`, `module.Name:` blocks and `@module.Name` references
+            named.update(re.findall(r"(?:^|@|/)([a-z_]+\.[A-Za-z_]+)(?=[.:(\s]|$)", code.strip()))
+    names = {entry.gin_name for entry in configurables.TABLE}
+    assert named - {"gin.macro"} <= names, sorted(named - names)
+    for entry in configurables.TABLE:  # each target exists under the name gin files use
+        module, _, attribute = entry.target.partition(":")
+        assert callable(getattr(__import__(module, fromlist=[attribute]), attribute)), entry
+    with pytest.raises(ValueError, match="unknown configurable stage"):
+        configurables.register(["trainig"])
+
+
+def test_inference_stages_read_a_training_config_without_importing_the_loop(tmp_path):
+    """A model dir's config.gin names train_script.train / DatasetConfig (short names): parsed with the serving stages,
+    the training entries of the table are skipped unregistered and mt3.training.train is never imported."""
+    gin_utils.parse_gin_flags(["gin/local_tiny.gin"], [], model_dir=tmp_path)
+    config = gin_utils.write_operative_config(tmp_path, None)
+    assert "train.model = %MODEL" in config.read_text() and "train/DatasetConfig.batch_size" in config.read_text()
+    code = ("import sys; from mt3 import configurables, gin_utils; "
+            f"gin_utils.parse_gin_flags([{str(config)!r}], ['DROPOUT_RATE = 0.0'], finalize=False, "
+            "stages=configurables.SERVING_STAGES); import gin; "
+            "model = gin.query_parameter('MODEL/macro.value').scoped_configurable_fn(); "
+            "print(model.module.config.vocab_size, sorted(m for m in sys.modules if m.startswith('mt3.training')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    vocab_size, _, imported = result.stdout.strip().partition(" ")
+    assert vocab_size == "1536" and "mt3.training.train" not in imported, result.stdout
+
+
+def test_gin_dir_is_the_checkout_gin_folder():
+    assert gin_utils.GIN_DIR == REPO / "gin"
+    assert gin_utils.resolve_gin_file("gin/mt3.gin") == REPO / "gin" / "mt3.gin" or \
+        gin_utils.resolve_gin_file("gin/mt3.gin").samefile(REPO / "gin" / "mt3.gin")
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_gin_files_and_a_non_editable_install_finds_them(tmp_path):
+    """setup.py maps mt3.gin onto the top-level gin/: the built wheel holds every gin file, and a copy installed
+    elsewhere (pip --target, no editable finder) parses `gin/mt3.gin` and `mt3.gin` from an unrelated directory."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: setuptools builds in the source tree (build/), which stays clean
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    source.mkdir()
+    for name in ("setup.py", "README.md", "mt3", "gin"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, source / name, **({"ignore": ignore} if (REPO / name).is_dir() else {}))
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(source)], cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    (wheel,) = wheels.glob("mt3-*.whl")
+    in_wheel = sorted(n.removeprefix("mt3/gin/") for n in zipfile.ZipFile(wheel).namelist()
+                      if n.startswith("mt3/gin/"))
+    assert in_wheel == sorted(p.relative_to(REPO / "gin").as_posix() for p in (REPO / "gin").rglob("*.gin"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
+                    str(wheel)], cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import sys, gin, mt3; from mt3 import gin_utils; print(mt3.__file__); print(gin_utils.GIN_DIR); "
+            "[gin_utils.parse_gin_flags([f], [], model_dir='/tmp/mt3_wheel_test') for f in sys.argv[1:]]; "
+            "print(gin.query_parameter('%NUM_VELOCITY_BINS'), gin.query_parameter('%TASK_PREFIX'))")
+    result = subprocess.run([sys.executable, "-c", code, "gin/mt3.gin", "ismir2021.gin"], cwd=elsewhere,
+                            env=subprocess_env(PYTHONPATH=str(site)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    module_file, gin_dir, macros = result.stdout.strip().splitlines()[-3:]
+    assert module_file.startswith(str(site)) and gin_dir == str(site / "mt3" / "gin")
+    assert macros == "127 maestrov3_notes"

@@ -53,17 +53,17 @@ def _preset_configs() -> dict[str, dict]:
     """T5Config kwargs bound by each model preset, parsed by gin in a fresh interpreter (no registry clashes).
 
     model_tiny.gin / model_base.gin only override sizes after model_small.gin (which train.gin includes); 'tiny_1664'
-    checks that a preset's NUM_EMBEDDINGS survives the size override."""
+    checks that a preset's NUM_EMBEDDINGS survives the size override, 'tiny_vb127' that NUM_EMBEDDINGS follows the
+    vocabulary (MT3's model.gin derives it from the codec: 1536 rows for 1 velocity bin, 1664 for 127)."""
     code = """
 import dataclasses, json, sys, gin
-from mt3.models import models, network
-gin.external_configurable(network.T5Config, module='network')
-gin.external_configurable(network.Transformer, module='network')
-gin.external_configurable(models.ContinuousInputsEncoderDecoderModel, module='models')
+from mt3 import configurables
+configurables.register([configurables.MODEL])
 out = {}
 for name, files, bindings in [('small', ['model_small'], []), ('tiny', ['model_small', 'model_tiny'], []),
                               ('base', ['model_small', 'model_base'], []),
-                              ('tiny_1664', ['model_small', 'model_tiny'], ['NUM_EMBEDDINGS = 1664'])]:
+                              ('tiny_1664', ['model_small', 'model_tiny'], ['NUM_EMBEDDINGS = 1664']),
+                              ('tiny_vb127', ['model_small', 'model_tiny'], ['NUM_VELOCITY_BINS = 127'])]:
     gin.clear_config()
     gin.parse_config_file(f'gin/{files[0]}.gin')
     gin.parse_config(bindings)
@@ -84,6 +84,7 @@ def test_gin_presets_parse_and_counts_agree_with_config_arithmetic():
     assert presets["small"]["emb_dim"] == 512 and presets["small"]["num_heads"] == 6
     assert presets["base"]["emb_dim"] == 768 and presets["base"]["num_encoder_layers"] == 12
     assert presets["tiny"]["vocab_size"] == 1536 and presets["tiny_1664"]["vocab_size"] == 1664
+    assert presets["tiny_vb127"]["vocab_size"] == 1664  # derived, not typed
     counts = {}
     for name, kwargs in presets.items():
         assert kwargs.pop("z_loss") == pytest.approx(1e-4)
@@ -286,8 +287,8 @@ def test_lever_presets_only_set_their_knobs():
     """gin/levers/*.gin read after a preset turn on exactly their lever (and include nothing)."""
     code = """
 import json, sys, gin
-from mt3 import gin_utils
-gin_utils.register_configurables()
+from mt3 import configurables
+configurables.register([configurables.MODEL])
 out = {}
 for lever in ('', 'levers/aux_loss.gin', 'levers/conv_frontend.gin'):
     gin.clear_config()

@@ -66,9 +66,9 @@ def _batches(tmp_path, music21_sequences, monkeypatch, bindings, pipeline):
     import gin
     from data_fixtures import windows, write_prepared_dataset
 
-    from mt3 import datasets, gin_utils, tasks
+    from mt3 import configurables, datasets, tasks
 
-    gin_utils.register_configurables()
+    configurables.register()
     if not (tmp_path / "local").exists():
         pieces = windows(music21_sequences["bach_chorale"], 4, stride=3.0, length=6.0, prefix="t")
         write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})

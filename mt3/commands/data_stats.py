@@ -44,7 +44,7 @@ def load_registry_from_flags(args: argparse.Namespace) -> dict:
     """`--module_import`, then the gin files and bindings (MIXTURE_OR_TASK_MODULE, MIXTURES), then the registry.
     Returns what the gin config says about the data (data_dir, mix_config, augment_config) for a reader that should
     see training's examples ({} without gin)."""
-    from mt3 import gin_utils, registry
+    from mt3 import configurables, gin_utils, registry
 
     registry.import_modules(args.module_import)
     if not (args.gin_file or args.gin_bindings):
@@ -53,7 +53,7 @@ def load_registry_from_flags(args: argparse.Namespace) -> dict:
     import gin
 
     gin_utils.parse_gin_flags(args.gin_file, args.gin_bindings, finalize=False,
-                              skip_unknown=gin_utils.TRAINING_ONLY_CONFIGURABLES)
+                              stages=configurables.SERVING_STAGES)  # the data configs, not the training loop
     gin_utils.load_registry(data_dir=args.data_dir)
     options = {"data_dir": gin_utils.query_macro("DATA_DIR")}
     for key, configurable in (("mix_config", "mixing.MixConfig"), ("augment_config", "augmentation.AugmentConfig")):

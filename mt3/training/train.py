@@ -489,25 +489,3 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
         spec=model_loading.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
         eval_config=evaluation.EvalConfig(num_plots=1, data_dir=gin_utils.query_macro("DATA_DIR")))
 
-
-def register_gin_configurables() -> None:
-    """`train_script.train`, `train_script.TrainLoopConfig` and `utils.DatasetConfig` for gin (idempotent).
-
-    Registered here, where they are defined, when this module is imported: `mt3.gin_utils` (which this module
-    imports) registers only configurables of modules that never import it, so the two never import each other.
-    Training gin may also bind decoding (`inference.InferenceConfig`, for INFER_EVAL_TASKS): those register too.
-    """
-    import gin
-
-    from mt3 import evaluation
-
-    evaluation.register_gin_configurables()  # inference.InferenceConfig, evaluation.EvalConfig
-    with gin.unlock_config():
-        for obj, module in ((train, "train_script"), (TrainLoopConfig, "train_script"), (DatasetConfig, "utils")):
-            if f"{module}.{obj.__name__}" not in _GIN_REGISTERED:
-                gin.external_configurable(obj, module=module)
-                _GIN_REGISTERED.add(f"{module}.{obj.__name__}")
-
-
-_GIN_REGISTERED: set[str] = set()
-register_gin_configurables()
