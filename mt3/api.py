@@ -19,16 +19,26 @@ Array rules (documented in the README):
 - `sample_rate` is required for arrays and refused for paths (a file's header gives its rate).
 - silence is valid input, as in `mt3 transcribe`: all-zero or empty (0-sample) arrays give zero notes.
 
+Encoded audio in memory (`bytes`, or a binary file object such as `open(p, 'rb')` or an upload stream) is decoded as
+a file is (`mt3.audio.load_audio_bytes`); its header gives the rate.
+
+Options are keyword arguments, never gin strings: the instrument-consistency options (`programs`,
+`two_pass_programs`, `reassign_programs`, `min_program_share`; docs/instrument_consistency.md) as defaults in
+`load_model` and per call in `transcribe`, and the note filters of `mt3 transcribe` (`min_note_ms`, `min_pitch`,
+`max_pitch`). Every result holds what its MIDI file holds (`midi_io.prepare_notes`). Errors name the argument, not a
+command-line flag.
+
 `import mt3.api` costs numpy only: JAX, note_seq and the model are imported by `load_model` / when used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -41,7 +51,8 @@ MAX_CHANNELS = 8  # up to 7.1 surround; a longer "channel" axis means the layout
 MAX_FLOAT_PEAK = 8.0  # 18 dB over full scale: beyond this a float array is integer PCM that was never scaled
 _INT_FULL_SCALE = {np.dtype(np.int8): 2.0 ** 7, np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
 
-AudioInput = str | os.PathLike | np.ndarray
+AudioInput = str | os.PathLike | np.ndarray | bytes | bytearray | memoryview | BinaryIO
+CONSISTENCY_OPTIONS = ("programs", "two_pass_programs", "reassign_programs", "min_program_share")
 
 
 class Note(NamedTuple):
@@ -67,16 +78,24 @@ class Transcription:
     notes: tuple[Note, ...] = dataclasses.field(repr=False)
     audio_seconds: float
     invalid_events: int  # model outputs that made no sense in context (e.g. an offset of a note that is not on)
-    dropped_events: int
-    source: str | None  # the file path, or None for an array
+    dropped_events: int  # model outputs timed past the end of their segment
+    source: str | None  # the file path (or a file object's name), None for an array or bytes
     decoded_tokens: int = 0  # tokens the model emitted before EOS, summed over segments (invalid_events' base)
+    warnings: tuple[str, ...] = ()  # e.g. programs merged because a MIDI file has 15 pitched channels
 
-    def write_midi(self, path: str | os.PathLike) -> Path:
-        """Writes the multitrack MIDI file `mt3 transcribe` would write (atomically); returns its path."""
+    def write_midi(self, path: str | os.PathLike, *, tempo: float = 120.0) -> Path:
+        """Writes the multitrack MIDI file `mt3 transcribe` would write (atomically); returns its path. `tempo`
+        (quarter notes per minute) sets only the beat grid a DAW shows, as `--midi-tempo`."""
         from mt3 import midi_io
 
-        midi_io.write_midi(self.ns, path)
+        midi_io.write_midi(self.ns, path, qpm=tempo, title=None if self.source is None else Path(self.source).name)
         return Path(path)
+
+    def midi_bytes(self, *, tempo: float = 120.0) -> bytes:
+        """The bytes `write_midi` writes (to send or store elsewhere)."""
+        from mt3 import midi_io
+
+        return midi_io.midi_bytes(self.ns, qpm=tempo, title=None if self.source is None else Path(self.source).name)
 
     def __repr__(self) -> str:
         programs = {"drums" if n.is_drum else n.program for n in self.notes}
@@ -171,20 +190,32 @@ class Transcriber:
         """Model facts: model dir, checkpoint step, sizes, decoding settings."""
         return self.inference_model.describe()
 
-    def transcribe(self, audio: AudioInput, sample_rate: int | None = None, *,
-                   progress: bool = False) -> Transcription:
-        """One audio file path or array -> Transcription. Arrays need `sample_rate`; see the module docstring."""
-        return self.transcribe_many([audio], [sample_rate], progress=progress)[0]
+    def transcribe(self, audio: AudioInput, sample_rate: int | None = None, *, progress: bool = False,
+                   **options) -> Transcription:
+        """One audio file path, array, bytes or binary file object -> Transcription. Arrays need `sample_rate`.
+        `options`: as `transcribe_many`."""
+        return self.transcribe_many([audio], [sample_rate], progress=progress, **options)[0]
 
     def transcribe_many(self, audios: Sequence[AudioInput], sample_rate: int | Sequence[int | None] | None = None, *,
-                        progress: bool = False) -> list[Transcription]:
-        """Several paths and/or arrays, decoded together (their segments share batches); results in input order.
+                        progress: bool = False, programs: Sequence[int] | None = None,
+                        two_pass_programs: bool | None = None, reassign_programs: str | None = None,
+                        min_program_share: float | None = None, min_note_ms: float = 0.0, min_pitch: int = 0,
+                        max_pitch: int = 127) -> list[Transcription]:
+        """Several inputs, decoded together (their segments share batches); results in input order.
 
-        `sample_rate` is one rate for every array (paths ignore it), or one entry per input (None for paths). Every
-        input is read and checked before decoding starts, so a bad one fails fast, naming its index or path.
+        `sample_rate` is one rate for every array (other inputs ignore it), or one entry per input (None for the
+        others). Every input is read and checked before decoding starts, so a bad one fails fast, naming its index or
+        path. The consistency options override `load_model`'s for this call (None: keep them); `min_note_ms`,
+        `min_pitch`, `max_pitch` drop pitched notes as `mt3 transcribe --min-note-ms/--min-pitch/--max-pitch`.
         """
-        if isinstance(audios, str | os.PathLike | np.ndarray):
-            raise TypeError("transcribe_many takes a list of inputs; use transcribe() for a single path or array")
+        from mt3 import midi_io
+
+        if isinstance(audios, str | os.PathLike | np.ndarray | bytes | bytearray | memoryview) or hasattr(audios,
+                                                                                                           "read"):
+            raise TypeError("transcribe_many takes a list of inputs; use transcribe() for a single input")
+        note_filter = midi_io.NoteFilter(min_note_ms=min_note_ms, min_pitch=min_pitch, max_pitch=max_pitch)
+        model = self._with_options(programs=programs, two_pass_programs=two_pass_programs,
+                                   reassign_programs=reassign_programs, min_program_share=min_program_share)
         audios = list(audios)
         if isinstance(sample_rate, Sequence):
             rates = list(sample_rate)
@@ -199,22 +230,64 @@ class Transcriber:
             samples.append(mono)
             sources.append(source)
             _warn_if_quiet(mono, source or (f"audio[{index}]" if len(audios) > 1 else "audio"),
-                           getattr(self.inference_model, "config", None))
+                           getattr(model, "config", None))
         if not samples:
             return []
-        results = self.inference_model.transcribe_many(samples, progress=progress)
-        return [_wrap(result, source) for result, source in zip(results, sources, strict=True)]
+        results = model.transcribe_many(samples, progress=progress)
+        return [_wrap(result, source, note_filter) for result, source in zip(results, sources, strict=True)]
+
+    def _with_options(self, **options) -> InferenceModel:
+        """The inference model with the given consistency options (None = as loaded) in its config: a shallow copy
+        sharing parameters and compiled decoder, so a per-call option never changes the Transcriber."""
+        import copy
+
+        given = {k: v for k, v in options.items() if v is not None}
+        if not given:
+            return self.inference_model
+        model = copy.copy(self.inference_model)
+        model.config = _consistency_config(self.inference_model.config, given)
+        return model
 
     def _load(self, item: AudioInput, rate, name: str, *, per_input_rate: bool) -> tuple[np.ndarray, str | None]:
+        from mt3 import audio
+
         if isinstance(item, str | os.PathLike):
             if rate is not None and per_input_rate:  # a shared rate is for the arrays among the inputs
                 raise ValueError(f"{os.fspath(item)}: sample_rate is for arrays; a file's header gives its rate")
-            from mt3 import audio
-
             return audio.load_audio(item, sample_rate=self.sample_rate, allow_silence=True), os.fspath(item)
-        if isinstance(item, bytes | bytearray):
-            raise TypeError(f"{name}: encoded file bytes are not accepted; pass a path or decoded samples")
+        if isinstance(item, bytes | bytearray | memoryview) or hasattr(item, "read"):
+            source = getattr(item, "name", None)
+            source = os.fspath(source) if isinstance(source, str | os.PathLike) else None
+            label = source or name
+            if rate is not None and per_input_rate:
+                raise ValueError(f"{label}: sample_rate is for arrays; an encoded file's header gives its rate")
+            if isinstance(item, io.TextIOBase):
+                raise TypeError(f"{label}: the file object gave str, not bytes; open it in binary mode ('rb')")
+            data = item.read() if hasattr(item, "read") else bytes(item)
+            if not isinstance(data, bytes | bytearray):
+                raise TypeError(f"{label}: the file object gave {type(data).__name__}, not bytes; open it in binary "
+                                "mode ('rb')")
+            return audio.load_audio_bytes(bytes(data), name=label, sample_rate=self.sample_rate), source
         return prepare_array(item, rate, target_rate=self.sample_rate, name=name), None
+
+
+def _consistency_config(config, options: dict[str, Any]):
+    """`config` (an InferenceConfig) with the instrument-consistency keyword options; ValueError naming the keyword
+    (not a gin binding or a command-line flag) when a value is refused."""
+    from mt3 import program_consistency
+
+    unknown = set(options) - set(CONSISTENCY_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; the consistency options are {CONSISTENCY_OPTIONS}")
+    options = dict(options)
+    if isinstance(options.get("programs"), str):
+        raise TypeError(f"programs takes a list of GM program numbers (e.g. [0, 33]), got {options['programs']!r}")
+    if options.get("programs") is not None:
+        options["programs"] = program_consistency.check_programs(tuple(options["programs"]), "programs")
+    try:
+        return dataclasses.replace(config, **options)
+    except ValueError as err:
+        raise ValueError(str(err).replace("InferenceConfig.", "")) from None
 
 
 def _warn_if_quiet(samples: np.ndarray, name: str, config) -> None:
@@ -229,24 +302,44 @@ def _warn_if_quiet(samples: np.ndarray, name: str, config) -> None:
         warnings.warn(f"{name}: {line}", UserWarning, stacklevel=4)
 
 
-def _wrap(result, source: str | None) -> Transcription:
+def _wrap(result, source: str | None, note_filter=None) -> Transcription:
+    """The model's result as the MIDI file holds it (`midi_io.prepare_notes`), so `notes`, `ns` and `write_midi`
+    agree; its warnings are also issued as UserWarnings."""
+    import warnings
+
     from mt3 import midi_io
 
-    notes = tuple(Note(**d) for d in midi_io.notes_to_dicts(result.ns))
-    return Transcription(ns=result.ns, notes=notes, audio_seconds=float(result.audio_seconds),
+    ns, report = midi_io.prepare_notes(result.ns, note_filter)
+    for line in report.warnings():
+        warnings.warn(f"{source or 'audio'}: {line}", UserWarning, stacklevel=4)
+    notes = tuple(Note(**d) for d in midi_io.notes_to_dicts(ns))
+    return Transcription(ns=ns, notes=notes, audio_seconds=float(result.audio_seconds),
                          invalid_events=int(result.invalid_events), dropped_events=int(result.dropped_events),
-                         source=source, decoded_tokens=int(result.decoded_tokens))
+                         source=source, decoded_tokens=int(result.decoded_tokens), warnings=tuple(report.warnings()))
 
 
 def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int | None = None, step: int | None = None,
+               programs: Sequence[int] | None = None, two_pass_programs: bool = False,
+               reassign_programs: str = "none", min_program_share: float | None = None,
                gin_bindings: Sequence[str] = ()) -> Transcriber:
     """A `Transcriber` for a model dir written by `mt3 train` (None = the default model: the bundled one, else the
     quickstart's `runs/local_tiny`). `batch_size` overrides the decoding batch, `step` picks a checkpoint (default:
-    the latest), `gin_bindings` are extra `NAME = VALUE` lines as `--gin.NAME=VALUE` on the command line.
+    the latest). `programs`, `two_pass_programs`, `reassign_programs` ('none', 'family', 'dominant') and
+    `min_program_share` are the instrument-consistency options (docs/instrument_consistency.md), the defaults of
+    every `transcribe` call. `gin_bindings` are extra `NAME = VALUE` lines for anything else gin configures.
 
-    Raises `mt3.errors.InputError` when the directory is missing or holds no model. Imports JAX here, not before.
+    Raises ValueError for a bad option (before anything loads), `mt3.errors.InputError` when the directory is missing
+    or holds no model; neither names a command-line flag. Imports JAX here, not before.
     """
-    from mt3 import model_loading, pretrained
+    from mt3 import inference, model_loading, pretrained
+
+    options = {"programs": programs, "two_pass_programs": two_pass_programs or None,
+               "reassign_programs": None if reassign_programs == "none" else reassign_programs,
+               "min_program_share": min_program_share}
+    options = {k: v for k, v in options.items() if v is not None}
+    _consistency_config(inference.InferenceConfig(), options)  # a bad value fails here, before the model loads
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
     if checkpoint is None:
         checkpoint = pretrained.default_model_dir()
@@ -254,5 +347,20 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, batch_size: int |
             raise InputError(checkpoint, "no default model is installed (no bundled model in the package and no "
                                          "quickstart model dir here); pass load_model('MODEL_DIR') with a model dir "
                                          "from `mt3 train`, or train one with `bash scripts/quickstart.sh`")
-    im = model_loading.load_inference_model(checkpoint, gin_bindings=gin_bindings, step=step, batch_size=batch_size)
+    try:
+        im = model_loading.load_inference_model(checkpoint, gin_bindings=gin_bindings, step=step,
+                                                batch_size=batch_size)
+    except InputError as err:
+        raise InputError(err.path, _api_wording(err.problem)) from err
+    if options:
+        im.config = _consistency_config(im.config, options)
     return Transcriber(im)
+
+
+def _api_wording(problem: str) -> str:
+    """A loader message as a Python caller reads it: `--gin.NAME=VALUE` becomes the gin_bindings entry
+    'NAME = VALUE', `--checkpoint` the checkpoint argument (the loader is shared with the command line)."""
+    import re
+
+    problem = re.sub(r"--gin\.([A-Za-z_][\w.]*)=(\S+?)(:?)(?=\s|$)", r"gin_bindings entry '\1 = \2'\3", problem)
+    return problem.replace("--checkpoint", "load_model(checkpoint=...)").replace("--step", "step=")

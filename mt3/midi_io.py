@@ -4,6 +4,10 @@
 `InputError` naming the file for a missing file, a non-MIDI file or a MIDI without notes, and atomic writes so a
 crash never leaves half a MIDI file behind. Transcriptions leave through here too: multitrack MIDI bytes (what
 `mt3 serve` answers), the notes as JSON or CSV rows, and the removal of exact duplicate notes after stitching.
+
+The MIDI writer (`prepare_notes`, then `midi_bytes`) makes the file play as transcribed in any General MIDI player:
+a model's notes may hold what MIDI cannot (two sounding notes of one pitch on one channel, more than 15 pitched
+programs), and the file, not the NoteSequence, is what users, DAWs and `mt3 score` see.
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@ before any decoding. Also: `import mt3` stays free of numpy/JAX."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile
-from test_inference import build_tiny_model
+from helpers import build_tiny_model
 
 from mt3 import api, audio, midi_io
 from mt3.errors import InputError
@@ -60,7 +61,7 @@ def test_path_matches_the_cli_pipeline(tiny, transcriber, tmp_path):
     im = transcriber.inference_model
     reference = im.transcribe(audio.load_audio(tiny.wav(3)))  # what `mt3 transcribe` decodes for this file
     assert result.notes, "the trained tiny model transcribes notes"
-    assert result.to_dicts() == midi_io.notes_to_dicts(reference.ns)
+    assert result.to_dicts() == midi_io.notes_to_dicts(midi_io.prepare_notes(reference.ns)[0])  # what the MIDI holds
     assert isinstance(result.notes[0], api.Note) and result.notes == tuple(sorted(result.notes, key=lambda n: (
         n.onset, n.pitch, n.program, n.is_drum)))
     assert result.source == str(tiny.wav(3)) and result.audio_seconds == pytest.approx(reference.audio_seconds)
@@ -73,7 +74,7 @@ def test_path_matches_the_cli_pipeline(tiny, transcriber, tmp_path):
     assert repr(transcriber) == f"Transcriber(model_dir={str(tiny.model_dir.resolve())!r}, step={im.info['step']})"
     # write_midi writes the MIDI `mt3 transcribe` writes, and it reads back as the same notes
     written = result.write_midi(tmp_path / "out.mid")
-    assert written.read_bytes() == midi_io.midi_bytes(reference.ns)
+    assert written.read_bytes() == midi_io.midi_bytes(reference.ns, title=tiny.wav(3).name) == result.midi_bytes()
     back = midi_io.load_midi(written)
     assert sorted((n.pitch, n.program, n.is_drum) for n in back.notes) == sorted(
         (n.pitch, n.program, n.is_drum) for n in result.notes)
@@ -147,8 +148,12 @@ def test_transcriber_validates_every_input_before_decoding(tiny, tmp_path):
         t.transcribe_many([good, good, good], [16000, 16000])
     with pytest.raises(TypeError, match="takes a list"):
         t.transcribe_many(good, 16000)
-    with pytest.raises(TypeError, match="encoded file bytes"):
+    with pytest.raises(ValueError, match="audio: sample_rate is for arrays; an encoded file's header gives its rate"):
         t.transcribe(tiny.wav(3).read_bytes(), 16000)
+    with open(tiny.wav(3)) as text_mode, pytest.raises(TypeError, match="gave str, not bytes; open it in binary"):
+        t.transcribe(text_mode)
+    with pytest.raises(InputError, match="^audio: unreadable"):
+        t.transcribe(io.BytesIO(b"RIFF\x00\x00\x00\x00WAVEfmt not audio"))
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt not audio")
     with pytest.raises(InputError, match="broken.wav: unreadable"):
         t.transcribe_many([good, tmp_path / "broken.wav"], 16000)
@@ -212,3 +217,63 @@ def test_quiet_input_warns_about_its_level(transcriber, stereo_44k):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a normal level gives no warning
         transcriber.transcribe(samples, sample_rate=rate)
+
+
+def test_bytes_and_file_objects_are_decoded_as_the_file_is(tiny, transcriber):
+    from_path = transcriber.transcribe(tiny.wav(3))
+    with open(tiny.wav(3), "rb") as f:
+        from_object = transcriber.transcribe(f)
+    from_bytes = transcriber.transcribe(tiny.wav(3).read_bytes())
+    assert from_object.to_dicts() == from_bytes.to_dicts() == from_path.to_dicts() and from_path.notes
+    assert from_object.source == str(tiny.wav(3)) and from_bytes.source is None
+
+
+def test_consistency_options_are_keyword_arguments(tiny, transcriber, tmp_path):
+    """programs= restricts the decoder as `--programs` does, per call or as load_model's default; bad values are a
+    ValueError naming the argument before any model loads; loader errors name no command-line flag."""
+    free = transcriber.transcribe(tiny.wav(3))
+    used = {n.program for n in free.notes if not n.is_drum}
+    other = next(p for p in (0, 40, 73) if p not in used)
+    restricted = transcriber.transcribe(tiny.wav(3), programs=[other])
+    assert restricted.notes and {n.program for n in restricted.notes if not n.is_drum} == {other}
+    assert transcriber.inference_model.config.programs is None, "a per-call option leaves the Transcriber as it was"
+    assert transcriber.transcribe(tiny.wav(3)).to_dicts() == free.to_dicts()
+    family = transcriber.transcribe(tiny.wav(3), reassign_programs="dominant")
+    assert len({n.program for n in family.notes if not n.is_drum}) == 1
+    loaded = api.load_model(tiny.model_dir, gin_bindings=tiny.bindings, programs=[other], batch_size=2)
+    assert loaded.inference_model.config.programs == (other,)
+    assert loaded.transcribe(tiny.wav(3)).to_dicts() == restricted.to_dicts()
+    nowhere = tmp_path / "nowhere"
+    for kwargs, message in (({"programs": [200]}, "programs: 200 is not a General MIDI program"),
+                            ({"programs": "0,33"}, "programs takes a list of GM program numbers"),
+                            ({"reassign_programs": "bogus"}, "reassign_programs must be one of"),
+                            ({"min_program_share": 1.5}, "min_program_share must be in")):
+        with pytest.raises((ValueError, TypeError), match=message) as raised:
+            api.load_model(nowhere, **kwargs)
+        assert "--" not in str(raised.value) and "InferenceConfig" not in str(raised.value)
+    with pytest.raises(ValueError, match="programs: 200"):
+        transcriber.transcribe(tiny.wav(3), programs=[200])
+    with pytest.raises(InputError, match="checkpoint directory not found") as raised:
+        api.load_model(nowhere)
+    assert "--" not in str(raised.value)
+    with pytest.raises(InputError, match="gin_bindings entry 'NO_SUCH_MACRO = 1'") as raised:
+        api.load_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "NO_SUCH_MACRO = 1"])
+    assert "--gin" not in str(raised.value)
+
+
+def test_note_filters_and_midi_of_the_api_match_the_file(tiny, transcriber, tmp_path):
+    import mido
+
+    free = transcriber.transcribe(tiny.wav(3))
+    pitches = sorted(n.pitch for n in free.notes)
+    low = pitches[len(pitches) // 2]
+    kept = transcriber.transcribe(tiny.wav(3), min_pitch=low)
+    assert kept.notes == tuple(n for n in free.notes if n.is_drum or n.pitch >= low)
+    path = kept.write_midi(tmp_path / "k.mid", tempo=90)
+    midi = mido.MidiFile(path)
+    assert [m.tempo for t in midi.tracks for m in t if m.type == "set_tempo"] == [666666]
+    back = midi_io.load_midi(path)
+    assert sorted((round(n.start_time, 3), n.pitch) for n in back.notes) == sorted(
+        (round(n.onset, 3), n.pitch) for n in kept.notes)
+    with pytest.raises(ValueError, match="min_note_ms must be in"):
+        transcriber.transcribe(tiny.wav(3), min_note_ms=-1)
