@@ -283,20 +283,25 @@ class InferenceModel:
         return vocabularies.trim_eos(vocabularies.decode_tokens(ids, self.codec.num_classes))
 
     def decode_segments(self, frames: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False,
-                        desc: str = "decoding", allowed: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+                        desc: str = "decoding", allowed: Sequence[np.ndarray] | None = None,
+                        seconds: Sequence[float] | None = None) -> list[np.ndarray]:
         """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size`; `allowed` gives
-        each segment's token mask (bool [vocab_size]) for a constrained greedy decode."""
+        each segment's token mask (bool [vocab_size]) for a constrained greedy decode. The progress bar counts seconds
+        of audio (`seconds` per segment; default a full segment each), the unit a user knows their files in."""
         from tqdm import tqdm
 
         out: list[np.ndarray] = []
         total = len(frames)
-        with tqdm(total=total, desc=desc, unit="seg", disable=not progress) as bar:
+        seconds = [self.segment_seconds] * total if seconds is None else list(seconds)
+        with tqdm(total=round(sum(seconds), 1), desc=desc, unit="s", disable=not progress,
+                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                             "[{elapsed}<{remaining}, {rate_fmt}]") as bar:
             for start in range(0, total, self.batch_size):
                 chunk = np.stack([np.asarray(f, np.float32) for f in frames[start:start + self.batch_size]])
                 mask = None if allowed is None else np.stack(allowed[start:start + self.batch_size])
                 ids, _ = self.predict_batch(chunk) if mask is None else self.predict_batch(chunk, mask)
                 out.extend(self.ids_to_tokens(row) for row in ids)
-                bar.update(len(chunk))
+                bar.update(min(sum(seconds[start:start + self.batch_size]), bar.total - bar.n))
         return out
 
     def stitch(self, tokens: Sequence[np.ndarray], start_times: Sequence[float], audio_seconds: float) -> Transcription:
@@ -306,6 +311,9 @@ class InferenceModel:
         result = metrics_utils.event_predictions_to_ns(predictions, self.codec, self.spec.encoding_spec)
         ns = result["est_ns"]
         duplicates = midi_io.remove_duplicate_notes(ns)
+        if self.spec.vocab_config.num_velocity_bins == 1:  # one bin says "a note", not how loud: MT3's default, not 127
+            for note in ns.notes:
+                note.velocity = note_sequences.DEFAULT_VELOCITY
         ns.ticks_per_quarter = MIDI_TICKS_PER_QUARTER
         if not ns.tempos:
             ns.tempos.add(time=0.0, qpm=MIDI_QPM)
@@ -366,7 +374,9 @@ class InferenceModel:
         if program_sets is not None and any(p is not None for p in program_sets):
             masks = [self.program_mask(p) for p in program_sets]
             allowed = [m for m, n in zip(masks, counts, strict=True) for _ in range(n)]
-        tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed)
+        seconds = [min(self.segment_seconds, s.audio_seconds - t) for s, n in zip(segmented, counts, strict=True)
+                   for t in s.start_times[:n]]
+        tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed, seconds=seconds)
         results, offset = [], 0
         for s, n in zip(segmented, counts, strict=True):
             results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))

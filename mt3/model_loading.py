@@ -91,7 +91,7 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     model_dir = Path(model_dir)
     config_gin = model_dir / "config.gin"
     if not model_dir.is_dir():
-        raise InputError(model_dir, "checkpoint directory not found (pass --checkpoint MODEL_DIR from `mt3 train`)")
+        raise InputError(model_dir, "checkpoint directory not found (expected a model dir written by `mt3 train`)")
     if not config_gin.is_file():
         raise InputError(model_dir, "no config.gin in the checkpoint directory (is it a model dir from `mt3 train`?)")
     given = {Path(f).name for f in gin_files}

@@ -159,20 +159,21 @@ def check_output_dir(out_dir: Path) -> None:
     check_writable_dir(out_dir, "-o")
 
 
-def write_outputs(result, outputs: dict[str, Path], *, title: str) -> str | None:
+def write_outputs(result, outputs: dict[str, Path], *, title: str, qpm: float = midi_io.DEFAULT_QPM) -> str | None:
     """Writes one input's outputs all or nothing: each under a temporary name beside its final one, then all renamed.
     On any error the temporaries (and anything already renamed) are removed and the error names the final path.
-    Returns the sonification renderer (None without --sonify)."""
+    `outputs` may hold any subset of the kinds (--skip-existing writes only the missing ones). Returns the
+    sonification renderer (None without --sonify)."""
     from mt3 import plotting
 
-    writers = {"midi": lambda p: midi_io.write_midi(result.ns, p),
+    writers = {"midi": lambda p: midi_io.write_midi(result.ns, p, qpm=qpm, title=title),
                "png": lambda p: plotting.plot_piano_roll(result.ns, p, title=title, seconds=result.audio_seconds),
                "json": lambda p: midi_io.write_notes_json(result.ns, p),
                "csv": lambda p: midi_io.write_notes_csv(result.ns, p),
                "wav": lambda p: sonify(result.ns, p, seconds=result.audio_seconds)}
     temps = {kind: path.with_name(f".{path.name}.{os.getpid()}.partial") for kind, path in outputs.items()}
     renderer, done = None, []
-    kind = "midi"
+    kind = next(iter(outputs), "midi")
     try:
         for kind, temp in temps.items():
             temp.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +193,11 @@ def write_outputs(result, outputs: dict[str, Path], *, title: str) -> str | None
 
 
 def _plan(items: list[AudioInput], out_dir: Path, kinds: Sequence[str], overwrite: bool,
-          fail) -> list[tuple[AudioInput, dict[str, Path]]]:
+          fail, skip_existing: bool = False, skipped: list[Path] | None = None
+          ) -> list[tuple[AudioInput, dict[str, Path]]]:
     """Output paths per input; an input whose outputs are taken (by another input, an existing file without
-    --overwrite, or the input itself) fails alone."""
+    --overwrite, or the input itself) fails alone. With `skip_existing` an input is planned only for the outputs that
+    do not exist yet (existing ones are kept as they are), and one with all of them goes into `skipped`."""
     claimed: dict[Path, Path] = {}
     inputs = {Path(os.path.abspath(i.path)) for i in items}
     planned = []
@@ -209,9 +212,15 @@ def _plan(items: list[AudioInput], out_dir: Path, kinds: Sequence[str], overwrit
             if onto_input:
                 raise InputError(item.path, f"an output would replace the input {onto_input[0]}; choose another -o")
             existing = [str(p) for p in outputs.values() if p.exists()]
-            if existing and not overwrite:
-                raise InputError(item.path, f"output exists: {', '.join(existing)} (pass --overwrite to replace it)")
             claimed.update({p: item.path for p in outputs.values()})
+            if skip_existing and existing:
+                outputs = {kind: p for kind, p in outputs.items() if not p.exists()}
+                if not outputs:
+                    (skipped if skipped is not None else []).append(item.path)
+                    continue
+            elif existing and not overwrite:
+                raise InputError(item.path, f"output exists: {', '.join(existing)} (pass --overwrite to replace it, "
+                                            "or --skip-existing to keep it)")
             planned.append((item, outputs))
         except InputError as err:
             fail(err)
@@ -222,23 +231,42 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
                      checkpoint: str | os.PathLike | None = None, gin_files: Sequence[str] = (),
                      gin_bindings: Sequence[str] = (), step: int | None = None, batch_size: int | None = None,
                      png: bool = False, notes_json: bool = False, notes_csv: bool = False, sonify_wav: bool = False,
-                     overwrite: bool = False, progress: bool = True, model=None) -> list[str]:
+                     overwrite: bool = False, skip_existing: bool = False,
+                     note_filter: midi_io.NoteFilter | None = None, midi_qpm: float = midi_io.DEFAULT_QPM,
+                     progress: bool = True, model=None) -> list[str]:
     """`mt3 transcribe`: NAME.mid (+ .png, .notes.json, .notes.csv, .sonified.wav) per audio file, laid out as the
-    module docstring says; all files are decoded together.
+    module docstring says; all files are decoded together. `output_dir` "-" writes the MIDI of a single input to
+    stdout instead (nothing else: every report line goes to stderr).
 
     A file that cannot be transcribed (unreadable or truncated audio, an output that exists without `overwrite`, two
     inputs with one output name) gets one `mt3 transcribe: error: PATH: problem` line on stderr and the others go on.
-    Silence and very short files are valid (zero notes, a warning line). Returns the error messages (empty = all
-    written). `model` (an InferenceModel) skips loading (tests, benchmarks); without `checkpoint` the default model
-    (`mt3.pretrained.default_model_dir()`) is used and named on stderr.
+    `skip_existing` transcribes only inputs with a missing output and writes only those. Every output of a file holds
+    the same notes: `midi_io.prepare_notes` (the `note_filter`, at most 15 pitched programs, no same-pitch overlap)
+    is applied before any is written. Silence and very short files are valid (zero notes, a warning line). One
+    summary line ends the run. Returns the error messages (empty = all written). `model` (an InferenceModel) skips
+    loading (tests, benchmarks); without `checkpoint` the default model (`mt3.pretrained.default_model_dir()`) is
+    used and named on stderr.
     """
+    import time
+
     from mt3 import audio
 
+    started_run = time.perf_counter()
+    to_stdout = os.fspath(output_dir) == "-"
+    kinds = [k for k, wanted in (("png", png), ("json", notes_json), ("csv", notes_csv), ("wav", sonify_wav))
+             if wanted]
     out_dir = Path(output_dir)
-    check_output_dir(out_dir)
+    if to_stdout:
+        _check_stdout(inputs, kinds, skip_existing)
+    else:
+        check_output_dir(out_dir)
     if batch_size is not None and batch_size < 1:
         raise InputError(None, f"--batch-size must be >= 1, got {batch_size}")
+    if not midi_io.MIN_QPM <= midi_qpm <= midi_io.MAX_QPM:
+        raise InputError(None, f"--midi-tempo must be in {midi_io.MIN_QPM:g}..{midi_io.MAX_QPM:g} quarter notes per "
+                               f"minute, got {midi_qpm:g}")
     failures: list[str] = []
+    tally = {"done": 0, "notes": 0, "seconds": 0.0, "failed_files": 0}
 
     def fail(err: InputError) -> None:
         failures.append(str(err))
@@ -250,34 +278,44 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
         fail(err)
     if skipped:
         _report(_skipped_line(skipped))
-    kinds = [k for k, wanted in (("png", png), ("json", notes_json), ("csv", notes_csv), ("wav", sonify_wav))
-             if wanted]
+    if to_stdout and len(items) != 1:
+        raise InputError(None, f"-o - writes the MIDI of one input to stdout; {len(items)} audio files were given")
+    up_to_date: list[Path] = []
+    planned = ([(items[0], {"midi": Path("-")})] if to_stdout else
+               _plan(items, out_dir, kinds, overwrite, fail, skip_existing=skip_existing, skipped=up_to_date))
     jobs: list[tuple[AudioInput, dict[str, Path], np.ndarray]] = []
-    for item, outputs in _plan(items, out_dir, kinds, overwrite, fail):
+    for item, outputs in planned:
         try:
             samples = audio.load_audio(item.path, allow_silence=True)
         except InputError as err:
             fail(err)
             continue
-        if not np.any(samples):
-            _report(f"mt3 transcribe: warning: {item.path}: the audio is silent "
-                    f"({len(samples) / audio.DEFAULT_SAMPLE_RATE:.2f} s, every sample zero): no notes")
         jobs.append((item, outputs, samples))
-    if not jobs:
-        return failures
+    if jobs:
+        _transcribe_jobs(jobs, model=model, fail=fail, tally=tally, note_filter=note_filter, midi_qpm=midi_qpm,
+                         to_stdout=to_stdout, progress=progress,
+                         load=lambda: _load_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings,
+                                                  step=step, batch_size=batch_size))
+    _report(summary_line(done=tally["done"], skipped=len(up_to_date), failed=len(failures), notes=tally["notes"],
+                         audio_seconds=tally["seconds"], wall_seconds=time.perf_counter() - started_run))
+    return failures
+
+
+def _transcribe_jobs(jobs, *, model, load, fail, tally: dict, note_filter, midi_qpm: float, to_stdout: bool,
+                     progress: bool) -> None:
+    """Decodes every job's audio together, then writes each file's outputs and prints its line."""
     import time
 
-    from mt3 import model_loading
+    from mt3 import audio, model_loading
     from mt3.training import compilation
 
     if model is None:
         started = time.perf_counter()
-        model = _load_model(checkpoint, gin_files=gin_files, gin_bindings=gin_bindings, step=step,
-                            batch_size=batch_size)
+        model = load()
         _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s")
     for item, _, samples in jobs:  # after loading: the line says whether this model normalises its input
-        if (quiet := audio.quiet_warning(samples, model_loading.resolved_input_peak(model.config))) is not None:
-            _report(f"mt3 transcribe: warning: {item.path}: {quiet}")
+        for line in audio.input_warnings(samples, model.sample_rate, model_loading.resolved_input_peak(model.config)):
+            _report(f"mt3 transcribe: warning: {item.path}: {line}")  # `mt3 serve` returns the same lines
     compiled, started = compilation.compile_seconds(), time.perf_counter()
     results = model.transcribe_many([samples for _, _, samples in jobs], progress=progress)
     wall, compile_s = time.perf_counter() - started, compilation.compile_seconds() - compiled
@@ -285,17 +323,63 @@ def transcribe_files(inputs: Sequence[str | os.PathLike], output_dir: str | os.P
     _report(f"mt3 transcribe: decoded {audio_s:.1f} s of audio in {wall:.1f} s, {compile_s:.1f} s of it compiling "
             f"(RTF {max(wall - compile_s, 0.0) / max(audio_s, 1e-9):.3f} without compiling)")
     for (item, outputs, _), result in zip(jobs, results, strict=True):
+        result.ns, prepared = midi_io.prepare_notes(result.ns, note_filter)  # every output holds what the MIDI holds
+        for line in prepared.warnings():
+            _report(f"mt3 transcribe: warning: {item.path}: {line}")
         try:
-            renderer = write_outputs(result, outputs, title=item.path.name)
+            if to_stdout:
+                renderer = _write_stdout(midi_io.midi_bytes(result.ns, qpm=midi_qpm, title=item.path.name))
+            else:
+                renderer = write_outputs(result, outputs, title=item.path.name, qpm=midi_qpm)
         except InputError as err:
             fail(err)
             continue
-        extra = f"; {result.duplicate_notes_removed} duplicate notes removed" if result.duplicate_notes_removed else ""
-        extra += f"; sonified with {renderer}" if renderer else ""
-        _report(f"mt3 transcribe: {item.path} -> {', '.join(str(p) for p in outputs.values())} "
-                f"({len(result.ns.notes)} notes; {result.invalid_events} invalid, {result.dropped_events} dropped "
-                f"events{extra})")
-    return failures
+        tally["done"] += 1
+        tally["notes"] += len(result.ns.notes)
+        tally["seconds"] += result.audio_seconds
+        extra = [f"{result.duplicate_notes_removed} duplicate notes removed"] if result.duplicate_notes_removed else []
+        extra += [prepared.summary()] if prepared.summary() else []
+        extra += [f"sonified with {renderer}"] if renderer else []
+        target = "stdout" if to_stdout else ", ".join(str(p) for p in outputs.values())
+        _report(f"mt3 transcribe: {item.path} -> {target} ({midi_io.plural(len(result.ns.notes), 'note')}; "
+                f"{result.invalid_events} invalid, {result.dropped_events} dropped events"
+                f"{''.join(f'; {e}' for e in extra)})")
+
+
+def summary_line(*, done: int, skipped: int, failed: int, notes: int, audio_seconds: float,
+                 wall_seconds: float) -> str:
+    """The line that ends a run: '3 files transcribed, 1 skipped (outputs exist), 0 failed; 1,204 notes; 61.4 s of
+    audio in 12.0 s' (a batch user reads the outcome from the last line, not from scrolling)."""
+    return (f"mt3 transcribe: done: {midi_io.plural(done, 'file')} transcribed, {skipped} skipped (outputs exist), "
+            f"{failed} failed; {midi_io.plural(notes, 'note')}; {audio_seconds:.1f} s of audio in "
+            f"{wall_seconds:.1f} s")
+
+
+def _check_stdout(inputs, kinds: Sequence[str], skip_existing: bool) -> None:
+    """`-o -` (MIDI to stdout): one input, no other outputs, and a stdout that is not a terminal (binary MIDI would
+    garble it). Checked before any audio is read or model loaded."""
+    if kinds:
+        flags = ", ".join({"png": "--png", "json": "--json", "csv": "--csv", "wav": "--sonify"}[k] for k in kinds)
+        raise InputError(None, f"-o - writes only the MIDI file to stdout; {flags} need an output directory")
+    if skip_existing:
+        raise InputError(None, "-o - writes to stdout; --skip-existing needs an output directory")
+    if len(inputs) != 1:
+        raise InputError(None, f"-o - writes the MIDI of one input to stdout; {len(inputs)} inputs were given")
+    if sys.stdout.isatty():
+        raise InputError(None, "-o - would write binary MIDI to the terminal; redirect stdout (mt3 transcribe a.wav "
+                               "-o - > a.mid) or pipe it")
+
+
+def _write_stdout(data: bytes) -> None:
+    """The MIDI bytes to stdout in one write (flushed, so a pipe reader sees a whole file)."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:  # a text-only stdout (e.g. redirected in-process): write the bytes through its encoding
+        raise InputError(None, "-o -: stdout does not accept bytes here")
+    try:
+        stream.write(data)
+        stream.flush()
+    except BrokenPipeError as err:
+        raise InputError(None, "-o -: the reader of stdout went away before the MIDI was written") from err
 
 
 def _skipped_line(skipped: dict[str, list[Path]]) -> str:

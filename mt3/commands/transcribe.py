@@ -1,4 +1,5 @@
-"""`mt3 transcribe AUDIO_OR_DIR [...] -o OUT_DIR [--checkpoint DIR] [--png] [--json] [--csv] [--sonify] [--overwrite]`.
+"""`mt3 transcribe AUDIO_OR_DIR [...] -o OUT_DIR|- [--checkpoint DIR] [--png] [--json] [--csv] [--sonify]
+[--overwrite | --skip-existing] [--min-note-ms MS] [--min-pitch P] [--max-pitch P] [--midi-tempo QPM]`.
 
 Thin: `mt3.transcription.transcribe_files` does the work (and documents the output layout). Every file
 that cannot be read gets one error line while the others go on; the exit code is 2 if any file failed.
@@ -13,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR",
                         help="audio files (wav/flac/mp3/ogg/...) or directories (expanded to their audio files)")
     parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR",
-                        help="directory the outputs go to (created if missing; see 'Output names' below)")
+                        help="directory the outputs go to (created if missing; see 'Output names' below); '-' writes "
+                             "the MIDI file of a single input to stdout")
     parser.add_argument("--checkpoint", default=None, metavar="DIR",
                         help="model dir from `mt3 train` (default: the bundled model, else runs/local_tiny)")
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
@@ -29,7 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write NAME.sonified.wav: the MIDI rendered with fluidsynth and a General MIDI "
                              "soundfont when installed, else a simple sine synth")
     add_consistency_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")
+    notes.add_argument("--min-note-ms", type=float, default=0.0, metavar="MS",
+                       help="drop pitched notes shorter than MS milliseconds (default 0: keep all)")
+    notes.add_argument("--min-pitch", type=parse_pitch, default=0, metavar="P",
+                       help="drop pitched notes below P: a MIDI number (36), a note name (C2, F#3) or a frequency "
+                            "(65.4Hz, the lowest pitch at or above it)")
+    notes.add_argument("--max-pitch", type=parse_pitch, default=127, metavar="P",
+                       help="drop pitched notes above P (as --min-pitch; a frequency gives the highest pitch at or "
+                            "below it)")
+    notes.add_argument("--midi-tempo", type=float, default=120.0, metavar="QPM",
+                       help="tempo written to the MIDI file, for a DAW's beat grid (default 120; note times in "
+                            "seconds do not change). No pitch bends are written: the model's vocabulary has none, so "
+                            "every note is on the semitone grid")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="transcribe only inputs with a missing output and write only what is missing (a "
+                               "rerun of an interrupted batch); exit code 0 when nothing failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(gin_bindings=[])
     parser.epilog = (parser.epilog or "") + OUTPUT_NAMES_HELP
@@ -48,7 +67,16 @@ Directories: every format the loader reads (wav, flac, mp3, ogg/oga/opus, aiff, 
   other files, and the tool's own NAME.sonified.wav, are skipped and counted in one line.
 A file's outputs appear together or not at all; -o and --batch-size are checked before the model loads.
 Silence and very short files are valid input: zero notes (with a warning line), exit code 0; a very quiet recording
-  (peak below -40 dBFS) gets a warning line about its level.
+  (peak below -40 dBFS) gets a warning line saying what the model hears: a model that normalises its input (the
+  bundled one) hears it raised to its training level, except below -80 dBFS, which it treats as silence.
+The MIDI file: one named track per instrument (its General MIDI name), each pitched program on a channel of its own,
+  drums on channel 10; two notes of one pitch never sound at once on a channel (a later onset ends the earlier note;
+  onsets within 1 ms are one note); more than 15 pitched programs are merged into their GM family (a warning line).
+  Velocity is the model's, or 100 for a model with one velocity bin.
+Each file's line counts invalid and dropped events: tokens the decoder could not use. Invalid: an event that makes no
+  sense where it stands (e.g. the end of a note that is not sounding); dropped: events timed past the end of their
+  segment. A few are normal; many mean the model is unsure of this audio. The last line sums up the run (files
+  transcribed, skipped, failed; notes; seconds of audio and of wall time).
 """
 
 
@@ -59,8 +87,51 @@ def main(args: argparse.Namespace) -> int:
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
         gin_bindings=[*args.gin_bindings, *consistency_bindings(args)], step=args.step, batch_size=args.batch_size,
         png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
+        skip_existing=args.skip_existing, note_filter=note_filter(args), midi_qpm=args.midi_tempo,
         progress=not args.no_progress)
     return 2 if failures else 0
+
+
+def parse_pitch(text: str) -> float:
+    """'60', 'C4', 'F#3', 'Bb2' or '440Hz' -> a MIDI pitch (argparse type; C4 = 60). A frequency is returned unrounded
+    as a float pitch so each bound can round it inward (`note_filter`)."""
+    import pretty_midi
+
+    value = text.strip()
+    try:
+        if value.lower().endswith("hz"):
+            hz = float(value[:-2])
+            if not 8.0 <= hz <= 13000.0:
+                raise ValueError
+            return min(max(pretty_midi.hz_to_note_number(hz), 0.0), 127.0)
+        if value.lstrip("-").isdigit():
+            pitch = int(value)
+        else:
+            pitch = pretty_midi.note_name_to_number(value)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pitch: give a MIDI number 0..127, a note name (C4 = 60, "
+                                         "F#3, Bb2) or a frequency (440Hz, 8..13000)") from err
+    if not 0 <= pitch <= 127:
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the MIDI pitch range 0..127 (C-1..G9)")
+    return pitch
+
+
+def note_filter(args: argparse.Namespace):
+    """--min-note-ms/--min-pitch/--max-pitch as a `midi_io.NoteFilter` (a frequency bound rounds inward, within a
+    twentieth of a semitone of a pitch counting as that pitch); InputError for an impossible range."""
+    import math
+
+    from mt3 import midi_io
+    from mt3.errors import InputError
+
+    low = float(args.min_pitch)
+    high = float(args.max_pitch)
+    low = round(low) if abs(low - round(low)) < 0.05 else math.ceil(low)
+    high = round(high) if abs(high - round(high)) < 0.05 else math.floor(high)
+    try:
+        return midi_io.NoteFilter(min_note_ms=args.min_note_ms, min_pitch=int(low), max_pitch=int(high))
+    except ValueError as err:
+        raise InputError(None, f"--min-note-ms/--min-pitch/--max-pitch: {err}") from None
 
 
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:
