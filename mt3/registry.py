@@ -54,9 +54,14 @@ def get(name: str, what: str = "task or mixture"):
 def import_modules(modules: Sequence[str] | str | None, flag: str = "--module_import") -> None:
     """Imports the user's task/mixture modules (T5X's `--module_import` and `MIXTURE_OR_TASK_MODULE`); a module that
     is missing or fails on import is one InputError line."""
+    import os
+    import sys
+
     for module in [modules] if isinstance(modules, str) else list(modules or ()):
         if not module:
             continue
+        if os.getcwd() not in sys.path:  # a module in the working directory imports as with `python -m` (T5X users
+            sys.path.append(os.getcwd())  # set PYTHONPATH; the `mt3` script's sys.path lacks the working directory)
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -180,8 +185,6 @@ def eval_target(name: str) -> EvalTarget:
     """The eval split of one task: an inference-eval task's own split; a `{prefix}_train` task's train-eval split
     under the name of the matching `{prefix}_{suffix}` task."""
     task = get(name, "eval task")
-    if isinstance(task, seqio.Mixture):
-        raise InputError(None, f"{name!r} is a mixture: pass it as --mixture {name}")
     info = tasks.transcription_info(task)
     if info is None:
         raise InputError(None, f"eval task {name!r} was not registered by add_transcription_task_to_registry: "
@@ -197,7 +200,9 @@ def eval_target(name: str) -> EvalTarget:
 
 def eval_targets(names_: Sequence[str] = (), mixture: str | None = None) -> list[EvalTarget]:
     """Eval task names and/or a mixture (each member's eval split: `eval_target`), de-duplicated, in order."""
-    wanted = list(names_)
+    wanted = []
+    for name in names_:  # a mixture among the task names (INFER_EVAL_TASKS, --tasks) stands for its members
+        wanted += ordered_tasks(seqio.MixtureRegistry.get(name)) if name in seqio.MixtureRegistry.names() else [name]
     if mixture:
         wanted += ordered_tasks(get(mixture, "eval mixture"))
     out: dict[str, EvalTarget] = {}

@@ -161,3 +161,16 @@ def test_tasks_command_lists_tasks_mixtures_hours_and_shares(data_dir, capsys, c
     assert "list_3to1_train" in text and "0.750" in text
     assert cli.main(["tasks", "quartetz_notes"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_train_refuses_a_mixture_it_cannot_index_before_writing_anything(data_dir, tmp_path, capsys, clean_mixtures):
+    from mt3 import cli
+
+    seqio.MixtureRegistry.add("test_bad_train", [("local_notes_ties_vb1_validation", 1.0), (LOCAL, 1.0)])
+    clean_mixtures.append("test_bad_train")
+    model_dir = tmp_path / "run"
+    assert cli.main(["train", "--gin_file=gin/local_tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='test_bad_train'",
+                     f"--gin.DATA_DIR='{data_dir}'", "--model_dir", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "MIXTURE_OR_TASK_NAME: 'test_bad_train': task 'local_notes_ties_vb1_validation' is an inference-eval" in err
+    assert len(err.strip().splitlines()) == 1 and not (model_dir / "config.gin").exists()

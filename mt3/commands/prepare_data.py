@@ -15,8 +15,10 @@ MAX_PROGRAMS_SHOWN = 12
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(CONVERTERS),
-                        help="dataset whose native layout is under --root; 'pairs': your own recordings, each audio "
+    parser.add_argument("dataset", metavar="DATASET",
+                        help=f"dataset whose native layout is under --root: {', '.join(sorted(CONVERTERS))}, or the "
+                             "dotted path of your own converter module (my_project.mydata); 'pairs': your own "
+                             "recordings, each audio "
                              "file beside a .mid/.midi of the same stem, split by the folders train/ validation/ "
                              "test/ if any exists, else by a hash of each pair's relative path without extension "
                              "(sha256, 80/10/10); --out DATA_DIR/NAME registers tasks NAME_notes_ties_vb1_*")

@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _hours(value) -> str:
-    return "-" if value is None else f"{value:.2f} h"
+    """Prepared audio: '-' when not prepared, minutes under an hour (a small dataset of recordings is not '0.00 h')."""
+    if value is None:
+        return "-"
+    return f"{value:.2f} h" if value >= 1 else f"{value * 60:.1f} min"
 
 
 def format_listing(listing: dict, data_dir: str) -> str:
@@ -43,16 +46,18 @@ def format_listing(listing: dict, data_dir: str) -> str:
         for row in listing["tasks"]:
             splits = ", ".join(f"{split} {_hours(h)}" for split, h in row["splits"].items()) or "-"
             tasks.add_row(row["name"], row["kind"], row["dataset"] or "-", splits)
-        console.print(tasks)
+        if listing["tasks"]:
+            console.print(tasks)
         mixtures = Table(title="mixtures (rates as seqio reads them: relative numbers of examples)")
-        for column in ("mixture", "from", "task", "rate", "share", "train hours"):
+        for column in ("mixture", "from", "task", "rate", "share", "prepared (its split)"):
             mixtures.add_column(column)
         for mix in listing["mixtures"]:
             for i, member in enumerate(mix["tasks"]):
                 rate = f"{member['rate']:.4g}" + (f" (T={member['temperature']:.3g})" if member["temperature"] else "")
                 mixtures.add_row(mix["name"] if i == 0 else "", mix["source"] if i == 0 else "", member["task"], rate,
                                  f"{member['share']:.3f}", _hours(member["hours"]))
-        console.print(mixtures)
+        if listing["mixtures"]:
+            console.print(mixtures)
     return capture.get()
 
 

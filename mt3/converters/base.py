@@ -87,9 +87,28 @@ def count_notes(ns) -> tuple[int, int]:
 
 
 def load_converter(name: str):
-    """The converter module of dataset `name` (as typed on the command line)."""
+    """The converter module of dataset `name` (as typed on the command line), or a user's converter module given by
+    its dotted path (`my_project.mydata`: a new native layout without editing this package; a module in the working
+    directory imports as with `python -m`)."""
+    if name not in CONVERTERS and "." in name:
+        import os
+        import sys
+
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            raise InputError(None, f"converter module {name!r}: no module {err.name!r} (on PYTHONPATH or in the "
+                                   f"working directory?)") from err
+        missing = [attr for attr in ("NAME", "SPLITS", "list_tracks", "load_track") if not hasattr(module, attr)]
+        if missing:
+            raise InputError(module.__file__, f"not a converter: no {', '.join(missing)} (the protocol: "
+                                              f"mt3/converters/__init__.py)")
+        return module
     if name not in CONVERTERS:
-        raise InputError(None, f"unknown dataset {name!r}; choose one of: {', '.join(sorted(CONVERTERS))}")
+        raise InputError(None, f"unknown dataset {name!r}; choose one of: {', '.join(sorted(CONVERTERS))}, or a "
+                               f"converter module's dotted path (my_project.mydata)")
     return importlib.import_module(CONVERTERS[name])
 
 
