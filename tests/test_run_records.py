@@ -93,3 +93,18 @@ def test_the_operative_config_is_a_tensorboard_text_summary(tmp_path):
     [event] = events.Tensors(tag)
     assert event.step == 170
     assert event.tensor_proto.string_val[0].decode() == "    BATCH_SIZE = 8\n    LEARNING_RATE = 0.001"
+
+
+def test_a_url_model_dir_and_data_root_are_recorded_through_fsspec(tmp_path, prepared_root):
+    """file:// stands for gs:// here (the same mt3.paths code path; tests/test_paths.py runs a GCS emulator)."""
+    pytest.importorskip("mt3.paths")
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.gin").write_text("BATCH_SIZE = 8\n")
+    url = f"file://{model_dir}"
+    assert run_records.manifest_hashes(f"file://{prepared_root}") == run_records.manifest_hashes(str(prepared_root))
+    recorder = run_records.RunRecorder(url, argv=["mt3"], data={})
+    assert recorder.start(3) == f"{url}/runs/3.json" and recorder.start(3) == f"{url}/runs/3.2.json"
+    assert (model_dir / "runs" / "3.config.gin").read_text() == "BATCH_SIZE = 8\n"
+    recorder.operative_config_summary("A = 1")
+    assert list((model_dir / "train").glob("events.out.tfevents.*"))

@@ -163,10 +163,9 @@ def previous_config_path(model_dir: str | os.PathLike) -> str:
 def _read_text(path: str) -> str | None:
     """The file's text, or None when it does not exist (local paths and fsspec/epath URLs alike)."""
     if "://" in path:
-        from etils import epath
+        from mt3 import paths  # fsspec (gcsfs for gs://), as every other file of a run
 
-        p = epath.Path(path)
-        return p.read_text() if p.exists() else None
+        return paths.read_text(path) if paths.exists(path) else None
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

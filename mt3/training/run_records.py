@@ -15,6 +15,7 @@ Only file writes and cheap queries: nothing here touches devices beyond listing 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import importlib.metadata
@@ -43,31 +44,32 @@ def _join(*parts: str) -> str:
     return "/".join([parts[0].rstrip("/"), *parts[1:]]) if _is_url(parts[0]) else os.path.join(*parts)
 
 
+# URLs (gs://...) go through mt3.paths (fsspec), imported only for them.
+
 def _exists(path: str) -> bool:
     if _is_url(path):
-        from etils import epath
+        from mt3 import paths
 
-        return epath.Path(path).exists()
+        return paths.exists(path)
     return os.path.exists(path)
 
 
 def _read_bytes(path: str) -> bytes:
     if _is_url(path):
-        from etils import epath
+        from mt3 import paths
 
-        return epath.Path(path).read_bytes()
+        return paths.read_bytes(path)
     with open(path, "rb") as f:
         return f.read()
 
 
 def _write_text(path: str, text: str) -> None:
-    """Atomic for local files (temp name + rename); object stores write whole objects anyway."""
+    """Atomic for local files (temp name + rename); an object store writes one whole object."""
     if _is_url(path):
-        from etils import epath
+        from mt3 import paths
 
-        p = epath.Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        paths.makedirs(paths.parent(path))
+        paths.write_text(path, text)
         return
     from mt3.data.records import atomic_write
 
@@ -119,14 +121,14 @@ def manifest_hashes(data_root: str) -> dict[str, str]:
     """sha256 of every prepared split's manifest under `data_root` (`<dataset>/<split>.manifest.json`): the manifest
     lists the split's shards and is written last, so its hash identifies the prepared data a run read."""
     if _is_url(data_root):
-        from etils import epath
+        from mt3 import paths
 
-        root = epath.Path(data_root)
-        paths = sorted(root.glob("*/*.manifest.json")) if root.exists() else []
+        found = [f"{d}/{f}" for d in paths.listdir(data_root) for f in paths.listdir(_join(data_root, d))
+                 if f.endswith(".manifest.json")]
     else:
         root = Path(data_root)
-        paths = sorted(root.glob("*/*.manifest.json")) if root.is_dir() else []
-    return {f"{p.parent.name}/{p.name}": hashlib.sha256(_read_bytes(os.fspath(p))).hexdigest() for p in paths}
+        found = [f"{p.parent.name}/{p.name}" for p in root.glob("*/*.manifest.json")] if root.is_dir() else []
+    return {rel: hashlib.sha256(_read_bytes(_join(data_root, *rel.split("/")))).hexdigest() for rel in sorted(found)}
 
 
 def data_facts(*, data_dir: str | None, source: str | None, mixture_or_task_name: str | None) -> dict[str, Any]:
@@ -203,12 +205,19 @@ class RunRecorder:
 
             text = gin.operative_config_str()
 
-        writer = SummaryWriter(_join(self.model_dir, "train"))
-        try:
-            writer.add_text("operative_config", "\n".join("    " + line for line in text.splitlines()),
-                            self.start_step or 0)
-        finally:
-            writer.close()
+        logdir = _join(self.model_dir, "train")
+        with contextlib.ExitStack() as stack:
+            if _is_url(logdir):  # tensorboardX writes local files: stage them, then upload
+                from mt3 import paths
+
+                paths.makedirs(logdir)
+                logdir = stack.enter_context(paths.staged_dir(logdir))
+            writer = SummaryWriter(logdir)
+            try:
+                writer.add_text("operative_config", "\n".join("    " + line for line in text.splitlines()),
+                                self.start_step or 0)
+            finally:
+                writer.close()
 
 
 def list_records(model_dir: str | os.PathLike) -> list[dict[str, Any]]:
