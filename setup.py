@@ -17,12 +17,13 @@ setup(
         "jax", "flax", "optax", "orbax-checkpoint", "gin-config", "seqio", "note-seq", "pretty_midi",
         "mir_eval", "soundfile", "librosa", "soxr", "music21", "tqdm", "rich", "matplotlib", "pyyaml", "jams",
         "fastapi", "uvicorn", "python-multipart", "tensorboardX",
+        "gcsfs",  # gs:// model dirs, data and checkpoints (mt3/paths.py)
     ],
     # Accelerators: jax's own extras at the jax version pinned in requirements.txt (tests/test_setup.py checks that the
     # two agree and that both extras resolve); jax's metadata pins the matching jaxlib and jax-cuda12-plugin[with-cuda]
     # (CUDA 12 and cuDNN from pip wheels) or libtpu. Install with scripts/setup.sh (MT3_ACCELERATOR=cuda12|tpu), which
     # keeps every other package at its requirements.txt pin.
-    extras_require={"test": ["pytest", "hypothesis", "ruff", "selenium"],
+    extras_require={"test": ["pytest", "hypothesis", "ruff", "selenium", "gcp-storage-emulator"],
                     "cuda12": ["jax[cuda12]==0.10.2"],
                     "tpu": ["jax[tpu]==0.10.2"]},
     entry_points={"console_scripts": ["mt3=mt3.cli:main"]},

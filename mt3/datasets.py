@@ -146,7 +146,8 @@ def discover_prepared(data_dir: str | os.PathLike | None = None) -> list[Dataset
     import json
     import re
 
-    root = Path(resolve_data_dir(data_dir))
+    base = resolve_data_dir(data_dir)
+    root = paths.as_epath(base) if paths.is_url(base) else Path(base)  # gs://...: listed through fsspec
     if not root.is_dir():
         return []
     builtin = {c.folder for c in ALL_CONFIGS} | {c.name for c in ALL_CONFIGS}

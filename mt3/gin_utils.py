@@ -309,18 +309,18 @@ def write_operative_config(model_dir: str | os.PathLike, flags: GinFlags | None 
     """
     import gin
 
-    from mt3.data.records import atomic_write
+    from mt3 import paths
 
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    paths.makedirs(model_dir)  # a local folder, or nothing to make on gs:// (mt3.paths)
     text = gin.operative_config_str() if operative else gin.config_str()
     if flags is not None:
         header = [f"# gin file: {p}" for p in flags.files] + [f"# gin binding: {b}" for b in flags.bindings]
         text = "\n".join(header) + "\n\n" + text
-    with atomic_write(model_dir / filename, "w") as f:
+    with paths.atomic_write(paths.join(model_dir, filename), "w") as f:
         f.write(text)
     if flags is not None:
         for path in flags.files:
-            with open(path, "rb") as src, atomic_write(model_dir / "gin" / path.name, "wb") as dst:
+            with open(path, "rb") as src, paths.atomic_write(paths.join(model_dir, "gin", path.name), "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    return model_dir / filename
+    written = paths.join(model_dir, filename)
+    return written if paths.is_url(written) else Path(written)

@@ -86,14 +86,21 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     bindings (later wins). Returns the model object gin builds from the MODEL macro."""
     import gin
 
-    from mt3 import gin_utils
+    from mt3 import gin_utils, paths
 
-    model_dir = Path(model_dir)
-    config_gin = model_dir / "config.gin"
-    if not model_dir.is_dir():
-        raise InputError(model_dir, "checkpoint directory not found (expected a model dir written by `mt3 train`)")
-    if not config_gin.is_file():
-        raise InputError(model_dir, "no config.gin in the checkpoint directory (is it a model dir from `mt3 train`?)")
+    if paths.is_url(model_dir):  # gs://...: gin parses local files, so config.gin is read into a temporary copy
+        paths.require(model_dir, "--checkpoint")
+        if not paths.isfile(paths.join(model_dir, "config.gin")):
+            raise InputError(model_dir, "no config.gin under this URL (expected a model dir written by `mt3 train`)")
+        config_gin = _local_config_gin(model_dir)
+    else:
+        model_dir = Path(model_dir)
+        config_gin = model_dir / "config.gin"
+        if not model_dir.is_dir():
+            raise InputError(model_dir, "checkpoint directory not found (expected a model dir written by `mt3 train`)")
+        if not config_gin.is_file():
+            raise InputError(model_dir, "no config.gin in the checkpoint directory (is it a model dir from `mt3 "
+                                        "train`?)")
     given = {Path(f).name for f in gin_files}
     files = [config_gin, *([role_gin] if role_gin and role_gin not in given else []), *gin_files]
     gin_utils.parse_gin_flags(files, list(gin_bindings), finalize=False,
@@ -104,6 +111,21 @@ def parse_model_dir_gin(model_dir: str | os.PathLike, gin_files: Sequence[str | 
     except (ValueError, TypeError) as err:
         raise InputError(config_gin, f"cannot build the model from the MODEL macro ({err})") from err
     return model
+
+
+def _local_config_gin(model_dir: str) -> Path:
+    """A local copy of a URL model dir's config.gin (kept for the process: gin names the file in its messages)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mt3 import paths
+
+    folder = Path(tempfile.mkdtemp(prefix="mt3-model-config-"))
+    atexit.register(shutil.rmtree, folder, True)
+    local = folder / "config.gin"
+    local.write_text(paths.read_text(paths.join(model_dir, "config.gin")))
+    return local
 
 
 def resolved_input_peak(config: InferenceConfig | None) -> float | None:
@@ -160,5 +182,8 @@ def load_inference_model(model_dir: str | os.PathLike, *, gin_files: Sequence[st
         config = dataclasses.replace(config, batch_size=batch_size)
     config = with_model_defaults(config)
     params, restored_step = restore_params(model_dir, model, step)
-    info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored_step}
+    from mt3 import paths
+
+    info = {"model_dir": paths.absolute(model_dir) if paths.is_url(model_dir) else os.fspath(Path(model_dir).resolve()),
+            "step": restored_step}
     return InferenceModel(model, params, spec=spec, config=config, info=info)

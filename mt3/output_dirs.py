@@ -16,7 +16,17 @@ from mt3.errors import InputError
 
 def check_writable_dir(path: str | os.PathLike, flag: str) -> None:
     """InputError(path) unless `path` is an existing writable directory or could be created: it must not be a file,
-    and the nearest existing folder on it must be a writable directory. `flag` names the option in the message."""
+    and the nearest existing folder on it must be a writable directory. `flag` names the option in the message.
+
+    A URL (gs://...) is checked for its protocol library (`mt3.paths.require`: one line naming the package to install)
+    and for not being an existing file; write permission shows only on the first write."""
+    from mt3 import paths
+
+    if paths.is_url(path):
+        paths.require(path, flag)
+        if paths.isfile(path):
+            raise InputError(path, f"exists and is not a directory ({flag} names a directory)")
+        return
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(path, f"exists and is not a directory ({flag} names a directory)")

@@ -69,7 +69,9 @@ def export_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, na
         params = jax.tree.map(lambda *leaves: np.mean(np.stack(leaves).astype(np.float64), axis=0), *trees)
         step = steps[-1]
         extra_info["averaged_steps"] = steps
-    return pretrained.write_bundle(jax.device_get(params), Path(model_dir) / pretrained.CONFIG_FILE, out_dir,
+    from mt3 import paths
+
+    return pretrained.write_bundle(jax.device_get(params), paths.join(model_dir, pretrained.CONFIG_FILE), out_dir,
                                    name=name, step=step, extra_info=extra_info, overwrite=overwrite)
 
 

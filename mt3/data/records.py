@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mt3 import paths
 from mt3.errors import InputError
 
 SAMPLE_RATE = 16000
@@ -115,28 +116,31 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 
 def manifest_path(out_dir: str | os.PathLike, split: str) -> Path:
+    """The split's manifest (`mt3.paths.as_epath` for a URL data dir: `Path("gs://b")` would be a local folder)."""
+    if paths.is_url(out_dir):
+        return paths.as_epath(paths.join(out_dir, f"{split}.manifest.json"))
     return Path(out_dir) / f"{split}.manifest.json"
 
 
 def split_is_complete(out_dir: str | os.PathLike, split: str) -> bool:
     """True when a previous run finished this split (manifest written last, and all its shards exist)."""
     path = manifest_path(out_dir, split)
-    if not path.exists():
+    if not paths.exists(path):
         return False
     try:
-        shards = json.loads(path.read_text())["shards"]
+        shards = json.loads(paths.read_text(path))["shards"]
     except (ValueError, KeyError):
         return False
-    return all((Path(out_dir) / s).exists() for s in shards)
+    return all(paths.exists(paths.join(out_dir, s)) for s in shards)
 
 
 def read_manifest(out_dir: str | os.PathLike, split: str) -> dict:
-    return json.loads(manifest_path(out_dir, split).read_text())
+    return json.loads(paths.read_text(manifest_path(out_dir, split)))
 
 
 def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
-    """Shard files of a finished split, in order (from its manifest)."""
-    return [str(Path(out_dir) / s) for s in read_manifest(out_dir, split)["shards"]]
+    """Shard files of a finished split, in order (from its manifest); URLs stay URLs."""
+    return [str(paths.join(out_dir, s)) for s in read_manifest(out_dir, split)["shards"]]
 
 
 @dataclass
@@ -294,7 +298,7 @@ def parse_example(data: bytes) -> dict[str, list]:
 
 def read_tfrecord(path: str | os.PathLike) -> Iterator[bytes]:
     """The records of one TFRecord file (uint64 length, 4-byte length CRC, data, 4-byte data CRC)."""
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         while True:
             header = f.read(12)
             if not header:

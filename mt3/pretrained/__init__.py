@@ -45,13 +45,16 @@ def default_model_dir() -> Path:
 
 def is_bundled_model(model_dir: str | os.PathLike) -> bool:
     """True for a folder in the bundled format (params.npz + model.json + config.gin), not an orbax model dir."""
-    model_dir = Path(model_dir)
-    return all((model_dir / name).is_file() for name in (PARAMS_FILE, INFO_FILE, CONFIG_FILE))
+    from mt3 import paths
+
+    return all(paths.isfile(paths.join(model_dir, name)) for name in (PARAMS_FILE, INFO_FILE, CONFIG_FILE))
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    from mt3 import paths
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:  # local, or a URL (gs://...)
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -80,9 +83,11 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def read_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(model_dir) / INFO_FILE
+    from mt3 import paths
+
+    path = paths.join(model_dir, INFO_FILE)
     try:
-        return json.loads(path.read_text())
+        return json.loads(paths.read_text(path))
     except (OSError, ValueError) as err:
         raise InputError(path, f"unreadable bundled-model description ({err})") from err
 
@@ -93,16 +98,20 @@ def read_flat_params(model_dir: str | os.PathLike, step: int | None = None) -> t
     The one reader of params.npz: `load_params` checks the arrays against a model's shapes, and fine-tuning
     (`checkpoints.read_stored_params`) compares names itself. A bundle holds one step; asking for another is an error.
     """
-    model_dir = Path(model_dir)
+    import io
+
+    from mt3 import paths
+
     info = read_info(model_dir)
     bundled_step = int(info.get("step", 0))
     if step is not None and int(step) != bundled_step:
         raise InputError(model_dir, f"bundled model holds step {bundled_step} only, not {step}")
-    params_path = model_dir / PARAMS_FILE
-    if sha256_of(params_path) != info.get("params_sha256"):
+    params_path = paths.join(model_dir, PARAMS_FILE)
+    data = paths.read_bytes(params_path)  # read once (a URL is one download), then checked and parsed from memory
+    if hashlib.sha256(data).hexdigest() != info.get("params_sha256"):
         raise InputError(params_path, "checksum differs from model.json (corrupt or replaced file)")
     try:
-        with np.load(params_path) as stored:
+        with np.load(io.BytesIO(data)) as stored:
             return {name: stored[name] for name in stored.files}, bundled_step
     except (OSError, ValueError) as err:
         raise InputError(params_path, f"unreadable parameters ({err})") from err
@@ -118,7 +127,9 @@ def load_params(model_dir: str | os.PathLike, abstract_params: Any, step: int | 
                 ) -> tuple[dict[str, Any], int]:
     """(float32 parameter tree, training step) of a bundled model, checked against the model's parameter shapes
     and against the sha256 recorded in model.json."""
-    params_path = Path(model_dir) / PARAMS_FILE
+    from mt3 import paths
+
+    params_path = paths.join(model_dir, PARAMS_FILE)
     stored, bundled_step = read_flat_params(model_dir, step)
     expected = _flatten(abstract_params)
     if set(stored) != set(expected):
@@ -185,7 +196,9 @@ def write_bundle(params: Any, config_gin: str | os.PathLike, out_dir: str | os.P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         np.savez(tmp / PARAMS_FILE, **flat)
-        shutil.copyfile(config_gin, tmp / CONFIG_FILE)
+        from mt3 import paths
+
+        (tmp / CONFIG_FILE).write_bytes(paths.read_bytes(config_gin))  # a local file or a URL (gs://...)
         info = {"name": name, "step": int(step), "num_params": int(sum(v.size for v in flat.values())),
                 "exported": datetime.date.today().isoformat(), "params_sha256": sha256_of(tmp / PARAMS_FILE),
                 **dict(extra_info or {})}

@@ -185,9 +185,37 @@ def _replace_states(state: Any, old: Any, new: Any, count: Any) -> Any:
 # The import
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check_output(model_dir: Path) -> None:
+def _check_output(model_dir: Path | str) -> None:
+    from mt3 import paths
+
+    if paths.is_url(model_dir):
+        paths.require(model_dir, "-o")
+        if paths.isfile(model_dir) or paths.listdir(model_dir):
+            raise InputError(model_dir, "already exists and is not empty: choose a new output directory")
+        return
     if model_dir.exists() and (not model_dir.is_dir() or any(model_dir.iterdir())):
         raise InputError(model_dir, "already exists and is not empty: choose a new output directory")
+
+
+def download_t5x_checkpoint(src: str, step: int | None, local_dir: str) -> str:
+    """A URL T5X checkpoint (gs://mt3/checkpoints/mt3/, or a T5X model dir of checkpoint_N/ folders) copied into
+    `local_dir` through fsspec (gcsfs): the whole folder when it holds the `checkpoint` msgpack, else only the
+    chosen checkpoint_N/ (default: the latest), so a model dir's other steps are never downloaded."""
+    from mt3 import paths
+
+    name = t5x_checkpoints.CHECKPOINT_FILE
+    if paths.isfile(paths.join(src, name)):
+        return paths.download_tree(src, local_dir)
+    steps = {int(m.group(1)): entry for entry in paths.listdir(src)
+             if (m := t5x_checkpoints._STEP_DIR.match(entry)) and paths.isfile(paths.join(src, entry, name))}
+    if not steps:
+        raise InputError(src, f"not a T5X checkpoint directory: no '{name}' file (nor checkpoint_N/ folders holding "
+                              "one)")
+    chosen = max(steps) if step is None else step
+    if chosen not in steps:
+        raise InputError(src, f"no checkpoint_{chosen}/ here; available steps: {sorted(steps)}")
+    paths.download_tree(paths.join(src, steps[chosen]), os.path.join(local_dir, steps[chosen]))
+    return local_dir
 
 
 def build_preset_model(preset: str, gin_files: Sequence[str | os.PathLike] = (), gin_bindings: Sequence[str] = (),
@@ -216,17 +244,40 @@ def import_checkpoint(src: str | os.PathLike, model_dir: str | os.PathLike, *, p
                       gin_files: Sequence[str] = (), gin_bindings: Sequence[str] = (), step: int | None = None,
                       seed: int = 0, workers: int | None = None) -> ImportResult:
     """Reads the T5X checkpoint in `src` (a checkpoint folder, or a T5X model dir: `step` picks checkpoint_N),
-    checks it against the preset's network and writes `model_dir` (which must not exist or be empty)."""
+    checks it against the preset's network and writes `model_dir` (which must not exist or be empty).
+
+    Either may be a URL (`gs://mt3/checkpoints/mt3/`): a URL source is first copied to a temporary local folder
+    (one checkpoint, through fsspec/gcsfs); a URL model dir is written in place by orbax (each step finalised with
+    its commit_success.txt), with import.json written last."""
+    import tempfile
+
+    from mt3 import paths
+
+    kwargs = dict(preset=preset, gin_files=gin_files, gin_bindings=gin_bindings, step=step, seed=seed,
+                  workers=workers)
+    if not paths.is_url(src):
+        return _import_local(src, model_dir, **kwargs)
+    paths.require(src, "SRC_DIR")
+    _check_output(paths.absolute(model_dir) if paths.is_url(model_dir) else Path(os.path.abspath(model_dir)))
+    with tempfile.TemporaryDirectory(prefix="mt3-t5x-download-") as tmp:
+        local = download_t5x_checkpoint(paths.absolute(src), step, tmp)
+        return _import_local(local, model_dir, source_url=paths.absolute(src), **kwargs)
+
+
+def _import_local(src: str | os.PathLike, model_dir: str | os.PathLike, *, preset: str, gin_files: Sequence[str],
+                  gin_bindings: Sequence[str], step: int | None, seed: int, workers: int | None,
+                  source_url: str | None = None) -> ImportResult:
     import jax
     import jax.numpy as jnp
 
-    from mt3 import gin_utils
+    from mt3 import gin_utils, paths
     from mt3.data.records import atomic_write_json
     from mt3.training.checkpoints import CheckpointConfig, Checkpointer
     from mt3.training.trainer import TrainState
 
     started = time.perf_counter()
-    model_dir = Path(os.path.abspath(model_dir))
+    to_url = paths.is_url(model_dir)
+    model_dir = paths.absolute(model_dir) if to_url else Path(os.path.abspath(model_dir))
     _check_output(model_dir)
     ckpt = t5x_checkpoints.read_checkpoint(src, step)
     if step is not None and ckpt.step is not None and ckpt.step != step:
@@ -243,9 +294,23 @@ def import_checkpoint(src: str | os.PathLike, model_dir: str | os.PathLike, *, p
     opt_state, optimizer_note = convert_optimizer_state(tx.init(params), ckpt, optimizer_cfg, the_step)
     state = TrainState(step=jnp.asarray(the_step, jnp.int32), params=params, opt_state=opt_state,
                        rng=jax.random.key_data(jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
-    result = ImportResult(source=os.fspath(ckpt.path.resolve()), model_dir=os.fspath(model_dir), preset=preset,
+    source = os.fspath(ckpt.path.resolve())
+    if source_url is not None:  # name the URL, not the temporary download
+        source = paths.join(source_url, os.path.relpath(source, os.path.abspath(src)).replace(os.sep, "/"))
+    result = ImportResult(source=source, model_dir=os.fspath(model_dir), preset=preset,
                           step=the_step, version=ckpt.version, num_params=num_params, num_arrays=len(expected),
                           checksum=checksum, optimizer_state=optimizer_note, seconds=0.0)
+    if to_url:  # no rename on an object store: orbax finalises the step itself; import.json last says "complete"
+        checkpointer = Checkpointer(model_dir, CheckpointConfig(async_save=False))
+        try:
+            checkpointer.save(state, data_position=0, force=True,
+                              extra={"imported_from": result.source, "preset": preset, "params_sha256": checksum})
+        finally:
+            checkpointer.close()
+        gin_utils.write_operative_config(model_dir, flags)
+        result = dataclasses.replace(result, seconds=time.perf_counter() - started)
+        paths.write_json(paths.join(model_dir, IMPORT_INFO_FILE), result.to_json())
+        return result
     staging = model_dir.parent / f".{model_dir.name}.importing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 CHECKPOINT_SUBDIR = "checkpoints"
 UNRESTORABLE_SUBDIR = "checkpoints_unrestorable"  # where `mt3 train` moves steps that do not restore
+COMMIT_SUCCESS_FILE = "commit_success.txt"  # orbax's "this step is complete" marker on object stores (no rename)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,12 @@ class RestoreCheckpointConfig:
 
 
 def checkpoint_dir(model_dir: str | os.PathLike) -> Path:
+    """MODEL_DIR/checkpoints: a `pathlib.Path`, or for a URL model dir (gs://...) an `etils.epath.Path`, which orbax
+    writes through tensorstore's GCS driver (see `mt3.paths`)."""
+    from mt3 import paths
+
+    if paths.is_url(model_dir):
+        return paths.as_epath(paths.join(model_dir, CHECKPOINT_SUBDIR))
     return Path(os.path.abspath(model_dir)) / CHECKPOINT_SUBDIR
 
 
@@ -130,18 +137,20 @@ class Checkpointer:
         neither lists them nor refuses to save those steps again; returns where they went (process 0 moves)."""
         import jax
 
+        from mt3 import paths
+
         moved: list[Path] = []
         if not steps:
             return moved
         if jax.process_index() == 0:
             aside = self.directory.parent / UNRESTORABLE_SUBDIR
-            aside.mkdir(parents=True, exist_ok=True)
+            paths.makedirs(aside)
             for step in steps:
                 target = aside / str(step)
                 suffix = 1
-                while target.exists():
+                while paths.exists(target):
                     target, suffix = aside / f"{step}.{suffix}", suffix + 1
-                os.replace(self.directory / str(step), target)
+                paths.move_tree(self.directory / str(step), target)  # one rename locally; copy + delete on gs://
                 moved.append(target)
         self._manager.reload()
         return moved
@@ -184,8 +193,16 @@ class BadCheckpoint:
 
 def complete_steps(model_dir: str | os.PathLike) -> list[int]:
     """Steps of the finished checkpoints under MODEL_DIR/checkpoints, oldest first (orbax names a step dir by its
-    number only when the save is complete; temporary dirs carry a suffix)."""
+    number only when the save is complete; temporary dirs carry a suffix). On an object store (gs://) orbax writes
+    the step dir in place and finishes it with `commit_success.txt` (there is no rename), so that file decides."""
+    from mt3 import paths
+
     directory = checkpoint_dir(model_dir)
+    if paths.is_url(directory):
+        names = [n for n in paths.listdir(directory) if n.isdigit()]
+        if paths.protocol(directory) in paths.OBJECT_STORES:
+            names = [n for n in names if paths.exists(paths.join(directory, n, COMMIT_SUCCESS_FILE))]
+        return sorted(int(n) for n in names)
     if not directory.is_dir():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
@@ -197,15 +214,15 @@ def reset_data_stream(model_dir: str | os.PathLike) -> list[int]:
     data (a recipe-study arm, a long run switching corpus): a stored input position means nothing in another dataset."""
     import json
 
-    from mt3.data import records
+    from mt3 import paths
 
     steps = complete_steps(model_dir)
     for step in steps:
         path = checkpoint_dir(model_dir) / str(step) / "meta" / "metadata"
-        meta = json.loads(path.read_text())
+        meta = json.loads(paths.read_text(path))
         meta["data_position"] = 0
         meta.pop("data_states", None)
-        records.atomic_write_json(path, meta)
+        paths.write_json(path, meta)
     return steps
 
 

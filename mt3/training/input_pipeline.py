@@ -75,10 +75,11 @@ def trim_target_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str
 
 def record_offsets(path: str | os.PathLike) -> list[int]:
     """Byte offsets of the records of one TFRecord shard, from their 12-byte headers (the data is seeked over)."""
+    from mt3 import paths
     from mt3.errors import InputError
 
-    offsets, size = [], os.path.getsize(path)
-    with open(path, "rb") as f:
+    offsets, size = [], paths.getsize(path)
+    with paths.open_file(path, "rb") as f:  # a local file, or a URL (gs://...) read through fsspec
         pos = 0
         while pos < size:
             header = f.read(12)
@@ -95,9 +96,10 @@ def record_offsets(path: str | os.PathLike) -> list[int]:
 
 def read_record(path: str, offset: int):
     """The `records.TrackRecord` stored at `offset` of a shard."""
+    from mt3 import paths
     from mt3.data import records
 
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         f.seek(offset)
         (length,) = struct.unpack("<Q", f.read(12)[:8])
         data = f.read(length)
