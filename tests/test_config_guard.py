@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from test_trainer import MT3, REPO, TINY_RUN_BINDINGS, subprocess_env
+from helpers import MT3, REPO, TINY_RUN_BINDINGS, subprocess_env
 
 from mt3.errors import InputError
 from mt3.training import config_guard
@@ -69,8 +69,12 @@ def test_a_literal_replacing_a_macro_is_compared_by_value():
 
 def test_a_binding_added_with_its_default_value_is_no_change():
     new = OLD + "train/DatasetConfig.pipeline = 'indexed'\n"
-    assert [c.describe() for c in _changes(new)] == ["train/DatasetConfig.pipeline (unset) -> 'indexed'"]
+    # a binding the previous config did not have is reported, not refused: there is no old value to contradict
+    assert [(c.describe(), c.guarded) for c in _changes(new)] == [
+        ("train/DatasetConfig.pipeline (unset) -> 'indexed'", False)]
     assert _changes(new, default=lambda key: "indexed" if key.endswith(".pipeline") else None) == []
+    dropped = OLD.replace("T5Config.emb_dim = 512\n", "")
+    assert [(c.describe(), c.guarded) for c in _changes(dropped)] == [("T5Config.emb_dim 512 -> (unset)", True)]
 
 
 def test_check_resume_refuses_in_one_line_unless_allowed(tmp_path):

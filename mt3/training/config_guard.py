@@ -138,6 +138,7 @@ def diff(old: Bindings, new: Bindings, default: Callable[[str], Any] = lambda ke
     def add(name: str, old_value: Any, new_value: Any, guarded: bool) -> None:
         if _same(old_value, new_value):
             return
+        guarded = guarded and old_value is not _ABSENT  # the previous config did not say: nothing to contradict
         previous = changes.get(name)
         changes[name] = Change(name, old_value, new_value, guarded or (previous is not None and previous.guarded))
 
