@@ -50,6 +50,9 @@ CORPUS_SETS = ("multi", "piano", "level", "timbre")
 SCORE_SETS = ("plain", "piano_dense", "performance")  # benchmarks/heldout_sets.py: built from music21 scores directly
 SETS = CORPUS_SETS + SCORE_SETS
 LEVELS_DB = (-20.0, -30.0)
+TRACK_KEYS = ("onset_f1", "onset_offset_f1")  # kept per track, for the per-group lines under the table
+# `plain`/`performance` tracks by texture: a choir-aahs pad (slow attack, legato) and string quartets differ a lot
+VOCAL_FOLDERS = ("bach", "monteverdi", "palestrina", "trecento")
 PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
 BUILDS = {
@@ -167,6 +170,9 @@ def score(args) -> dict[str, Any]:
                      "decoded_tokens": sum(t["ours"].get("decoded_tokens") or 0 for t in report["tracks"]),
                      "programs": [t["ours"]["programs"] for t in report["tracks"]],
                      "ref_programs": [t["ref_programs"] for t in report["tracks"]],
+                     "per_track": [{"id": t["id"], "ours": {k: t["ours"]["metrics"].get(k) for k in TRACK_KEYS},
+                                 "peer": {k: t["basic_pitch"]["metrics"].get(k) for k in TRACK_KEYS}}
+                                for t in report["tracks"]],
                      "model": report["model"], "basic_pitch": report["basic_pitch"], "load": report["load"]})
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": compare_peers.machine(), "rows": rows}
@@ -213,7 +219,33 @@ def markdown(report: dict[str, Any]) -> str:
               "`performance` humanised test-split pieces (rubato, jitter, dynamics, sustain pedal), all MuseScore "
               "General (benchmarks/heldout_sets.py). Built by `python -m benchmarks.heldout --build`. Programs/file: "
               "distinct GM programs a file's notes use, drums counting as one."]
+    lines += group_lines(rows)
     return "\n".join(lines) + "\n"
+
+
+def _group(track_id: str) -> str:
+    folder = track_id.split("/")[1] if track_id.count("/") >= 2 else ""
+    return "vocal (choir aahs)" if folder in VOCAL_FOLDERS else "instrumental"
+
+
+def group_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Mean per-track onset F1 by texture for the score sets (ours / Basic Pitch), as `mt3 eval` averages."""
+    from benchmarks.compare_peers import _f
+
+    lines = []
+    for r in rows:
+        if r["folder"] not in SCORE_SETS or not r.get("per_track"):
+            continue
+        parts = []
+        for group in sorted({_group(t["id"]) for t in r["per_track"]}):
+            ts = [t for t in r["per_track"] if _group(t["id"]) == group]
+            mean = {}
+            for side in ("ours", "peer"):
+                vals = [t[side]["onset_f1"] for t in ts if t[side].get("onset_f1") is not None]
+                mean[side] = sum(vals) / len(vals) if vals else None
+            parts.append(f"{group} ({len(ts)}): {_f(mean['ours'])} / {_f(mean['peer'])}")
+        lines.append(f"- `{r['set']}` onset F1 ours / Basic Pitch by texture: " + "; ".join(parts))
+    return ["", *lines] if lines else []
 
 
 def _programs(counts: list[int] | None) -> str:
