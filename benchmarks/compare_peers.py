@@ -347,6 +347,7 @@ def run(args) -> dict[str, Any]:
                     "id": rec.id, "audio_seconds": round(seconds, 3),
                     "ref_notes": len(ref.notes), "ref_drum_notes": sum(n.is_drum for n in ref.notes),
                     "ref_programs": program_count(ref),
+                    "ref_program_set": sorted({int(n.program) for n in ref.notes if not n.is_drum}),
                     "ours": {"seconds": round(ours_seconds, 4), "rtf": ours_seconds / seconds,
                              "est_notes": len(ours_est.notes), "programs": program_count(ours_est),
                              "invalid_events": result.invalid_events,

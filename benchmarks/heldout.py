@@ -51,8 +51,8 @@ SCORE_SETS = ("plain", "piano_dense", "performance")  # benchmarks/heldout_sets.
 SETS = CORPUS_SETS + SCORE_SETS
 LEVELS_DB = (-20.0, -30.0)
 TRACK_KEYS = ("onset_f1", "onset_offset_f1")  # kept per track, for the per-group lines under the table
-# `plain`/`performance` tracks by texture: a choir-aahs pad (slow attack, legato) and string quartets differ a lot
-VOCAL_FOLDERS = ("bach", "monteverdi", "palestrina", "trecento")
+# Score-set tracks are also averaged by texture: a choir-aahs pad (slow attack, legato), string quartets and piano
+# differ a lot for both systems.
 PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
 BUILDS = {
@@ -170,7 +170,8 @@ def score(args) -> dict[str, Any]:
                      "decoded_tokens": sum(t["ours"].get("decoded_tokens") or 0 for t in report["tracks"]),
                      "programs": [t["ours"]["programs"] for t in report["tracks"]],
                      "ref_programs": [t["ref_programs"] for t in report["tracks"]],
-                     "per_track": [{"id": t["id"], "ours": {k: t["ours"]["metrics"].get(k) for k in TRACK_KEYS},
+                     "per_track": [{"id": t["id"], "ref_program_set": t.get("ref_program_set"),
+                                    "ours": {k: t["ours"]["metrics"].get(k) for k in TRACK_KEYS},
                                  "peer": {k: t["basic_pitch"]["metrics"].get(k) for k in TRACK_KEYS}}
                                 for t in report["tracks"]],
                      "model": report["model"], "basic_pitch": report["basic_pitch"], "load": report["load"]})
@@ -223,9 +224,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _group(track_id: str) -> str:
-    folder = track_id.split("/")[1] if track_id.count("/") >= 2 else ""
-    return "vocal (choir aahs)" if folder in VOCAL_FOLDERS else "instrumental"
+def _group(track: dict[str, Any]) -> str:
+    """A score-set track's texture, from its id and its reference's programs."""
+    programs = track.get("ref_program_set") or []
+    if track["id"].endswith("#reduction"):
+        return "piano reductions"
+    if programs and all(p < 8 for p in programs):
+        return "piano"
+    if programs == [52]:
+        return "voices (choir aahs)"
+    if programs and all(40 <= p <= 48 for p in programs):
+        return "strings"
+    return "other"
 
 
 def group_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -237,8 +247,8 @@ def group_lines(rows: list[dict[str, Any]]) -> list[str]:
         if r["folder"] not in SCORE_SETS or not r.get("per_track"):
             continue
         parts = []
-        for group in sorted({_group(t["id"]) for t in r["per_track"]}):
-            ts = [t for t in r["per_track"] if _group(t["id"]) == group]
+        for group in sorted({_group(t) for t in r["per_track"]}):
+            ts = [t for t in r["per_track"] if _group(t) == group]
             mean = {}
             for side in ("ours", "peer"):
                 vals = [t[side]["onset_f1"] for t in ts if t[side].get("onset_f1") is not None]

@@ -130,13 +130,16 @@ def test_table_reports_programs_per_file_and_texture_groups():
         return {"set": name, "folder": name, "gain_db": 0.0, "tracks": len(ids), "audio_seconds": 60.0 * len(ids),
                 "ours": {"onset_f1": ours}, "peer": {"onset_f1": peer}, "invalid_events": 1, "decoded_tokens": 100,
                 "programs": programs, "ref_programs": ref_programs,
-                "per_track": [{"id": i, "ours": {"onset_f1": o}, "peer": {"onset_f1": p}} for i, o, p in ids],
+                "per_track": [{"id": i, "ref_program_set": g, "ours": {"onset_f1": o}, "peer": {"onset_f1": p}}
+                              for i, g, o, p in ids],
                 "model": {"name": "local_cpu", "step": 1}, "basic_pitch": {"basic_pitch": "0.4.0"}}
 
     report = {"date": "today", "machine": {"cpu": "cpu", "nproc": 2}, "rows": [
         row("plain", 0.3, 0.4, [12, 30, 3], [3, 1, 1],
-            [("plain/beethoven/a", 0.5, 0.4), ("plain/bach/b", 0.1, 0.2), ("plain/palestrina/c", 0.3, 0.0)]),
+            [("plain/beethoven/a", [40, 41, 42], 0.5, 0.4), ("plain/bach/b", [52], 0.1, 0.2),
+             ("plain/palestrina/c", [52], 0.3, 0.0), ("plain/bach/b#reduction", [0], 0.9, 1.0)]),
     ]}
     table = heldout.markdown(report)
-    assert "| plain | 3 | 3.0 | 0.300 | — | — | — | — | 1.0 | 15.0, 30 | 1.7, 3 | 0.400 | — |" in table
-    assert "instrumental (1): 0.500 / 0.400; vocal (choir aahs) (2): 0.200 / 0.100" in table
+    assert "| plain | 4 | 4.0 | 0.300 | — | — | — | — | 1.0 | 15.0, 30 | 1.7, 3 | 0.400 | — |" in table
+    assert ("piano reductions (1): 0.900 / 1.000; strings (1): 0.500 / 0.400; voices (choir aahs) (2): 0.200 / 0.100"
+            in table)
