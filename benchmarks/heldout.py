@@ -23,6 +23,7 @@ counting as one), ours vs the reference's, mean and max over the set's files.
 
 Usage:
   .venv/bin/python -m benchmarks.heldout --build [--corpus data/corpus_big] [--sets ...]  # -> data/heldout (minutes)
+      (`--build --sets plain,piano_dense,performance` needs no corpus)
   .venv/bin/python -m benchmarks.heldout [--checkpoint DIR] [--sets multi,piano,level,timbre] [--no-peer]
       [--max-tracks N] [--out benchmarks/results/heldout.md]
 Writes the markdown table and FILE.json beside it, atomically; prints the table.
@@ -50,9 +51,9 @@ CORPUS_SETS = ("multi", "piano", "level", "timbre")
 SCORE_SETS = ("plain", "piano_dense", "performance")  # benchmarks/heldout_sets.py: built from music21 scores directly
 SETS = CORPUS_SETS + SCORE_SETS
 LEVELS_DB = (-20.0, -30.0)
-TRACK_KEYS = ("onset_f1", "onset_offset_f1")  # kept per track, for the per-group lines under the table
-# Score-set tracks are also averaged by texture: a choir-aahs pad (slow attack, legato), string quartets and piano
-# differ a lot for both systems.
+# Kept per track: score-set tracks are also averaged by texture under the table (`group_lines`), since a choir-aahs
+# pad (slow attack, legato), string quartets and piano differ a lot for both systems.
+TRACK_KEYS = ("onset_f1", "onset_offset_f1")
 PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
 BUILDS = {
@@ -172,7 +173,7 @@ def score(args) -> dict[str, Any]:
                      "ref_programs": [t["ref_programs"] for t in report["tracks"]],
                      "per_track": [{"id": t["id"], "ref_program_set": t.get("ref_program_set"),
                                     "ours": {k: t["ours"]["metrics"].get(k) for k in TRACK_KEYS},
-                                 "peer": {k: t["basic_pitch"]["metrics"].get(k) for k in TRACK_KEYS}}
+                                    "peer": {k: t["basic_pitch"]["metrics"].get(k) for k in TRACK_KEYS}}
                                 for t in report["tracks"]],
                      "model": report["model"], "basic_pitch": report["basic_pitch"], "load": report["load"]})
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
