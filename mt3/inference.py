@@ -49,6 +49,9 @@ class InferenceConfig:
     every segment's program tokens to a user-given set; `two_pass_programs` decodes twice, the second time restricted
     to the programs holding >= `min_program_share` of the first pass's pitched notes; `reassign_programs` ('family',
     'dominant') moves notes to the file's dominant program of their GM family / of the file after stitching.
+    `programs_mode` says how a user set applies: 'move' (default) decodes freely and moves other programs' notes to
+    the nearest allowed program; 'mask' forbids other program tokens in the decoder (greedy only; the model then
+    drops notes it would have given them). Each file's `Transcription.program_report` says what was done.
 
     input_peak_db: each file is peak-normalised to this dBFS before framing (None: as given, MT3's behaviour;
     'model': the INPUT_PEAK_DB macro of the model's config.gin, i.e. the level its training audio had, else None).
@@ -66,6 +69,7 @@ class InferenceConfig:
     two_pass_programs: bool = False
     min_program_share: float = 0.05
     reassign_programs: str = "none"
+    programs_mode: str = "move"
     input_peak_db: float | str | None = "model"
 
     def __post_init__(self):
@@ -92,13 +96,21 @@ class InferenceConfig:
                                                              and -80.0 < self.input_peak_db <= 0.0)):
             raise ValueError("InferenceConfig.input_peak_db must be None, 'model' or a peak in (-80, 0] dBFS, got "
                              f"{self.input_peak_db!r}")
-        if (self.programs is not None or self.two_pass_programs) and self.temperature > 0:
-            raise ValueError("InferenceConfig.programs / two_pass_programs constrain greedy decoding; "
-                             "set temperature = 0")
+        if self.programs_mode not in program_consistency.PROGRAMS_MODES:
+            raise ValueError(f"InferenceConfig.programs_mode must be one of {program_consistency.PROGRAMS_MODES}, "
+                             f"got {self.programs_mode!r}")
+        if self.masks_decoder and self.temperature > 0:
+            raise ValueError("InferenceConfig.programs (programs_mode 'mask') / two_pass_programs constrain greedy "
+                             "decoding; set temperature = 0")
 
     @property
     def constrains_programs(self) -> bool:
         return self.programs is not None or self.two_pass_programs
+
+    @property
+    def masks_decoder(self) -> bool:
+        """Whether decoding uses a program mask: a user set in 'mask' mode, or two-pass's pass 2."""
+        return (self.programs is not None and self.programs_mode == "mask") or self.two_pass_programs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +148,7 @@ class Transcription:
     num_segments: int
     audio_seconds: float
     decoded_tokens: int  # tokens before EOS, summed over segments (EOS not counted)
+    program_report: Any = None  # `program_consistency.ProgramReport` when an instrument option is on
     duplicate_notes_removed: int = 0  # exact duplicates dropped after stitching (`midi_io.remove_duplicate_notes`)
 
     def notes(self) -> list[dict[str, Any]]:
@@ -337,13 +350,16 @@ class InferenceModel:
         counts = [len(s.frames) if np.any(np.asarray(a)) else 0 for a, s in zip(audios, segmented, strict=True)]
         frames = [seg for s, n in zip(segmented, counts, strict=True) for seg in s.frames[:n]]
         sets = [self.config.programs] * len(audios)
+        first: list = [None] * len(audios)
         if self.first_pass_programs():
             first = self._decode_and_stitch(segmented, counts, frames, None, progress, f"{desc} (pass 1)")
             sets = [self.estimate_programs(r.ns) for r in first]
             desc = f"{desc} (pass 2)"
-        results = self._decode_and_stitch(segmented, counts, frames, sets, progress, desc)
-        for r, programs in zip(results, sets, strict=True):
-            r.ns = self.finish_programs(r.ns, programs)
+        masks = [self.masked_programs(p) for p in sets]
+        results = self._decode_and_stitch(segmented, counts, frames, masks if any(m is not None for m in masks)
+                                          else None, progress, desc)
+        for r, programs, pass1 in zip(results, sets, first, strict=True):
+            self.finish_programs(r, programs, first_pass=pass1)
         return results
 
     # ----- instrument consistency (`program_consistency`), shared with the server's per-request path -----
@@ -359,13 +375,23 @@ class InferenceModel:
         """bool [vocab_size]: the decoder mask allowing only `programs` (None or empty: everything)."""
         return program_consistency.allowed_ids(self.codec, programs or (), self.model.module.config.vocab_size)
 
-    def finish_programs(self, ns, programs: Sequence[int] | None):
-        """A decoded file's notes restricted to its program set (if any), then reassigned as the config says."""
-        if programs:
-            ns = program_consistency.restrict_to_set(ns, programs)
-        if self.config.reassign_programs != "none":
-            ns = program_consistency.reassign_programs(ns, self.config.reassign_programs)
-        return ns
+    def masked_programs(self, programs: Sequence[int] | None) -> tuple[int, ...] | None:
+        """The program set the decoder is masked to for a file whose set is `programs` (None: no mask). A user set
+        masks only in programs_mode 'mask'; two-pass's set (pass 1's programs) always does."""
+        if programs is None or (self.config.programs is not None and self.config.programs_mode != "mask"):
+            return None
+        return tuple(programs)
+
+    def finish_programs(self, result: Transcription, programs: Sequence[int] | None, *,
+                        first_pass: Transcription | None = None) -> None:
+        """A decoded file's notes moved into its program set (if any), then reassigned as the config says; what was
+        done goes into `result.program_report` (`first_pass`: two-pass's pass 1, to count what pass 2 lost)."""
+        if programs is None and self.config.reassign_programs == "none":
+            return
+        result.ns, result.program_report = program_consistency.apply_program_options(
+            result.ns, programs=programs, source="--programs" if self.config.programs is not None else "two-pass",
+            masked=self.masked_programs(programs) is not None, reassign=self.config.reassign_programs,
+            first_pass_ns=None if first_pass is None else first_pass.ns)
 
     def _decode_and_stitch(self, segmented: list[_Segments], counts: list[int], frames: list[np.ndarray],
                            program_sets: list[tuple[int, ...] | None] | None, progress: bool,

@@ -323,6 +323,8 @@ def _transcribe_jobs(jobs, *, model, load, fail, tally: dict, note_filter, midi_
     _report(f"mt3 transcribe: decoded {audio_s:.1f} s of audio in {wall:.1f} s, {compile_s:.1f} s of it compiling "
             f"(RTF {max(wall - compile_s, 0.0) / max(audio_s, 1e-9):.3f} without compiling)")
     for (item, outputs, _), result in zip(jobs, results, strict=True):
+        for line in result.program_report.lines() if result.program_report else []:  # what --programs etc. did
+            _report(f"mt3 transcribe: {item.path}: {line}")
         result.ns, prepared = midi_io.prepare_notes(result.ns, note_filter)  # every output holds what the MIDI holds
         for line in prepared.warnings():
             _report(f"mt3 transcribe: warning: {item.path}: {line}")

@@ -101,6 +101,21 @@ def test_upload_page_draws_piano_roll_and_offers_midi(base_url, browser, tmp_pat
         "const done = arguments[0]; fetch(document.getElementById('midi-link').href)"
         ".then(r => r.arrayBuffer()).then(b => done(Array.from(new Uint8Array(b).slice(0, 4))));")
     assert bytes(midi) == b"MThd"
+    # and the other files `mt3 transcribe` writes, from the same request: CSV and JSON as the server's, a PNG
+    served_csv = requests.post(f"{url}/transcribe?format=csv", files={"file": ("track3.wav", tiny.wav(3).read_bytes())},
+                               timeout=120).text
+    fetch_text = ("const done = arguments[arguments.length - 1]; fetch(document.getElementById(arguments[0]).href)"
+                  ".then(r => r.text()).then(done);")
+    assert browser.execute_async_script(fetch_text, "csv-link") == served_csv
+    import json
+
+    assert json.loads(browser.execute_async_script(fetch_text, "json-link")) == notes
+    assert [browser.find_element(By.ID, i).get_attribute("download") for i in ("csv-link", "json-link", "png-link")] \
+        == ["track3.notes.csv", "track3.notes.json", "track3.png"]
+    png_head = browser.execute_async_script(
+        "const done = arguments[0]; fetch(document.getElementById('png-link').href)"
+        ".then(r => r.arrayBuffer()).then(b => done(Array.from(new Uint8Array(b).slice(0, 4))));")
+    assert bytes(png_head) == b"\x89PNG"
     shot = _screenshot_dir(tmp_path) / "upload_page.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

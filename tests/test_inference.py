@@ -195,7 +195,8 @@ def test_compacting_decoder_gives_the_fixed_shape_decoders_tokens_on_real_audio(
 
 
 def test_program_options_constrain_and_two_pass_uses_the_first_pass_set(tiny):
-    """A user program set leaves no other program in the notes; two-pass decodes with pass 1's set."""
+    """A user program set leaves no other program in the notes: 'move' (default) keeps every note of the free decode
+    and says where each program's notes went, 'mask' decodes with the mask; two-pass decodes with pass 1's set."""
     from mt3 import program_consistency
     from mt3.audio import load_audio
 
@@ -205,15 +206,29 @@ def test_program_options_constrain_and_two_pass_uses_the_first_pass_set(tiny):
     found = [program_consistency.program_note_counts(r.ns) for r in first]
     assert all(found)
     user = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "PROGRAMS = [40]"])
-    for r in user.transcribe_many(audio, progress=False):
-        assert set(program_consistency.program_note_counts(r.ns)) <= {40}
+    for r, free, counts in zip(user.transcribe_many(audio, progress=False), first, found, strict=True):
+        assert set(program_consistency.program_note_counts(r.ns)) == {40}
+        assert len(r.ns.notes) == len(free.ns.notes)  # moved, none dropped
+        report = r.program_report
+        assert report.moved == sorted((p, 40, n) for p, n in counts.items() if p != 40) and not report.masked
+        assert report.kept == {40: sum(counts.values())}
+        assert report.lines()[0] == f"--programs 40 (move): {sum(counts.values()):,} pitched notes decoded"
+    masked = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, "PROGRAMS = [40]",
+                                                                              "PROGRAMS_MODE = 'mask'"])
+    for r in masked.transcribe_many(audio, progress=False):
+        assert set(program_consistency.program_note_counts(r.ns)) <= {40} and r.program_report.masked
+        assert "(mask): the decoder could name no other program" in r.program_report.lines()[0]
+    assert plain.transcribe_many(audio, progress=False)[0].program_report is None  # no option, no report
     two = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[
         *tiny.bindings, "TWO_PASS_PROGRAMS = True", "MIN_PROGRAM_SHARE = 0.3", "REASSIGN_PROGRAMS = 'family'"])
     for r, pass1 in zip(two.transcribe_many(audio, progress=False), first, strict=True):
         allowed = program_consistency.estimate_program_set(pass1.ns, 0.3)  # reassignment stays inside it too
         assert set(program_consistency.program_note_counts(r.ns)) <= set(allowed)
     with pytest.raises(ValueError, match="greedy"):
-        inference.InferenceConfig(programs=(0,), temperature=1.0)
+        inference.InferenceConfig(programs=(0,), programs_mode="mask", temperature=1.0)
+    inference.InferenceConfig(programs=(0,), temperature=1.0)  # moving notes afterwards works after sampling too
+    with pytest.raises(ValueError, match="programs_mode"):
+        inference.InferenceConfig(programs=(0,), programs_mode="drop")
     with pytest.raises(ValueError, match="programs"):
         inference.InferenceConfig(programs=(0, 200))
 

@@ -118,3 +118,34 @@ def test_restrict_to_set_moves_outside_notes_into_the_set(chorale):
     assert program_consistency.restrict_to_set(chorale, (32, 70, 71, 73)) is chorale  # nothing to move
     only_bass = program_consistency.restrict_to_set(est, (32,))
     assert set(program_consistency.program_note_counts(only_bass)) == {32}
+
+
+def test_nearest_allowed_is_same_family_first_then_nearest_number():
+    assert program_consistency.nearest_allowed(72, (32, 70, 73)) == 73  # piccolo -> flute (Pipe), not bassoon (70)
+    assert program_consistency.nearest_allowed(41, (0, 32)) == 32  # viola: no strings allowed; bass is 9 away
+    assert program_consistency.nearest_allowed(44, (40, 48)) == 40  # tremolo strings stay strings, though 48 is nearer
+    assert program_consistency.nearest_allowed(16, (8, 24)) == 8  # a tie goes to the lower program
+
+
+def test_program_report_says_what_moved_and_what_was_kept(chorale):
+    """--programs 32,73 on the chorale: clarinet and bassoon (Reed) have no family member in the set, so they go to
+    the nearest program number (70, 71 -> 73 flute); the report counts every note."""
+    counts = program_consistency.program_note_counts(chorale)
+    ns, report = program_consistency.apply_program_options(chorale, programs=(32, 73), source="--programs",
+                                                           masked=False, reassign="none")
+    assert program_consistency.program_note_counts(ns) == {32: counts[32], 73: counts[70] + counts[71] + counts[73]}
+    assert report.moved == [(70, 73, counts[70]), (71, 73, counts[71])]
+    assert len(ns.notes) == len(chorale.notes)
+    moved = counts[70] + counts[71]
+    assert report.lines() == [
+        f"--programs 32,73 (move): {sum(counts.values())} pitched notes decoded",
+        f"{moved} notes of other programs moved to the nearest allowed (same GM family first, else the nearest "
+        f"program number): Bassoon (70) -> Flute (73) {counts[70]}, Clarinet (71) -> Flute (73) {counts[71]}",
+        f"programs kept (notes): Acoustic Bass (32) {counts[32]}, Flute (73) {counts[70] + counts[71] + counts[73]}"]
+    _, family = program_consistency.apply_program_options(chorale, programs=None, source="", masked=False,
+                                                          reassign="family")
+    winner = max((70, 71), key=lambda p: (counts[p], -p))  # the Reed family's most used program
+    loser = 141 - winner
+    assert family.moved == [] and family.reassigned == [(loser, winner, counts[loser])]
+    assert family.lines()[0].startswith(f"--reassign-programs family: {counts[loser]} notes moved to its GM family's "
+                                        "most used program: ")

@@ -270,13 +270,14 @@ def test_requests_get_the_instrument_consistency_of_transcribe(tiny):
     plain = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
     found = program_consistency.program_note_counts(plain.transcribe_many(audio[:1], progress=False)[0].ns)
     user_set = [found.most_common(1)[0][0]]  # a set the model does play: the masked decode keeps notes
-    for extra in ([f"PROGRAMS = {user_set}"],
+    for extra in ([f"PROGRAMS = {user_set}"], [f"PROGRAMS = {user_set}", "PROGRAMS_MODE = 'mask'"],
                   ["TWO_PASS_PROGRAMS = True", "MIN_PROGRAM_SHARE = 0.3", "REASSIGN_PROGRAMS = 'family'"]):
         im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=[*tiny.bindings, *extra], batch_size=8)
         expected = im.transcribe_many(audio, progress=False)
         served = asyncio.run(through_server(im))
         for got, want in zip(served, expected, strict=True):
             assert notes(got.ns) == notes(want.ns)
+            assert got.program_report.lines() == want.program_report.lines()  # and says the same about it
         assert served[0].ns.notes
         if "PROGRAMS" in extra[0]:
             assert all(set(program_consistency.program_note_counts(r.ns)) <= set(user_set) for r in served)
@@ -294,3 +295,46 @@ def test_quiet_upload_says_so(base_url):
     assert _post(base_url, "loud.wav", _wav_bytes(1.0), format="json").json()["warnings"] == []
     midi = _post(base_url, "quiet.wav", buffer.getvalue())
     assert midi.status_code == 200 and "very quiet" in midi.headers["x-warning"]
+
+
+def test_csv_json_and_png_are_the_files_transcribe_writes(base_url, tiny, tmp_path):
+    """format=csv (and the page's one-request downloads: csv, png in format=json) give what `mt3 transcribe --csv
+    --json --png` writes for the same audio: the same CSV text and notes."""
+    import json
+
+    from mt3 import transcription
+
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
+    assert transcription.transcribe_files([tiny.wav(3)], tmp_path, notes_csv=True, notes_json=True, png=True,
+                                          model=im, progress=False) == []
+    cli_csv = (tmp_path / "track3.notes.csv").read_text()
+    cli_notes = json.loads((tmp_path / "track3.notes.json").read_text())
+    data = tiny.wav(3).read_bytes()
+    served = _post(base_url, "track3.wav", data, format="csv")
+    assert served.status_code == 200 and served.headers["content-type"].startswith("text/csv")
+    assert 'filename="track3.notes.csv"' in served.headers["content-disposition"]
+    assert served.text == cli_csv and len(cli_csv.splitlines()) == len(cli_notes) + 1 > 1
+    body = _post(base_url, "track3.wav", data, format="json", midi="true", csv="true", png="true").json()
+    assert body["csv"] == cli_csv and body["notes"] == cli_notes
+    assert base64.b64decode(body["png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "csv" not in _post(base_url, "track3.wav", data, format="json").json()  # only on request
+    bad = _post(base_url, "track3.wav", data, format="xml")
+    assert bad.status_code == 400 and "midi, json, png, csv" in bad.json()["detail"]
+
+
+def test_silent_upload_gets_the_warning_transcribe_prints(base_url, tiny, tmp_path, capsys):
+    """A silent file: the command line warns, so the response does too (the same line, from one function)."""
+    import soundfile
+
+    from mt3 import transcription
+
+    path = tmp_path / "silent.wav"
+    soundfile.write(path, np.zeros(16000, np.float32), 16000)
+    im = model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings, batch_size=8)
+    transcription.transcribe_files([path], tmp_path / "out", model=im, progress=False)
+    cli = [line.split(f"{path}: ", 1)[1] for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert cli == ["the audio is silent (1.00 s, every sample zero): no notes"]
+    body = _post(base_url, "silent.wav", path.read_bytes(), format="json").json()
+    assert body["warnings"] == [f"silent.wav: {cli[0]}"] and body["notes"] == []
+    for fmt in ("midi", "csv", "png"):
+        assert _post(base_url, "silent.wav", path.read_bytes(), format=fmt).headers["x-warning"] == cli[0]

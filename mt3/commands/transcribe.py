@@ -137,8 +137,14 @@ def note_filter(args: argparse.Namespace):
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:
     """The instrument-consistency flags, shared by `mt3 transcribe` and `mt3 serve` (one set of names and meanings)."""
     parser.add_argument("--programs", default=None, metavar="P,P,...",
-                        help="the GM programs playing (e.g. 0,33,40): notes may only take these programs (a decoder "
-                             "mask; drums unaffected). Instrument consistency: docs/instrument_consistency.md")
+                        help="the GM programs playing (e.g. 0,33,40): every pitched note ends up in one of them; a "
+                             "note of another program moves to the nearest allowed one (same GM family first, else "
+                             "the nearest program number; drums unaffected). Each file's line says what moved. "
+                             "Instrument consistency: docs/instrument_consistency.md")
+    parser.add_argument("--programs-mode", choices=("move", "mask"), default=None,
+                        help="how --programs applies: move (default) decodes freely and moves notes into the set; "
+                             "mask forbids other programs in the decoder, which then drops notes it would have "
+                             "given them (for a set you are sure of)")
     parser.add_argument("--two-pass-programs", action="store_true",
                         help="decode twice: the second pass may only use the programs the first pass found "
                              "(gin MIN_PROGRAM_SHARE of the pitched notes, default 0.05)")
@@ -159,6 +165,8 @@ def consistency_bindings(args: argparse.Namespace) -> list[str]:
         except ValueError as err:
             raise InputError(None, str(err)) from None
         bindings.append(f"inference.InferenceConfig.programs = {list(programs)}")
+    if getattr(args, "programs_mode", None):
+        bindings.append(f"inference.InferenceConfig.programs_mode = '{args.programs_mode}'")
     if getattr(args, "two_pass_programs", False):
         bindings.append("inference.InferenceConfig.two_pass_programs = True")
     if getattr(args, "reassign_programs", None):

@@ -7,8 +7,11 @@ turns its audio into segments and queues them; the worker fills each batch with 
 Stitching, MIDI writing and plotting happen on the request's side, so the worker only ever decodes.
 
 Endpoints: `GET /` an upload page (`mt3/serving/upload_page.py`), `POST /transcribe` (multipart field `file`;
-`?format=midi|json|png`), `GET /healthz` (model and batching statistics). Limits: upload bytes -> 413, audio seconds ->
-400, undecodable audio -> 400 with the reason; nothing a client sends stops the service. Error bodies are
+`?format=midi|json|png|csv`: the files `mt3 transcribe` writes as NAME.mid, NAME.notes.json, NAME.png and
+NAME.notes.csv, byte for byte the same writers; `format=json` can carry the MIDI, CSV and PNG too, for the page's
+downloads), `GET /healthz` (model and batching statistics). Every response carries the warnings the command line
+prints for that file (`warnings` in JSON, an `X-Warning` header otherwise). Limits: upload bytes -> 413, audio
+seconds -> 400, undecodable audio -> 400 with the reason; nothing a client sends stops the service. Error bodies are
 `{"detail": "NAME: problem"}` on one line, about the user's file only (no Python reprs or server paths).
 
 No TensorFlow here.
@@ -19,7 +22,6 @@ import asyncio
 import base64
 import collections
 import dataclasses
-import io
 import logging
 import re
 import tempfile
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mt3.serving.server")
 
-FORMATS = ("midi", "json", "png")
+FORMATS = ("midi", "json", "png", "csv")
 
 
 @dataclasses.dataclass
@@ -215,12 +217,34 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 def _png_bytes(ns, title: str, seconds: float) -> bytes:
+    """The PNG `mt3 transcribe --png` writes (`plotting.plot_piano_roll`), as bytes."""
+    return _written_bytes(lambda path: _plot(ns, path, title, seconds))
+
+
+def _plot(ns, path, title: str, seconds: float) -> None:
     from mt3 import plotting
 
-    fig = plotting.piano_roll_figure(ns, title=title, seconds=seconds)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
+    plotting.plot_piano_roll(ns, path, title=title, seconds=seconds)
+
+
+def _csv_text(result) -> str:
+    """NAME.notes.csv as `mt3 transcribe --csv` writes it (the same writer, so the columns never drift apart)."""
+    from mt3 import midi_io
+
+    return _written_bytes(lambda path: midi_io.write_notes_csv(result.ns, path)).decode()
+
+
+def _written_bytes(write) -> bytes:
+    """What `write(path)` puts in a file: the CLI's writers are the only definition of each output format."""
+    with tempfile.TemporaryDirectory(prefix="mt3-serve-") as tmp:
+        path = Path(tmp) / "out"
+        write(path)
+        return path.read_bytes()
+
+
+def _header_value(lines: list[str]) -> str:
+    """Warnings as one HTTP header value (latin-1 only: anything else becomes '?')."""
+    return " | ".join(lines).encode("latin-1", "replace").decode("latin-1")
 
 
 # a repr may be cut short where a message was truncated, so the closing part is optional
@@ -266,11 +290,13 @@ async def transcribe_request(im: "InferenceModel", decoder: BatchingDecoder, sam
         tokens = await asyncio.wrap_future(decoder.submit(segments.frames, allowed))
         return await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
 
-    programs = im.config.programs
+    programs, first = im.config.programs, None
     if im.first_pass_programs():
-        programs = im.estimate_programs((await decode(None)).ns)
-    result = await decode(None if programs is None else im.program_mask(programs))
-    result.ns = im.finish_programs(result.ns, programs)
+        first = await decode(None)
+        programs = im.estimate_programs(first.ns)
+    masked = im.masked_programs(programs)
+    result = await decode(None if masked is None else im.program_mask(masked))
+    im.finish_programs(result, programs, first_pass=first)
     return result
 
 
@@ -316,7 +342,9 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
 
     @app.post("/transcribe")
     async def transcribe(request: Request, file: UploadFile = File(...), format: str = Query("midi"),
-                         midi: bool = Query(False, description="with format=json: include the MIDI as base64")):
+                         midi: bool = Query(False, description="with format=json: include the MIDI as base64"),
+                         csv: bool = Query(False, description="with format=json: include NAME.notes.csv as text"),
+                         png: bool = Query(False, description="with format=json: include the PNG as base64")):
         if format not in FORMATS:
             raise HTTPException(400, f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
         if len((await request.form()).getlist("file")) > 1:  # FastAPI would silently take one of them
@@ -329,7 +357,7 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             samples = await run_in_threadpool(audio.load_audio_bytes, data, name=name)
         except InputError as err:
             raise HTTPException(400, client_detail(err, name)) from err
-        quiet = audio.quiet_warning(samples, model_loading.resolved_input_peak(im.config))
+        warnings = audio.input_warnings(samples, im.sample_rate, model_loading.resolved_input_peak(im.config))
         seconds = len(samples) / im.sample_rate
         if seconds > max_audio_seconds:
             raise HTTPException(400, f"{name}: audio is {seconds:.1f} s long; this server accepts at most "
@@ -340,21 +368,33 @@ def create_app(im, *, max_upload_mb: float = 50.0, max_audio_seconds: float = 60
             log.exception("transcribing %s failed", name)
             raise HTTPException(500, f"{name}: transcription failed on the server (the server log has the "
                                      "details)") from err
+        # every output holds what the MIDI file holds, and the response warns of what the CLI warns (as transcribe)
+        result.ns, prepared = midi_io.prepare_notes(result.ns)
+        warnings += prepared.warnings()
         stem = Path(name).stem or "transcription"
+        headers = {"X-Invalid-Events": str(result.invalid_events), "X-Dropped-Events": str(result.dropped_events),
+                   **({"X-Warning": _header_value(warnings)} if warnings else {})}
         if format == "midi":
-            return Response(midi_io.midi_bytes(result.ns), media_type="audio/midi",
-                            headers={"Content-Disposition": f'attachment; filename="{stem}.mid"',
-                                     "X-Invalid-Events": str(result.invalid_events),
-                                     "X-Dropped-Events": str(result.dropped_events),
-                                     **({"X-Warning": quiet} if quiet else {})})
+            return Response(midi_io.midi_bytes(result.ns, title=name), media_type="audio/midi",
+                            headers={"Content-Disposition": f'attachment; filename="{stem}.mid"', **headers})
         if format == "png":
-            png = await run_in_threadpool(_png_bytes, result.ns, name, result.audio_seconds)
-            return Response(png, media_type="image/png")
+            png_data = await run_in_threadpool(_png_bytes, result.ns, name, result.audio_seconds)
+            return Response(png_data, media_type="image/png",
+                            headers={"Content-Disposition": f'inline; filename="{stem}.png"', **headers})
+        if format == "csv":
+            return Response(await run_in_threadpool(_csv_text, result), media_type="text/csv",
+                            headers={"Content-Disposition": f'attachment; filename="{stem}.notes.csv"', **headers})
         body = {"name": name, "notes": result.notes(), "invalid_events": result.invalid_events,
                 "dropped_events": result.dropped_events, "seconds": round(result.audio_seconds, 3),
-                "segments": result.num_segments, "warnings": [f"{name}: {quiet}"] if quiet else []}
+                "segments": result.num_segments, "warnings": [f"{name}: {line}" for line in warnings],
+                "instrument_options": result.program_report.lines() if result.program_report else []}
         if midi:
-            body["midi_base64"] = base64.b64encode(midi_io.midi_bytes(result.ns)).decode()
+            body["midi_base64"] = base64.b64encode(midi_io.midi_bytes(result.ns, title=name)).decode()
+        if csv:
+            body["csv"] = await run_in_threadpool(_csv_text, result)
+        if png:
+            png_data = await run_in_threadpool(_png_bytes, result.ns, name, result.audio_seconds)
+            body["png_base64"] = base64.b64encode(png_data).decode()
         return JSONResponse(body)
 
     return UploadLimitMiddleware(app, max_bytes) if max_bytes > 0 else app

@@ -3,7 +3,9 @@
 Why its own module: the page is a user interface with its own logic (axes, legend, request state, error display) and
 would crowd the server's request handling. It shows what the PNG piano roll shows (`mt3.plotting`): time in seconds
 across the whole audio, pitch with note names, and a legend of GM instrument names in GM program order (drums last)
-with the same tab10/tab20 colours, both filled in from the Python side so the page and the PNG never disagree. While a
+with the PNG's colours (`plotting.distinct_colours`: none repeated), both filled in from the Python side so the page
+and the PNG never disagree. After a transcription it offers what `mt3 transcribe` writes: NAME.mid, NAME.notes.csv,
+NAME.notes.json and NAME.png (all from the one request), and shows the command line's warnings for the file. While a
 request is in flight the button is disabled; every error (a JSON `detail`, a plain-text proxy error, a network
 failure) is shown on one line, the full text in the tooltip.
 """
@@ -15,16 +17,12 @@ def render(*, max_upload_mb: float, max_audio_seconds: float) -> str:
     """The page with its limits, GM instrument names and colours filled in (names and colours as the PNG's)."""
     import json
 
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
     from mt3 import plotting
 
     names = [plotting.instrument_label(program, False) for program in range(128)]
-    palettes = {n: [to_hex(colormaps[n](i)) for i in range(colormaps[n].N)] for n in ("tab10", "tab20")}
     page = PAGE_HTML
     for key, value in {"{{GM_NAMES}}": json.dumps(names), "{{DRUMS_LABEL}}": json.dumps(plotting.DRUMS_LABEL),
-                       "{{PALETTES}}": json.dumps(palettes), "{{MAX_MB}}": f"{max_upload_mb:g}",
+                       "{{COLOURS}}": json.dumps(plotting.distinct_colours(129)), "{{MAX_MB}}": f"{max_upload_mb:g}",
                        "{{MAX_SECONDS}}": f"{max_audio_seconds:g}"}.items():
         page = page.replace(key, value)
     return page
@@ -42,6 +40,8 @@ PAGE_HTML = """<!doctype html>
  #status.error { color: #b00020; }
  #legend span { margin-right: 1em; white-space: nowrap; display: inline-block; }
  #legend i { display: inline-block; width: 12px; height: 12px; margin-right: 4px; vertical-align: middle; }
+ #download a { margin-right: 1em; }
+ #warnings { color: #8a5a00; }
 </style></head>
 <body>
 <h1>mt3: audio to multitrack MIDI</h1>
@@ -50,11 +50,12 @@ PAGE_HTML = """<!doctype html>
 <button type="submit" id="go">Transcribe</button></form>
 <span id="status" role="status"></span>
 <p id="download"></p>
+<ul id="warnings"></ul>
 <div id="legend"></div>
 <canvas id="roll" width="1100" height="460"></canvas>
 <script>
 // GM names and colours are the PNG piano roll's (mt3.plotting), filled in by the server.
-const GM_NAMES = {{GM_NAMES}}, DRUMS = {{DRUMS_LABEL}}, PALETTES = {{PALETTES}};
+const GM_NAMES = {{GM_NAMES}}, DRUMS = {{DRUMS_LABEL}}, COLOURS = {{COLOURS}};
 const PITCH_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
 const MARGIN = { left: 56, right: 12, top: 10, bottom: 42 }, MIN_BAR = 0.05;
 function label(n) { return n.is_drum ? DRUMS : GM_NAMES[n.program]; }
@@ -77,8 +78,7 @@ function drawRoll(notes, seconds) {
   // legend: GM program order, drums last (as the PNG)
   const keys = [...new Set(notes.map(n => n.is_drum ? 1000 : n.program))].sort((a, b) => a - b);
   const labels = keys.map(k => k === 1000 ? DRUMS : GM_NAMES[k]);
-  const palette = labels.length > 10 ? PALETTES.tab20 : PALETTES.tab10;
-  const colour = Object.fromEntries(labels.map((l, i) => [l, palette[i % palette.length]]));
+  const colour = Object.fromEntries(labels.map((l, i) => [l, COLOURS[i]]));
   const counts = {};
   for (const n of notes) counts[label(n)] = (counts[label(n)] || 0) + 1;
   document.getElementById("legend").innerHTML = labels.map(l => '<span title="' + counts[l] + ' notes"><i ' +
@@ -128,7 +128,14 @@ function clearResult() {
   canvas.dataset.drawn = "";
   document.getElementById("legend").innerHTML = "";
   document.getElementById("download").innerHTML = "";
+  document.getElementById("warnings").innerHTML = "";
 }
+function downloadLink(id, name, blob) {
+  const link = document.createElement("a");
+  link.id = id; link.download = name; link.href = URL.createObjectURL(blob); link.textContent = name;
+  return link;
+}
+function bytesOf(base64) { return Uint8Array.from(atob(base64), c => c.charCodeAt(0)); }
 async function errorDetail(response) {
   const text = await response.text();
   try {
@@ -149,18 +156,23 @@ document.getElementById("form").addEventListener("submit", async (event) => {
   setStatus("Transcribing " + file.name + " ...", false);
   clearResult();
   try {
-    const response = await fetch("transcribe?format=json&midi=true", { method: "POST", body });
+    const response = await fetch("transcribe?format=json&midi=true&csv=true&png=true", { method: "POST", body });
     if (!response.ok) { setStatus("Error: " + await errorDetail(response), true); return; }
     const result = await response.json();
     drawRoll(result.notes, result.seconds);
-    const bytes = Uint8Array.from(atob(result.midi_base64), c => c.charCodeAt(0));
-    const url = URL.createObjectURL(new Blob([bytes], { type: "audio/midi" }));
     const stem = file.name.replace(/\\.[^.]*$/, "") || "transcription";
-    const link = document.createElement("a");
-    link.id = "midi-link"; link.download = stem + ".mid"; link.href = url;
-    link.textContent = "Download " + stem + ".mid";
-    download.replaceChildren(link, " (" + result.notes.length + " notes, " + result.seconds + " s, " +
-      result.invalid_events + " invalid / " + result.dropped_events + " dropped events)");
+    // the files `mt3 transcribe --png --json --csv` writes, from this one request
+    download.replaceChildren("Download: ",
+      downloadLink("midi-link", stem + ".mid", new Blob([bytesOf(result.midi_base64)], { type: "audio/midi" })),
+      downloadLink("csv-link", stem + ".notes.csv", new Blob([result.csv], { type: "text/csv" })),
+      downloadLink("json-link", stem + ".notes.json",
+                   new Blob([JSON.stringify(result.notes, null, 1) + "\\n"], { type: "application/json" })),
+      downloadLink("png-link", stem + ".png", new Blob([bytesOf(result.png_base64)], { type: "image/png" })),
+      " (" + result.notes.length + " notes, " + result.seconds + " s, " + result.invalid_events + " invalid / " +
+      result.dropped_events + " dropped events)");
+    document.getElementById("warnings").replaceChildren(...result.warnings.map(w => {
+      const item = document.createElement("li"); item.textContent = "Warning: " + w; return item;
+    }));
     setStatus("Done: " + file.name, false);
   } catch (err) {
     setStatus("Error: " + (err && err.message ? err.message : err), true);
