@@ -402,6 +402,11 @@ def resolve_model_dir(checkpoint: str | os.PathLike | None, command: str) -> Pat
     """`--checkpoint` or, without it, the default model (`mt3.pretrained.default_model_dir()`); InputError when that
     does not exist. Shared by transcribe, eval and serve so all three say the same thing."""
     if checkpoint is not None:
+        from mt3 import paths
+
+        if paths.is_url(checkpoint):  # gs://...: read in place (orbax, fsspec); Path() would make it a local folder
+            paths.require(checkpoint, "--checkpoint")
+            return paths.absolute(checkpoint)
         return Path(checkpoint)
     from mt3.pretrained import default_model_dir
 

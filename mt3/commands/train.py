@@ -61,15 +61,19 @@ def check_before_writing() -> None:
 
     model_dir = gin_utils.query_macro(gin_utils.MODEL_DIR_MACRO)
     if model_dir:
-        check_writable_dir(model_dir, "--model_dir")
+        check_writable_dir(model_dir, "--model_dir")  # a gs:// dir: is its library (gcsfs) installed?
     if gin_utils.query_macro("DATA_SOURCE") == "synthetic":
         return
+    from mt3 import datasets, paths
+
+    data_root = datasets.resolve_data_dir(gin_utils.query_macro("DATA_DIR"))
+    paths.require(data_root, "DATA_DIR" if gin_utils.query_macro("DATA_DIR") else f"${datasets.DATA_DIR_ENV}")
     name = gin_utils.query_macro("MIXTURE_OR_TASK_NAME")
     if not isinstance(name, str):
         return
     import gin
 
-    from mt3 import datasets, registry
+    from mt3 import registry
 
     gin_utils.load_registry()  # MIXTURE_OR_TASK_MODULE, MIXTURES
     data_dir = gin_utils.query_macro("DATA_DIR")
