@@ -180,12 +180,33 @@ class PreemptionGuard:
 
 
 class Summaries:
-    """TensorBoard scalars (tensorboardX) under MODEL_DIR/{train,eval}; only process 0 writes."""
+    """TensorBoard scalars (tensorboardX) under MODEL_DIR/{train,eval}; only process 0 writes.
 
-    def __init__(self, model_dir: Path, enabled: bool):
+    For a URL model dir (gs://...) the event files are written to a local staging folder and uploaded after each
+    flush, one whole object per file (tensorboardX itself knows only gs:// and s3://, each through its own client)."""
+
+    def __init__(self, model_dir: str | Path, enabled: bool):
+        from mt3 import paths
+
         self._writers: dict[str, Any] = {}
         self._model_dir = model_dir
         self._enabled = enabled
+        self._staging = None
+        if enabled and paths.is_url(model_dir):
+            import tempfile
+
+            self._staging = tempfile.TemporaryDirectory(prefix="mt3-summaries-")
+
+    def _logdir(self, kind: str) -> str:
+        from mt3 import paths
+
+        return paths.join(self._staging.name if self._staging else self._model_dir, kind)
+
+    def _sync(self, kind: str) -> None:
+        if self._staging is not None:
+            from mt3 import paths
+
+            paths.upload_tree(self._logdir(kind), paths.join(self._model_dir, kind))
 
     def write(self, kind: str, step: int, metrics: Mapping[str, float]) -> None:
         if not self._enabled:
@@ -193,14 +214,18 @@ class Summaries:
         if kind not in self._writers:
             from tensorboardX import SummaryWriter
 
-            self._writers[kind] = SummaryWriter(str(self._model_dir / kind))
+            self._writers[kind] = SummaryWriter(self._logdir(kind))
         for key, value in metrics.items():
             self._writers[kind].add_scalar(key, value, step)
         self._writers[kind].flush()
+        self._sync(kind)
 
     def close(self) -> None:
-        for writer in self._writers.values():
+        for kind, writer in self._writers.items():
             writer.close()
+            self._sync(kind)
+        if self._staging is not None:
+            self._staging.cleanup()
 
 
 class Throughput:
@@ -357,7 +382,9 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     partitioning.initialize_distributed()
     import jax
 
-    model_dir_path = Path(model_dir)
+    from mt3 import paths
+
+    model_dir_path = model_dir if paths.is_url(model_dir) else Path(model_dir)  # Path("gs://b") would be local
     is_chief = jax.process_index() == 0
     partitioner = partitioning.Partitioner(partition_cfg)
     trainer = trainer_lib.Trainer(model, optimizer_cfg, partitioner, num_microbatches=loop_cfg.num_microbatches)
@@ -486,6 +513,12 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
     mixtures = [n for n in names if n.endswith("_eval")]
     return evaluation.make_infer_eval_fn(
         model, tasks=[n for n in names if n not in mixtures], mixture=mixtures[0] if mixtures else None,
-        spec=model_loading.spec_from_gin(model), out_dir=Path(model_dir) / "infer_eval",
+        spec=model_loading.spec_from_gin(model), out_dir=_infer_eval_dir(model_dir),
         eval_config=evaluation.EvalConfig(num_plots=1, data_dir=gin_utils.query_macro("DATA_DIR")))
 
+
+def _infer_eval_dir(model_dir: str):
+    from mt3 import paths
+
+    out = paths.join(model_dir, "infer_eval")
+    return out if paths.is_url(out) else Path(out)
