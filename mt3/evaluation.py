@@ -219,7 +219,13 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 def evaluate(im, tasks: Sequence[EvalTask], out_dir: str | os.PathLike | None, config: EvalConfig = EvalConfig(),
              *, progress: bool = True) -> dict[str, Any]:
-    """Every task with one InferenceModel; writes OUT/results.json and OUT/results.md (unless out_dir is None)."""
+    """Every task with one InferenceModel; writes OUT/results.json and OUT/results.md (unless out_dir is None).
+    A URL out_dir (gs://...) is written locally first and uploaded when complete, results.json last."""
+    from mt3 import paths as mt3_paths
+
+    if out_dir is not None and mt3_paths.is_url(out_dir):
+        with mt3_paths.staged_dir(out_dir, last=("results.json",)) as local:
+            return evaluate(im, tasks, local, config, progress=progress)
     results = {"checkpoint": im.info.get("model_dir"), "step": im.info.get("step"), "model": im.describe(),
                "tasks": {}}
     for task in tasks:
@@ -250,7 +256,12 @@ def _curves(per_step: Mapping[int, Mapping[str, Any]], task: str) -> dict[str, l
 
 def write_sweep(per_step: Mapping[int, Mapping[str, Any]], out_dir: str | os.PathLike) -> None:
     """OUT/results.json ({steps, per-step headline metrics}), OUT/results.md, OUT/curves_TASK.png."""
+    from mt3 import paths as mt3_paths
     from mt3 import plotting
+
+    if mt3_paths.is_url(out_dir):  # gs://...: written locally, then uploaded (results.json last)
+        with mt3_paths.staged_dir(out_dir, last=("results.json",)) as local:
+            return write_sweep(per_step, local)
 
     out = Path(out_dir)
     steps = sorted(per_step)
@@ -308,7 +319,11 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     gin_utils.load_registry(data_dir=eval_config.data_dir)
     eval_tasks = resolve_tasks(tasks, mixture, split)
     spec = model_loading.spec_from_gin(model)
-    out = Path(out_dir) if out_dir is not None else Path(model_dir) / "eval"
+    from mt3 import paths as mt3_paths
+
+    out = out_dir if out_dir is not None else mt3_paths.join(model_dir, "eval")
+    mt3_paths.require(out, "--out")
+    out = out if mt3_paths.is_url(out) else Path(out)  # Path("gs://b") would be a local folder
     steps = checkpoints.complete_steps(model_dir) if all_checkpoints else [step]
     if not steps:
         raise InputError(model_dir, "no checkpoints to evaluate")
@@ -321,13 +336,14 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
                 raise
             print(f"mt3 eval: warning: skipping step {s}: {err}", file=sys.stderr, flush=True)  # sweep the rest
             continue
-        info = {"model_dir": os.fspath(Path(model_dir).resolve()), "step": restored}
+        info = {"model_dir": mt3_paths.absolute(model_dir) if mt3_paths.is_url(model_dir)
+                else os.fspath(Path(model_dir).resolve()), "step": restored}
         if im is None:
             im = inference.InferenceModel(model, params, spec=spec, config=infer_config, info=info)
         else:  # same shapes: keep the compiled decoder, swap the parameters
             im.params, im.info = params, {**im.info, **info}
-        per_step[restored] = evaluate(im, eval_tasks, out / f"step_{restored}" if all_checkpoints else out,
-                                      eval_config, progress=progress)
+        target = mt3_paths.join(out, f"step_{restored}") if all_checkpoints else out
+        per_step[restored] = evaluate(im, eval_tasks, target, eval_config, progress=progress)
     if all_checkpoints:
         if not per_step:
             raise InputError(model_dir, "no checkpoint restores (see the warnings above)")
@@ -374,7 +390,9 @@ def make_infer_eval_fn(model, *, tasks: Sequence[str] = (), mixture: str | None 
         else:
             im.params = params
         im.info["step"] = int(step)
-        target = None if out_dir is None else Path(out_dir) / f"step_{int(step)}"
+        from mt3 import paths as mt3_paths
+
+        target = None if out_dir is None else mt3_paths.join(out_dir, f"step_{int(step)}")
         return flat_metrics(evaluate(im, eval_tasks, target, eval_config, progress=False))
 
     return infer_eval_fn
