@@ -166,7 +166,7 @@ def write_outputs(result, outputs: dict[str, Path], *, title: str, qpm: float = 
     sonification renderer (None without --sonify)."""
     from mt3 import plotting
 
-    writers = {"midi": lambda p: midi_io.write_midi(result.ns, p, qpm=qpm, title=title),
+    writers = {"midi": lambda p: midi_io.write_midi(result.ns, p, qpm=qpm),  # byte-equal to `mt3 eval`'s MIDI
                "png": lambda p: plotting.plot_piano_roll(result.ns, p, title=title, seconds=result.audio_seconds),
                "json": lambda p: midi_io.write_notes_json(result.ns, p),
                "csv": lambda p: midi_io.write_notes_csv(result.ns, p),
@@ -330,7 +330,7 @@ def _transcribe_jobs(jobs, *, model, load, fail, tally: dict, note_filter, midi_
             _report(f"mt3 transcribe: warning: {item.path}: {line}")
         try:
             if to_stdout:
-                renderer = _write_stdout(midi_io.midi_bytes(result.ns, qpm=midi_qpm, title=item.path.name))
+                renderer = _write_stdout(midi_io.midi_bytes(result.ns, qpm=midi_qpm))
             else:
                 renderer = write_outputs(result, outputs, title=item.path.name, qpm=midi_qpm)
         except InputError as err:
