@@ -88,14 +88,14 @@ class Transcription:
         (quarter notes per minute) sets only the beat grid a DAW shows, as `--midi-tempo`."""
         from mt3 import midi_io
 
-        midi_io.write_midi(self.ns, path, qpm=tempo, title=None if self.source is None else Path(self.source).name)
+        midi_io.write_midi(self.ns, path, qpm=tempo)
         return Path(path)
 
     def midi_bytes(self, *, tempo: float = 120.0) -> bytes:
         """The bytes `write_midi` writes (to send or store elsewhere)."""
         from mt3 import midi_io
 
-        return midi_io.midi_bytes(self.ns, qpm=tempo, title=None if self.source is None else Path(self.source).name)
+        return midi_io.midi_bytes(self.ns, qpm=tempo)
 
     def __repr__(self) -> str:
         programs = {"drums" if n.is_drum else n.program for n in self.notes}
