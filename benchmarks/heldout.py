@@ -51,8 +51,8 @@ CORPUS_SETS = ("multi", "piano", "level", "timbre")
 SCORE_SETS = ("plain", "piano_dense", "performance")  # benchmarks/heldout_sets.py: built from music21 scores directly
 SETS = CORPUS_SETS + SCORE_SETS
 LEVELS_DB = (-20.0, -30.0)
-# Kept per track: score-set tracks are also averaged by texture under the table (`group_lines`), since a choir-aahs
-# pad (slow attack, legato), string quartets and piano differ a lot for both systems.
+# Kept per track: score-set tracks are also averaged by texture under the table (`group_lines`), since voices, string
+# quartets and piano differ a lot for both systems.
 TRACK_KEYS = ("onset_f1", "onset_offset_f1")
 PEAK_DB = -1.0  # the corpus mixes' peak (mt3.corpus.builder.TARGET_PEAK_DB)
 # (set folder, source split of the corpus, bank, how the notes are changed); all stored as split "test"
@@ -232,8 +232,8 @@ def _group(track: dict[str, Any]) -> str:
         return "piano reductions"
     if programs and all(p < 8 for p in programs):
         return "piano"
-    if programs == [52]:
-        return "voices (choir aahs)"
+    if programs and all(p in (52, 53) for p in programs):
+        return "voices"
     if programs and all(40 <= p <= 48 for p in programs):
         return "strings"
     return "other"
