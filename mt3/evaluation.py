@@ -5,7 +5,10 @@ split's FULL tracks are transcribed with `mt3.inference` (segments of several tr
 scored against the record's reference NoteSequence with `mt3.metrics.note_metrics`, and the dataset with
 `mt3.metrics.transcription_metrics` (mean over tracks, as MT3). Outputs under OUT: `results.json`, `results.md`,
 `midi/TASK/ID.mid` (each track's estimate), `plots/TASK/ID.png` (reference vs estimate for the first few tracks).
-`--all-checkpoints` repeats this per checkpoint step (`OUT/step_N/`) and plots each metric against step.
+`--all-checkpoints` repeats this per checkpoint step (`OUT/step_N/`) and plots each metric against step. The default
+OUT is MODEL_DIR/infer_eval (reports in `step_N/`, as training's INFER_EVAL_TASKS writes them), beside training's
+summary folders `train/` and `eval/`, never inside them; TensorBoard scalars `TASK/metric` at each checkpoint's step
+go to OUT too (`EvalScalars`), so `tensorboard --logdir MODEL_DIR` shows an eval sweep as the run `infer_eval`.
 
 The estimate is scored as the MIDI file we write (`midi_io.midi_round_trip`, exact on its 1 ms tick grid), so the
 numbers equal `mt3 score REF.mid OUT/midi/TASK/ID.mid` for a reference MIDI of the same notes.
@@ -31,6 +34,7 @@ from mt3.data import records
 from mt3.errors import InputError
 
 EVAL_GIN = "eval.gin"
+DEFAULT_OUT = "infer_eval"  # under MODEL_DIR: reports in step_N/, TensorBoard scalars beside them
 HEADLINE_METRICS = (  # (results.md column, results.json key)
     ("Onset F1", "onset_f1"),
     ("Onset+offset F1", "onset_offset_f1"),
@@ -249,6 +253,44 @@ def flat_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+class EvalScalars:
+    """TensorBoard scalars `TASK/metric` at each checkpoint's step from `mt3 eval`, under `logdir` (by default
+    MODEL_DIR/infer_eval: the run `infer_eval` that training's INFER_EVAL_TASKS writes, beside its `train` and `eval`
+    runs), so a sweep over checkpoints shows beside the training curves. tensorboardX, as training; the events file
+    carries this process's id, so a training run writing the same folder keeps its own file. A URL logdir is written
+    locally and uploaded after each step."""
+
+    def __init__(self, logdir: str | os.PathLike):
+        self.logdir = logdir
+        self._writer = None
+        self._staging = None
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self._writer is None:
+            import tempfile
+
+            from tensorboardX import SummaryWriter
+
+            local = self.logdir
+            if "://" in os.fspath(self.logdir):
+                self._staging = tempfile.TemporaryDirectory(prefix="mt3-eval-summaries-")
+                local = self._staging.name
+            self._writer = SummaryWriter(os.fspath(local), filename_suffix=f".mt3eval.{os.getpid()}")
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, int(step))
+        self._writer.flush()
+        if self._staging is not None:
+            from mt3 import paths
+
+            paths.upload_tree(self._staging.name, self.logdir)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._staging is not None:
+            self._staging.cleanup()
+
+
 def _curves(per_step: Mapping[int, Mapping[str, Any]], task: str) -> dict[str, list[float | None]]:
     steps = sorted(per_step)
     return {key: [per_step[s]["tasks"][task]["metrics"].get(key) for s in steps] for _, key in HEADLINE_METRICS}
@@ -321,13 +363,14 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
     spec = model_loading.spec_from_gin(model)
     from mt3 import paths as mt3_paths
 
-    out = out_dir if out_dir is not None else mt3_paths.join(model_dir, "eval")
+    # beside training's summaries, not in them: MODEL_DIR/infer_eval/step_N/, as training's INFER_EVAL_TASKS writes
+    out = out_dir if out_dir is not None else mt3_paths.join(model_dir, DEFAULT_OUT)
     mt3_paths.require(out, "--out")
     out = out if mt3_paths.is_url(out) else Path(out)  # Path("gs://b") would be a local folder
     steps = checkpoints.complete_steps(model_dir) if all_checkpoints else [step]
     if not steps:
         raise InputError(model_dir, "no checkpoints to evaluate")
-    im, per_step = None, {}
+    im, per_step, scalars = None, {}, EvalScalars(out)
     for s in steps:
         try:
             params, restored = model_loading.restore_params(model_dir, model, s)
@@ -342,8 +385,11 @@ def run_eval(model_dir: str | os.PathLike, *, tasks: Sequence[str] = (), mixture
             im = inference.InferenceModel(model, params, spec=spec, config=infer_config, info=info)
         else:  # same shapes: keep the compiled decoder, swap the parameters
             im.params, im.info = params, {**im.info, **info}
-        target = mt3_paths.join(out, f"step_{restored}") if all_checkpoints else out
+        target = mt3_paths.join(out, f"step_{restored}") if all_checkpoints or out_dir is None else out
         per_step[restored] = evaluate(im, eval_tasks, target, eval_config, progress=progress)
+        per_step[restored].update(out_dir=os.fspath(target), summary_dir=os.fspath(out))
+        scalars.write(restored, flat_metrics(per_step[restored]))
+    scalars.close()
     if all_checkpoints:
         if not per_step:
             raise InputError(model_dir, "no checkpoint restores (see the warnings above)")

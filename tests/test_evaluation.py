@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
+from tb_events import read_scalars
 from test_inference import CHECKPOINT_PERIOD, TRAIN_STEPS, build_tiny_model
 
 from mt3 import datasets, evaluation
@@ -107,6 +109,34 @@ def test_all_checkpoints_sweep(tiny, tmp_path):
         assert per_step["step"] == step and per_step["tasks"][TASK]["num_tracks"] == 1
     assert (out / f"curves_{TASK}.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 160 |" in (out / "results.md").read_text()
+    # TensorBoard: each task's headline metrics at each checkpoint's step, the numbers of its results.json
+    scalars = read_scalars(out)
+    assert [step for step, _ in scalars[f"{TASK}/onset_f1"]] == [CHECKPOINT_PERIOD, TRAIN_STEPS]
+    for step, value in scalars[f"{TASK}/onset_offset_f1"]:
+        metrics = json.loads((out / f"step_{step}" / "results.json").read_text())["tasks"][TASK]["metrics"]
+        assert value == pytest.approx(metrics["onset_offset_f1"], abs=1e-6)
+
+
+def test_default_out_is_beside_training_summaries_with_tensorboard_scalars(tiny, tmp_path, capsys):
+    """No --out: reports in MODEL_DIR/infer_eval/step_N/ (where training's INFER_EVAL_TASKS puts them), scalars in
+    MODEL_DIR/infer_eval, nothing in MODEL_DIR/eval (training's teacher-forced summaries)."""
+    import shutil
+
+    from mt3 import cli
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny.model_dir, model_dir)
+    assert cli.main(["eval", "--checkpoint", str(model_dir), "--tasks", TASK, "--max-tracks", "1", "--no-progress",
+                     *tiny.gin_flags]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((model_dir / "infer_eval" / f"step_{TRAIN_STEPS}" / "results.json").read_text())
+    assert results["step"] == TRAIN_STEPS and results["tasks"][TASK]["num_tracks"] == 1
+    assert not (model_dir / "eval").exists()
+    scalars = read_scalars(model_dir / "infer_eval")
+    onset = results["tasks"][TASK]["metrics"]["onset_f1"]
+    assert scalars[f"{TASK}/onset_f1"] == [(TRAIN_STEPS, pytest.approx(onset, abs=1e-6))]
+    assert f"reports in {model_dir / 'infer_eval' / f'step_{TRAIN_STEPS}'}" in printed
+    assert f"in {model_dir / 'infer_eval'}" in printed
 
 
 def test_trainer_hook(tiny, tmp_path):
@@ -131,8 +161,9 @@ def test_missing_split_and_bad_checkpoint_are_input_errors(tiny, tmp_path):
         evaluation.run_eval(tmp_path / "nope", tasks=[TASK])
 
 
-def test_infer_eval_during_training_from_gin(tiny, tmp_path):
-    """`INFER_EVAL_TASKS` in gin makes `mt3 train` run full-track eval every EVAL_PERIOD, into MODEL_DIR/infer_eval."""
+def test_infer_eval_during_training_from_gin(tiny, tmp_path, capsys):
+    """`INFER_EVAL_TASKS` in gin makes `mt3 train` run full-track eval every EVAL_PERIOD, into MODEL_DIR/infer_eval;
+    its metrics are printed and logged, and the losses shown are per token (`loss_per_token`, `loss_sum`)."""
     from mt3 import gin_utils
     from mt3.training import train
 
@@ -146,3 +177,19 @@ def test_infer_eval_during_training_from_gin(tiny, tmp_path):
     train.train_from_gin(flags)
     results = json.loads((tmp_path / "model" / "infer_eval" / "step_2" / "results.json").read_text())
     assert results["tasks"][TASK]["num_tracks"] == 2
+    metrics = results["tasks"][TASK]["metrics"]
+    printed = capsys.readouterr().out
+    assert f"step 2: infer_eval {TASK}: onset_f1={metrics['onset_f1']:.4g}" in printed
+    assert read_scalars(tmp_path / "model" / "infer_eval")[f"{TASK}/onset_f1"] == [
+        (2, pytest.approx(metrics["onset_f1"], abs=1e-6))]
+    # one loss definition everywhere it is shown: per token, the sum only as loss_sum
+    train_scalars, eval_scalars = (read_scalars(tmp_path / "model" / kind) for kind in ("train", "eval"))
+    for scalars in (train_scalars, eval_scalars):
+        assert "loss" not in scalars and {"loss_per_token", "loss_sum", "num_tokens"} <= set(scalars)
+        (_, per_token), = scalars["loss_per_token"]
+        (_, total), = scalars["loss_sum"]
+        (_, tokens), = scalars["num_tokens"]
+        assert per_token == pytest.approx(total / tokens, rel=1e-5) and 0.5 < per_token < 20
+    (_, eval_loss), = eval_scalars["loss_per_token"]
+    match = re.search(r"step 2: eval .*\bloss_per_token=(\S+?),", printed)
+    assert match and float(match[1]) == pytest.approx(eval_loss, rel=1e-3), printed

@@ -8,6 +8,7 @@ the real `network.Transformer` shrunk to a few thousand parameters, fed syntheti
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,64 @@ def test_local_tiny_preset_trains_on_the_real_seqio_pipeline(tmp_path, music21_s
     assert "stopped at step 2 (total_steps)" in result.stdout and "step 2: eval" in result.stdout
     assert "local_mix_notes_ties_vb1_train" in (model_dir / "config.gin").read_text()
     assert (model_dir / "checkpoints" / "2").is_dir()
+
+
+def test_teacher_forced_eval_on_a_mixture_reports_each_task(tmp_path, music21_sequences, capsys):
+    """A training-eval mixture of two prepared datasets: each task evaluated on its own batches (T5X's training eval),
+    summarised as TASK/loss_per_token etc. beside the pooled numbers, and printed; losses shown per token."""
+    import seqio
+    from data_fixtures import windows, write_prepared_dataset
+    from tb_events import read_scalars
+
+    from mt3 import tasks
+
+    chorale, quartet = music21_sequences["bach_chorale"], music21_sequences["string_quartet"]
+    data = tmp_path / "data"
+    write_prepared_dataset(data, "local", {"train": windows(chorale, 2, stride=4.0, length=5.0, prefix="c"),
+                                           "validation": windows(chorale, 2, stride=6.0, length=5.0, prefix="cv")})
+    write_prepared_dataset(data, "strings", {"train": windows(quartet, 2, stride=4.0, length=5.0, prefix="q"),
+                                             "validation": windows(quartet, 2, stride=6.0, length=5.0, prefix="qv")},
+                           dataset="pairs")  # as `mt3 prepare-data pairs` writes it: it registers itself
+    members = ["local_notes_ties_vb1_train", "strings_notes_ties_vb1_train"]
+    mixture = "test_local_strings_mix"
+    assert tasks.register_prepared_datasets(data) == ["strings_notes_ties_vb1"]
+    seqio.MixtureRegistry.add(mixture, [(members[0], 3.0), (members[1], 1.0)])
+    try:
+        config = network.T5Config(vocab_size=1536, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                  num_encoder_layers=1, num_decoder_layers=1, input_depth=128,
+                                  input_frontend="features")
+        lengths = {"inputs": 32, "targets": 64}
+        result = train.train(
+            model=models.ContinuousInputsEncoderDecoderModel(network.Transformer(config)),
+            model_dir=str(tmp_path / "run"),
+            train_dataset_cfg=train.DatasetConfig(task_feature_lengths=lengths, batch_size=2, source="synthetic"),
+            train_eval_dataset_cfg=train.DatasetConfig(mixture_or_task_name=mixture, task_feature_lengths=lengths,
+                                                       split="eval", batch_size=2, shuffle=False, data_dir=str(data)),
+            loop_cfg=train.TrainLoopConfig(total_steps=2, eval_period=2, eval_steps=2, summary_period=1),
+            checkpoint_cfg=train.CheckpointConfig(period=100, async_save=False))
+    finally:
+        seqio.MixtureRegistry.remove(mixture)
+        for name in [n for n in seqio.TaskRegistry.names() if n.startswith("strings_")]:
+            seqio.TaskRegistry.remove(name)
+        seqio.MixtureRegistry.remove("strings_notes_ties_vb1_eval")
+        tasks._PREPARED.pop("strings", None)
+    scalars = read_scalars(tmp_path / "run" / "eval")
+    last = {tag: values[-1][1] for tag, values in scalars.items()}
+    assert "loss" not in last and not any(tag.endswith("/loss") for tag in last)
+    for task in members:
+        assert last[f"{task}/loss_per_token"] == pytest.approx(last[f"{task}/loss_sum"] / last[f"{task}/num_tokens"],
+                                                               rel=1e-5)
+        assert 0.0 <= last[f"{task}/accuracy"] <= 1.0
+    # the pooled numbers are over both tasks' batches (each task eval_steps batches): token-weighted
+    tokens = [last[f"{t}/num_tokens"] for t in members]
+    assert last["loss_per_token"] == pytest.approx(
+        sum(last[f"{t}/loss_per_token"] * n for t, n in zip(members, tokens)) / sum(tokens), rel=1e-4)
+    assert result.eval_metrics["loss_per_token"] == pytest.approx(last["loss_per_token"], rel=1e-5)
+    assert last[f"{members[0]}/num_tokens"] != last[f"{members[1]}/num_tokens"], "two datasets, two sets of batches"
+    printed = capsys.readouterr().out
+    for task in members:
+        match = re.search(rf"step 2: eval {task}: loss_per_token=(\S+), accuracy=(\S+)", printed)
+        assert match, printed
+        assert float(match[1]) == pytest.approx(last[f"{task}/loss_per_token"], rel=1e-3)
+        assert float(match[2]) == pytest.approx(last[f"{task}/accuracy"], abs=1e-3)
+    assert {"loss_per_token", "loss_sum"} <= set(read_scalars(tmp_path / "run" / "train"))

@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixture", default=None, metavar="M", help="an eval mixture, e.g. mega_notes_ties_vb1_eval")
     parser.add_argument("--split", default=None, metavar="S",
                         help="evaluate this prepared split instead of each task's own (e.g. train, validation)")
-    parser.add_argument("--out", default=None, metavar="DIR", help="output dir (default: CHECKPOINT/eval)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output dir and TensorBoard logdir (default: CHECKPOINT/infer_eval/step_N, with "
+                             "--all-checkpoints CHECKPOINT/infer_eval: beside training's train/ and eval/ summaries; "
+                             "scalars TASK/metric at the checkpoint's step)")
     parser.add_argument("--all-checkpoints", action="store_true",
                         help="evaluate every checkpoint step (OUT/step_N/) and plot each metric against step")
     parser.add_argument("--step", type=int, default=None, help="evaluate this checkpoint step (default: the latest)")
@@ -54,4 +57,9 @@ def main(args: argparse.Namespace) -> int:
             values = ", ".join(f"{label} {'-' if m.get(key) is None else format(m[key], '.4f')}"
                                for label, key in HEADLINE_METRICS)
             print(f"step {step} {name} ({task['num_tracks']} tracks): {values}")
+    reports = sorted({r["out_dir"] for r in per_step.values() if r.get("out_dir")})
+    logdirs = sorted({r["summary_dir"] for r in per_step.values() if r.get("summary_dir")})
+    if reports:
+        print(f"mt3 eval: reports in {', '.join(reports)}; TensorBoard scalars (TASK/metric per checkpoint step) in "
+              f"{', '.join(logdirs)}")
     return 0

@@ -252,19 +252,72 @@ def _mean_eval_metrics(per_batch: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> dict[str, float]:
-    """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator); a
-    preemption signal (`guard`) ends it after the batch in progress."""
+# The loss as shown (progress bar, eval lines, TensorBoard) has one definition: `loss_per_token`, the model's loss over
+# the batch divided by its target tokens (the mean loss per target token with LOSS_NORMALIZING_FACTOR = None, every
+# preset's choice), comparable across batch sizes and target lengths. The model's summed losses, whose gradients
+# training takes, are shown only as `*_sum` (T5X names its loss per token the same way).
+TOKEN_LOSSES = ("loss", "z_loss", "cross_ent_loss")
+
+
+def shown_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Host metrics as displayed and summarised: each token loss X as `X_per_token` and `X_sum`, never a bare `loss`."""
+    out = {k: v for k, v in metrics.items() if k not in TOKEN_LOSSES}
+    tokens = metrics.get("num_tokens")
+    for key in TOKEN_LOSSES:
+        if key in metrics:
+            out[f"{key}_sum"] = metrics[key]
+            if tokens:
+                out[f"{key}_per_token"] = metrics[key] / tokens
+    return out
+
+
+def _eval_batches(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> list[dict]:
     from mt3.training import trainer as trainer_lib
 
-    batches = make_batch_iterator(cfg, skip_batches=0, **layout)
+    batches = input_pipeline.make_batch_iterator(cfg, skip_batches=0, **layout)
     per_batch = []
     for _, batch in zip(range(steps), batches, strict=False):
         if guard is not None and guard.requested:
             break
         global_batch = trainer.partitioner.make_global_batch(batch, cfg.batch_size)
         per_batch.append(trainer_lib.metrics_to_host(trainer.eval_step(params, global_batch)))
-    return _mean_eval_metrics(per_batch)
+    return per_batch
+
+
+def run_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> dict[str, float]:
+    """Teacher-forced loss and token accuracy over `steps` batches of `cfg` (a fresh, deterministic iterator); a
+    preemption signal (`guard`) ends it after the batch in progress."""
+    return _mean_eval_metrics(_eval_batches(trainer, params, cfg, steps=steps, layout=layout, guard=guard))
+
+
+def eval_member_tasks(cfg: DatasetConfig | None) -> list[str]:
+    """The tasks of a teacher-forced eval on a seqio mixture, each evaluated on its own as T5X's training eval does
+    ([] for one task or synthetic data)."""
+    if cfg is None or cfg.source != "seqio":
+        return []
+    import seqio
+
+    from mt3 import tasks  # noqa: F401  (registers the tasks and mixtures)
+
+    if cfg.mixture_or_task_name not in seqio.MixtureRegistry.names():
+        return []
+    return sorted(t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(cfg.mixture_or_task_name)))
+
+
+def run_mixture_eval(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict,
+                     guard=None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Teacher-forced eval of each task of `cfg`'s mixture over `steps` batches of its own: (the metrics pooled over
+    all those batches, {task: its metrics}). A single task: (its metrics, {})."""
+    members = eval_member_tasks(cfg)
+    if len(members) < 2:
+        return run_eval(trainer, params, cfg, steps=steps, layout=layout, guard=guard), {}
+    pooled, per_task = [], {}
+    for task in members:
+        batches = _eval_batches(trainer, params, dataclasses.replace(cfg, mixture_or_task_name=task), steps=steps,
+                                layout=layout, guard=guard)
+        pooled += batches
+        per_task[task] = _mean_eval_metrics(batches)
+    return _mean_eval_metrics(pooled), per_task
 
 
 def _check_vocabulary(batch: Mapping[str, np.ndarray], vocab_size: int | None) -> None:
@@ -289,24 +342,46 @@ def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries,
     from mt3.training import trainer as trainer_lib
 
     host = {**trainer_lib.metrics_to_host(metrics), **throughput.report(step)}
-    summaries.write("train", step, host)
-    bar.set_postfix(loss=f"{host.get('loss_per_token', host['loss']):.4g}", acc=f"{host.get('accuracy', math.nan):.3f}",
-                    refresh=False)
+    shown = shown_metrics(host)
+    summaries.write("train", step, shown)
+    bar.set_postfix(loss_per_token=f"{shown.get('loss_per_token', math.nan):.4g}",
+                    acc=f"{host.get('accuracy', math.nan):.3f}", refresh=False)
     return host
 
 
 def _periodic_eval(step: int, params, trainer, cfg: DatasetConfig | None, infer_eval_fn: InferEvalFn | None, *,
                    steps: int, layout: dict, summaries: Summaries, bar, guard=None) -> dict[str, float] | None:
-    """Teacher-forced eval on `cfg`, then the inference-eval hook (decoding + transcription metrics), if any."""
+    """Teacher-forced eval on `cfg` (a mixture: also each task's, as `TASK/metric`), then the inference-eval hook
+    (decoding + transcription metrics), if any; every number is summarised and printed."""
     metrics = None
     if cfg is not None:
-        metrics = run_eval(trainer, params, cfg, steps=steps, layout=layout, guard=guard)
-        summaries.write("eval", step, metrics)
+        metrics, per_task = run_mixture_eval(trainer, params, cfg, steps=steps, layout=layout, guard=guard)
+        shown = shown_metrics(metrics)
+        summaries.write("eval", step, {**shown, **{f"{task}/{k}": v for task, m in per_task.items()
+                                                   for k, v in shown_metrics(m).items()}})
         if bar is not None:
-            bar.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            bar.write(f"step {step}: eval " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+            for task, m in per_task.items():
+                task_shown = shown_metrics(m)
+                bar.write(f"step {step}: eval {task}: " + ", ".join(
+                    f"{k}={task_shown[k]:.4g}" for k in ("loss_per_token", "accuracy") if k in task_shown))
     if infer_eval_fn is not None and not (guard is not None and guard.requested):
-        summaries.write("infer_eval", step, infer_eval_fn(step, params) or {})
+        infer_metrics = dict(infer_eval_fn(step, params) or {})
+        summaries.write("infer_eval", step, infer_metrics)
+        if bar is not None:
+            for line in _infer_eval_lines(step, infer_metrics):
+                bar.write(line)
     return metrics
+
+
+def _infer_eval_lines(step: int, metrics: Mapping[str, float]) -> list[str]:
+    """'step N: infer_eval TASK: onset_f1=0.51, ...', one line per task, from the hook's {"TASK/metric": value}."""
+    by_task: dict[str, list[str]] = {}
+    for key, value in metrics.items():
+        task, _, name = key.rpartition("/")
+        by_task.setdefault(task, []).append(f"{name}={value:.4g}")
+    return [f"step {step}: infer_eval {task}: {', '.join(values)}" if task else f"step {step}: infer_eval "
+            f"{', '.join(values)}" for task, values in by_task.items()]
 
 
 def _data_meta(batches) -> dict:
