@@ -4,6 +4,7 @@ line naming each binding's old and new value; learning-rate and eval changes pas
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -146,3 +147,37 @@ def test_resume_refuses_a_new_batch_size_and_lets_the_learning_rate_change(tmp_p
     assert "LEARNING_RATE = 0.01" in (runs / "2.config.gin").read_text()
     assert (runs / "3.config.gin").read_text() == (model_dir / "config.gin").read_text()
     assert "BATCH_SIZE = 4" in (model_dir / "config.gin").read_text()
+
+
+def test_a_derived_value_equal_to_the_old_literal_is_no_change():
+    new = OLD.replace("NUM_EMBEDDINGS = 1536", "NUM_EMBEDDINGS = @vocabularies.num_embeddings()")
+    assert [c.describe() for c in _changes(new)] == ["NUM_EMBEDDINGS 1536 -> @vocabularies.num_embeddings()"]
+    assert _changes(new, evaluate=lambda reference: 1536) == []
+    assert [c.describe() for c in _changes(new, evaluate=lambda reference: 1664)] == ["NUM_EMBEDDINGS 1536 -> 1664"]
+
+
+def test_the_long_runs_checkpoint_resumes_under_its_current_recipe():
+    """The committed resume tarball's config.gin (an older mt3 wrote it) against scripts/train_local_cpu.sh's recipe
+    as parsed today: gin refactors (a derived NUM_EMBEDDINGS, new dataset fields) are no guarded change; a real
+    vocabulary change still is."""
+    import tarfile
+
+    import gin
+
+    from mt3 import gin_utils
+
+    with tarfile.open(REPO / "training" / "local_cpu" / "resume.tar.gz") as tar:
+        old = tar.extractfile("config.gin").read().decode()
+    recipe = re.search(r"^RECIPE=(\S+)", (REPO / "scripts" / "train_local_cpu.sh").read_text(), re.M).group(1)
+
+    def guarded(*bindings: str) -> list[str]:
+        gin_utils.parse_gin_flags([REPO / recipe], list(bindings), model_dir="runs/local_cpu")
+        changes = config_guard.diff(config_guard.parse_bindings(old), config_guard.parse_bindings(gin.config_str()),
+                                    config_guard.registered_default, config_guard.evaluate_reference)
+        return [c.describe() for c in changes if c.guarded]
+
+    try:
+        assert guarded() == []
+        assert guarded("NUM_VELOCITY_BINS = 127") == ["NUM_EMBEDDINGS 1536 -> 1664", "NUM_VELOCITY_BINS 1 -> 127"]
+    finally:
+        gin.clear_config()

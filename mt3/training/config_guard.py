@@ -15,6 +15,7 @@ registry, so a run dir written by an older version of mt3 compares as well as a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
@@ -128,14 +129,18 @@ def _same(a: Any, b: Any) -> bool:
         return repr(a) == repr(b)
 
 
-def diff(old: Bindings, new: Bindings, default: Callable[[str], Any] = lambda key: _ABSENT) -> list[Change]:
+def diff(old: Bindings, new: Bindings, default: Callable[[str], Any] = lambda key: _ABSENT,
+         evaluate: Callable[[Any], Any] = lambda reference: reference) -> list[Change]:
     """Every binding whose value differs, named by its macro where both configs bind it through the same macro (what
     users write: `BATCH_SIZE 8 -> 4`), else by `scope/Configurable.param`; guarded as the strictest use of it.
     `default(key)` is a parameter's value where a config does not bind it (a binding a newer gin file adds with the
-    default value is no change)."""
+    default value is no change); `evaluate(reference)` the value of a `@fn()` where the other config has a plain value
+    (`NUM_EMBEDDINGS = 1536` then, `= @vocabularies.num_embeddings()` now: the same 1536)."""
     changes: dict[str, Change] = {}
 
     def add(name: str, old_value: Any, new_value: Any, guarded: bool) -> None:
+        if not _same(old_value, new_value) and isinstance(old_value, _Reference) != isinstance(new_value, _Reference):
+            old_value, new_value = (evaluate(v) if isinstance(v, _Reference) else v for v in (old_value, new_value))
         if _same(old_value, new_value):
             return
         guarded = guarded and old_value is not _ABSENT  # the previous config did not say: nothing to contradict
@@ -175,7 +180,8 @@ def _read_text(path: str) -> str | None:
 
 
 def check_resume(model_dir: str | os.PathLike, new_text: str, *, resuming: bool, allow: bool, note=print,
-                 default: Callable[[str], Any] = lambda key: _ABSENT) -> list[Change]:
+                 default: Callable[[str], Any] = lambda key: _ABSENT,
+                 evaluate: Callable[[Any], Any] = lambda reference: reference) -> list[Change]:
     """The changes since the run's previous config (empty when this is not a resume or there is none).
 
     A guarded change raises InputError (exit 2) naming every guarded binding with its old and new value, unless
@@ -191,7 +197,7 @@ def check_resume(model_dir: str | os.PathLike, new_text: str, *, resuming: bool,
     if old_text is None:
         return []
     try:
-        changes = diff(parse_bindings(old_text), parse_bindings(new_text), default)
+        changes = diff(parse_bindings(old_text), parse_bindings(new_text), default, evaluate)
     except (SyntaxError, ValueError) as err:  # a hand-edited config.gin: say so, do not block the resume on it
         note(f"warning: cannot compare with the previous config {path} ({err}); not checking for config changes")
         return []
@@ -221,7 +227,24 @@ def check_gin_resume(model_dir: str | os.PathLike, *, allow: bool, note=print) -
         restore = True
     resuming = bool(restore) and bool(checkpoints.complete_steps(model_dir))
     return check_resume(model_dir, gin.config_str(), resuming=resuming, allow=allow, note=note,
-                        default=registered_default)
+                        default=registered_default, evaluate=evaluate_reference)
+
+
+def evaluate_reference(reference: Any) -> Any:
+    """`@fn()` called with the current gin config, when it yields a plain value (a number, a string, ...); anything
+    else (a model, a failure) stays the reference."""
+    import gin
+
+    if not isinstance(reference, _Reference) or not reference.evaluate:
+        return reference
+    scope, _, name = reference.name.rpartition("/")
+    try:
+        fn = gin.get_configurable(name)
+        with gin.config_scope(scope) if scope else contextlib.nullcontext():
+            value = fn()
+    except Exception:  # noqa: BLE001  (whatever it raises, the reference's text is compared instead)
+        return reference
+    return value if isinstance(value, (bool, int, float, str, tuple, list, dict, type(None))) else reference
 
 
 def registered_default(key: str) -> Any:
