@@ -149,6 +149,17 @@ def test_resume_refuses_a_new_batch_size_and_lets_the_learning_rate_change(tmp_p
     assert "BATCH_SIZE = 4" in (model_dir / "config.gin").read_text()
 
 
+def test_turning_the_auxiliary_heads_on_is_guarded_but_reweighting_them_is_not():
+    base = OLD + ("AUX_FRAME_LOSS_WEIGHT = 0.0\n"
+                  "ContinuousInputsEncoderDecoderModel.aux_frame_loss_weight = %AUX_FRAME_LOSS_WEIGHT\n")
+    on = config_guard.parse_bindings(base.replace("WEIGHT = 0.0", "WEIGHT = 10.0"))
+    assert [(c.describe(), c.guarded) for c in config_guard.diff(config_guard.parse_bindings(base), on)] == [
+        ("AUX_FRAME_LOSS_WEIGHT 0.0 -> 10.0", True)]
+    less = config_guard.parse_bindings(base.replace("WEIGHT = 0.0", "WEIGHT = 5.0"))
+    assert [(c.describe(), c.guarded) for c in config_guard.diff(on, less)] == [
+        ("AUX_FRAME_LOSS_WEIGHT 10.0 -> 5.0", False)]
+
+
 def test_a_derived_value_equal_to_the_old_literal_is_no_change():
     new = OLD.replace("NUM_EMBEDDINGS = 1536", "NUM_EMBEDDINGS = @vocabularies.num_embeddings()")
     assert [c.describe() for c in _changes(new)] == ["NUM_EMBEDDINGS 1536 -> @vocabularies.num_embeddings()"]

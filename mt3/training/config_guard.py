@@ -30,6 +30,9 @@ GUARDED_BINDINGS = frozenset({
     "train/DatasetConfig.split", "train/DatasetConfig.shuffle", "train/DatasetConfig.pipeline",
     "train/DatasetConfig.block_tracks",
 })
+# Bindings that change the parameters only when they turn something on or off (the auxiliary frame heads exist only
+# with a weight > 0; 10 -> 5 is a loss weight, 0 -> 10 adds parameters the checkpoint does not have).
+GUARDED_WHEN_SWITCHED = frozenset({"ContinuousInputsEncoderDecoderModel.aux_frame_loss_weight"})
 # Vocabulary macros that code reads (mt3.model_loading / tasks) rather than a configurable's parameter.
 GUARDED_MACROS = frozenset({"NUM_EMBEDDINGS", "NUM_VELOCITY_BINS", "USE_TIES", "ONSETS_ONLY", "PROGRAM_GRANULARITY",
                             "MIXTURE_OR_TASK_NAME", "BATCH_SIZE", "MODEL"})
@@ -120,6 +123,10 @@ def _is_guarded(key: str) -> bool:
     return configurable in GUARDED_CONFIGURABLES or key in GUARDED_BINDINGS
 
 
+def _is_on(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) != isinstance(b, bool):  # True == 1 in Python, not in a config
         return False
@@ -153,7 +160,9 @@ def diff(old: Bindings, new: Bindings, default: Callable[[str], Any] = lambda ke
         name = o.name if isinstance(o, _Macro) and isinstance(n, _Macro) and o.name == n.name else key
         if name in IGNORED_MACROS:
             continue
-        add(name, old.resolve(o), new.resolve(n), _is_guarded(key))
+        old_value, new_value = old.resolve(o), new.resolve(n)
+        switched = key in GUARDED_WHEN_SWITCHED and _is_on(old_value) != _is_on(new_value)
+        add(name, old_value, new_value, _is_guarded(key) or switched)
     for name in sorted(set(old.macros) | set(new.macros)):
         if name in IGNORED_MACROS:
             continue
