@@ -61,6 +61,14 @@ def test_guarded_changes_are_named_by_macro_or_binding_with_both_values():
     assert [c.guarded for c in _changes(new)] == [True] * 4 + [False] * 2
 
 
+def test_activation_dtype_and_dropout_may_change_with_the_model_guarded():
+    base = OLD + "T5Config.dtype = 'float32'\nT5Config.dropout_rate = 0.1\n"
+    new = base.replace("'float32'", "'bfloat16'").replace("= 0.1", "= 0.0")
+    changes = config_guard.diff(config_guard.parse_bindings(base), config_guard.parse_bindings(new))
+    assert [(c.describe(), c.guarded) for c in changes] == [("T5Config.dropout_rate 0.1 -> 0.0", False),
+                                                            ("T5Config.dtype 'float32' -> 'bfloat16'", False)]
+
+
 def test_a_literal_replacing_a_macro_is_compared_by_value():
     same = OLD.replace("train/DatasetConfig.batch_size = %BATCH_SIZE", "train/DatasetConfig.batch_size = 8")
     assert _changes(same) == []

@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 # What the checkpoint and the restored data position depend on (short configurable names, as config.gin writes them).
-GUARDED_CONFIGURABLES = frozenset({"T5Config", "Transformer"})  # every binding: the model's shapes and arithmetic
+GUARDED_CONFIGURABLES = frozenset({"T5Config", "Transformer"})  # every binding: the model's shapes and arithmetic...
+# ...but the activation dtype (bfloat16 on a GPU or TPU: the same float32 parameters) and dropout.
+FREE_MODEL_BINDINGS = frozenset({"T5Config.dtype", "T5Config.dropout_rate"})
 GUARDED_BINDINGS = frozenset({
     "ContinuousInputsEncoderDecoderModel.module", "train.model",  # which model
     "train/DatasetConfig.mixture_or_task_name", "train/DatasetConfig.task_feature_lengths",  # the task / mixture
@@ -120,7 +122,7 @@ def parse_bindings(text: str) -> Bindings:
 
 def _is_guarded(key: str) -> bool:
     configurable = key.split("/")[-1].split(".")[0]
-    return configurable in GUARDED_CONFIGURABLES or key in GUARDED_BINDINGS
+    return (configurable in GUARDED_CONFIGURABLES and key not in FREE_MODEL_BINDINGS) or key in GUARDED_BINDINGS
 
 
 def _is_on(value: Any) -> bool:
