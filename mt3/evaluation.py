@@ -279,14 +279,19 @@ class EvalScalars:
         for key, value in metrics.items():
             self._writer.add_scalar(key, value, int(step))
         self._writer.flush()
+        self._upload()
+
+    def _upload(self) -> None:
         if self._staging is not None:
             from mt3 import paths
 
+            paths.makedirs(self.logdir)
             paths.upload_tree(self._staging.name, self.logdir)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._upload()  # what the writer's thread wrote since the last flush
         if self._staging is not None:
             self._staging.cleanup()
 

@@ -139,6 +139,17 @@ def test_default_out_is_beside_training_summaries_with_tensorboard_scalars(tiny,
     assert f"in {model_dir / 'infer_eval'}" in printed
 
 
+def test_eval_scalars_reach_a_url_logdir(tmp_path):
+    """A URL --out (here file://; gs:// goes through the same fsspec upload): the events file is written locally and
+    uploaded after each step and at close, so the bucket holds every step's scalars."""
+    scalars = evaluation.EvalScalars(f"file://{tmp_path}/runs/m/infer_eval")
+    scalars.write(100, {f"{TASK}/onset_f1": 0.25})
+    scalars.write(200, {f"{TASK}/onset_f1": 0.5, f"{TASK}/frame_f1": 0.75})
+    scalars.close()
+    assert read_scalars(tmp_path / "runs" / "m" / "infer_eval") == {
+        f"{TASK}/onset_f1": [(100, 0.25), (200, 0.5)], f"{TASK}/frame_f1": [(200, 0.75)]}
+
+
 def test_trainer_hook(tiny, tmp_path):
     from mt3 import model_loading
 
