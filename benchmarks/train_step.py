@@ -70,7 +70,7 @@ def xla_flops(compiled) -> float | None:
 
 def run(args, gin_bindings: list[str]) -> dict:
     from mt3 import gin_utils
-    from mt3.training import train
+    from mt3.training import input_pipeline, train
 
     gin_utils.parse_gin_flags(args.gin_file, gin_bindings, model_dir=tempfile.mkdtemp(prefix="mt3_bench_"))
     import gin
@@ -86,9 +86,9 @@ def run(args, gin_bindings: list[str]) -> dict:
     tr = trainer.Trainer(model, gin.get_configurable("trainer.OptimizerConfig")(), partitioner,
                          num_microbatches=gin_utils.query_macro("NUM_MICROBATCHES", 1))
     data_cfg = train.DatasetConfig(task_feature_lengths=lengths, batch_size=batch_size, source="synthetic")
-    host_batch = next(train.synthetic_batches(data_cfg, host_batch_size=partitioner.host_batch_size(batch_size),
-                                              shard_id=partitioner.data_layout()[0], vocab_size=config.vocab_size,
-                                              input_depth=config.encoder_input_depth))
+    host_batch = next(input_pipeline.synthetic_batches(
+        data_cfg, host_batch_size=partitioner.host_batch_size(batch_size), shard_id=partitioner.data_layout()[0],
+        vocab_size=config.vocab_size, input_depth=config.encoder_input_depth))
     batch = partitioner.make_global_batch(host_batch, batch_size)
     state = tr.init_state(seed=0)
 

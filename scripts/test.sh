@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# README command 2: set up from scratch (idempotent) and run lint + the whole test suite.
+# README command 2: set up from scratch (idempotent) and run lint + the whole test suite (what CI runs).
+#   scripts/test.sh --fast   lint + the tests not marked slow (-m "not slow": no subprocess training runs, no trained
+#                            tiny model, no browser), a few minutes; other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == "--fast" ]]; then args+=(-m "not slow"); else args+=("$arg"); fi
+done
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 .venv/bin/ruff check mt3 tests benchmarks
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests ${args[@]+"${args[@]}"}

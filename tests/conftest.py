@@ -63,3 +63,16 @@ def music21_midi_files(music21_sequences, tmp_path_factory):
         paths[key] = out / f"{key}.mid"
         write_midi(ns, paths[key])
     return paths
+
+
+# Tests on the trained tiny model (`helpers.build_tiny_model`: a few hundred training steps, built once per session,
+# then real decoding) are end-to-end: marked slow, so `scripts/test.sh --fast` (-m "not slow") leaves them out. A
+# module's `tiny` / `tiny_im` / `base_url` fixture is that model when the module imports build_tiny_model.
+TRAINED_MODEL_FIXTURES = frozenset({"tiny", "tiny_im", "base_url"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) and hasattr(module, "build_tiny_model"):
+            item.add_marker(pytest.mark.slow)

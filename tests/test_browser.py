@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_inference import build_tiny_model
-from test_server import running_server
+from helpers import build_tiny_model, running_server
 
 from mt3 import model_loading, plotting
+
+# end-to-end: `scripts/test.sh --fast` (-m 'not slow') leaves these out
+pytestmark = pytest.mark.slow
 
 GM_NAMES = [plotting.instrument_label(program, False) for program in range(128)]
 

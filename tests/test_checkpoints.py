@@ -21,7 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_trainer import REPO, TINY_RUN_BINDINGS, subprocess_env, synthetic_batch, tiny_model
+from helpers import (
+    REPO,
+    TINY_RUN_BINDINGS,
+    real_data_bindings,
+    subprocess_env,
+    synthetic_batch,
+    tiny_model,
+    tiny_preset_gin,
+)
 
 from mt3.training import checkpoints, partitioning, trainer
 
@@ -156,6 +164,7 @@ def test_checkpoint_config_validates():
 # Real processes: SIGKILL + resume is exact; SIGTERM saves and exits 0
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_straight_run(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     code, out, err = _finish(_start_worker(tmp_path, straight, extra=["TRAIN_STEPS = 20"]))
@@ -188,6 +197,7 @@ def test_sigkill_then_resume_equals_straight_run(tmp_path):
                            state_b["params"]["decoder"]["logits_dense"]["kernel"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     model_dir = tmp_path / "run"
     proc = _start_worker(tmp_path, model_dir, pause_at=7, pause_seconds=3, extra=["TRAIN_STEPS = 1000"])
@@ -211,7 +221,8 @@ def _cut_chunks(model_dir: Path, step: int) -> None:
             f.truncate(max(1, chunk.stat().st_size // 3))
 
 
-def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys):
+@pytest.mark.slow
+def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, caplog):
     from mt3.errors import InputError
     from mt3.training import train
 
@@ -224,9 +235,10 @@ def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys
 
     run(4)
     _cut_chunks(tmp_path, 4)
-    capsys.readouterr()
-    result = run(6)
-    err = capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mt3.training.train"):  # train() logs; `mt3 train` shows it on the console
+        result = run(6)
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     warnings = [line for line in err.splitlines() if "does not restore" in line]
     assert len(warnings) == 1 and f"checkpoint step 4 ({tmp_path / 'checkpoints' / '4'}) does not restore: " in \
         warnings[0]
@@ -247,16 +259,6 @@ def test_train_resumes_from_the_newest_checkpoint_that_restores(tmp_path, capsys
 # Issue #17: the indexed sampler's position resumes exactly on real data; SIGTERM stops within seconds
 # ---------------------------------------------------------------------------------------------------------------
 
-def _real_data_bindings(data_dir: Path) -> list[str]:
-    """The tiny model on prepared records (raw 128-sample frames, MT3's vocabulary) through the indexed sampler."""
-    model = [b for b in TINY_RUN_BINDINGS if not b.startswith(("network.T5Config.input_depth", "NUM_EMBEDDINGS",
-                                                               "DATA_SOURCE", "TASK_FEATURE_LENGTHS", "BATCH_SIZE"))]
-    return model + ["network.T5Config.input_depth = 128", "NUM_EMBEDDINGS = 1536", "DATA_SOURCE = 'seqio'",
-                    f"DATA_DIR = '{data_dir}'", "MIXTURE_OR_TASK_NAME = 'local_mix_notes_ties_vb1_train'",
-                    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 64}", "BATCH_SIZE = 4",
-                    "train/utils.DatasetConfig.block_tracks = 3"]
-
-
 @pytest.fixture(scope="module")
 def prepared_local(music21_sequences, tmp_path_factory):
     from data_fixtures import sub_sequence, windows, write_prepared_dataset
@@ -269,10 +271,11 @@ def prepared_local(music21_sequences, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_sigterm_on_real_data_exits_within_seconds_and_resumes_exactly(tmp_path, prepared_local):
     """Preempted at step 7 (not a multiple of the checkpoint period 10): no eval after the signal, exit 0 in < 10 s,
     the checkpoint holds the sampler's position; resuming to step 12 equals an uninterrupted 12-step run."""
-    extra = _real_data_bindings(prepared_local)
+    extra = real_data_bindings(prepared_local)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     code, _, err = _finish(_start_worker(tmp_path, straight, extra=extra + ["TRAIN_STEPS = 12"]))
     assert code == 0, err[-3000:]
@@ -344,19 +347,19 @@ def test_differing_parameters_are_one_line_or_reinitialised_when_asked(tmp_path)
         checkpoints.merge_params(stored, fresh, fallback_to_scratch=False, source=tmp_path)
 
 
+@pytest.mark.slow
 def test_fine_tune_an_imported_t5x_checkpoint_with_adamw_then_transcribe(tmp_path, prepared_local):
     """`mt3 train --gin.INIT_CHECKPOINT=<imported MT3-layout dir>` with AdamW: parameters from the import, step 0,
     the loss on a fixed batch goes down, and the fine-tuned dir transcribes."""
     from flax.traverse_util import flatten_dict
     from t5x_fixture import write_t5x_checkpoint
-    from test_import_checkpoint import _tiny_gin
 
     from mt3 import cli, model_loading
     from mt3.audio import write_wav
     from mt3.training import input_pipeline, train
     from mt3.training.checkpoint_import import build_preset_model, import_checkpoint
 
-    preset = _tiny_gin(tmp_path / "tiny_mt3.gin", "mt3.gin")
+    preset = tiny_preset_gin(tmp_path / "tiny_mt3.gin", "mt3.gin")
     model, _, _ = build_preset_model(str(preset), model_dir=tmp_path / "unused")
     rng = np.random.default_rng(7)
     params = {n: (rng.standard_normal(s.shape) * 0.1).astype(np.float32)

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from test_inference import build_tiny_model
-from test_trainer import MT3, REPO, subprocess_env
+from helpers import MT3, REPO, build_tiny_model, random_inference_model, subprocess_env
 
 from mt3 import cli, midi_io, model_loading
 from mt3.audio import write_wav
@@ -187,7 +186,6 @@ def test_sonify_without_fluidsynth_uses_a_simple_synth(tmp_path, monkeypatch):
 
 
 def test_duplicate_drum_hits_are_removed_when_stitching_and_counted():
-    from test_inference import random_inference_model
 
     from mt3.event_codec import Event
 
@@ -260,6 +258,7 @@ def test_transcribe_refuses_unknown_macros_and_bad_types(tiny, tmp_path, capsys)
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_transcribe_in_a_fresh_process_reads_config_gin_without_the_training_loop(tiny, tmp_path):
     """config.gin names train/DatasetConfig etc. (short names); a fresh `mt3 transcribe` never imports
     mt3.training.train."""
@@ -379,6 +378,7 @@ def test_train_checks_task_data_and_model_dir_before_writing_anything(tmp_path, 
     assert code == 2 and "is a file, not a directory" in err
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
     """`data-stats` imports TensorFlow, whose C++ start-up lines (oneDNN, cuda stubs) used to precede the one error
     line; TF_CPP_MIN_LOG_LEVEL is deliberately unset here, as in a new user's shell."""

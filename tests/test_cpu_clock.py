@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from mt3.training import cpu_clock
 
 # burns about a second of CPU, then "saves" checkpoint 7 as it exits (what SIGTERM does to `mt3 train`)
@@ -21,6 +23,7 @@ def _run(model_dir) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_clock_counts_cpu_puts_the_exit_checkpoint_on_it_and_resumes(tmp_path):
     _run(tmp_path)
     rows = cpu_clock.read_clock(tmp_path)

@@ -10,8 +10,8 @@ import re
 
 import numpy as np
 import pytest
+from helpers import CHECKPOINT_PERIOD, TRAIN_STEPS, build_tiny_model
 from tb_events import read_scalars
-from test_inference import CHECKPOINT_PERIOD, TRAIN_STEPS, build_tiny_model
 
 from mt3 import datasets, evaluation
 from mt3.errors import InputError
@@ -172,6 +172,7 @@ def test_missing_split_and_bad_checkpoint_are_input_errors(tiny, tmp_path):
         evaluation.run_eval(tmp_path / "nope", tasks=[TASK])
 
 
+@pytest.mark.slow
 def test_infer_eval_during_training_from_gin(tiny, tmp_path, capsys):
     """`INFER_EVAL_TASKS` in gin makes `mt3 train` run full-track eval every EVAL_PERIOD, into MODEL_DIR/infer_eval;
     its metrics are printed and logged, and the losses shown are per token (`loss_per_token`, `loss_sum`)."""

@@ -5,8 +5,8 @@ carries them only when the auxiliary loss is on (otherwise its examples are exac
 
 from __future__ import annotations
 
+import helpers
 import numpy as np
-import test_mixing
 from data_fixtures import synth, windows, write_prepared_dataset
 
 from mt3 import mixing, note_sequences, preprocessors
@@ -16,8 +16,9 @@ from mt3.data import frame_targets, track_examples, track_tokens
 # the true one moved by -5 ms (rounding) to +15 ms (rounding plus the crop start's offset from the grid).
 EARLY, LATE = 0.006, 0.016
 
+tracks = helpers.tracks  # the three tokenized real pieces (a module-scoped fixture)
 
-tracks = test_mixing.tracks  # the same three tokenized real pieces (a module-scoped fixture)
+
 
 
 def _reference(ns, t0: float, num_frames: int, fps: float):

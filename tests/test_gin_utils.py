@@ -8,7 +8,7 @@ import sys
 
 import gin
 import pytest
-from test_trainer import MT3, REPO, subprocess_env
+from helpers import MT3, REPO, subprocess_env
 
 from mt3 import gin_utils
 from mt3.errors import InputError
@@ -100,6 +100,7 @@ def test_write_operative_config_records_bindings_and_copies_files(tmp_path):
     assert macro("BATCH_SIZE") == 48 and macro("MODEL_DIR") == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_bad_binding_exits_2_before_any_work(tmp_path):
     model_dir = tmp_path / "never_created"
     result = subprocess.run(MT3 + ["train", "--gin_file=gin/mt3.gin", "--gin.trainer.OptimizerConfig.bogus=1",
@@ -156,6 +157,7 @@ def test_compatible_values_and_new_macros_in_use_are_accepted(tmp_path):
     assert macro("LEARNING_RATE") == 1 and macro("MAX_TRAIN_SECONDS") is None and macro("MY_SEED") == 7
 
 
+@pytest.mark.slow
 def test_invalid_config_values_stop_before_the_model_dir_is_written(tmp_path):
     """A value of the right type that a config refuses (a negative batch) stops `train_from_gin` at start-up."""
     flags = gin_utils.parse_gin_flags(["gin/local_tiny.gin"], ["BATCH_SIZE = -1"], model_dir=tmp_path / "run")
@@ -170,6 +172,7 @@ def test_invalid_config_values_stop_before_the_model_dir_is_written(tmp_path):
     ("--gin.BATCH_SIZE=(", "bad gin binding --gin.BATCH_SIZE=(: "),
     ("--gin.BATCH_SIZE=-1", "DatasetConfig.batch_size must be a positive int, got -1"),
 ])
+@pytest.mark.slow
 def test_cli_bad_bindings_one_line_exit_2_nothing_written(binding, expected, tmp_path):
     model_dir = tmp_path / "run"
     result = subprocess.run(MT3 + ["train", "--gin_file=gin/local_tiny.gin", binding, f"--model_dir={model_dir}"],

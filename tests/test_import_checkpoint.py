@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import T5X_STEP, TINY_LAYERS, tiny_preset_gin
 from t5x_fixture import STORAGE_FORMS, adafactor_statistics, write_t5x_checkpoint
 
 from mt3 import cli, model_loading
 from mt3.errors import InputError
 from mt3.training.checkpoint_import import build_preset_model, import_checkpoint, params_checksum
 
-STEP = 4321
-TINY_LAYERS = ["network.T5Config.num_encoder_layers = 1", "network.T5Config.num_decoder_layers = 1",
-               "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 64}"]
 DECODE_BINDINGS = ["MAX_DECODE_LENGTH = 16", "INFER_BATCH_SIZE = 4"]
 
 
@@ -32,18 +30,13 @@ class Tiny:
     stats: dict[str, dict[str, np.ndarray]]
 
 
-def _tiny_gin(path: Path, base: str) -> Path:
-    path.write_text("\n".join([f"include '{base}'", "include 'model_tiny.gin'", *TINY_LAYERS]) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Tiny:
     from flax.traverse_util import flatten_dict
 
     root = tmp_path_factory.mktemp("tiny_presets")
-    preset = _tiny_gin(root / "tiny_mt3.gin", "mt3.gin")
-    piano = _tiny_gin(root / "tiny_ismir2021.gin", "ismir2021.gin")
+    preset = tiny_preset_gin(root / "tiny_mt3.gin", "mt3.gin")
+    piano = tiny_preset_gin(root / "tiny_ismir2021.gin", "ismir2021.gin")
     model, _, _ = build_preset_model(str(preset), model_dir=root / "unused")
     shapes = flatten_dict(model.abstract_params(), sep="/")
     rng = np.random.default_rng(7)
@@ -56,7 +49,7 @@ def _restored_params(model_dir: Path) -> dict[str, np.ndarray]:
 
     model = model_loading.parse_model_dir_gin(model_dir)
     params, step = model_loading.restore_params(model_dir, model)
-    assert step == STEP
+    assert step == T5X_STEP
     return {k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()}
 
 
@@ -70,14 +63,14 @@ def _leftovers(parent: Path) -> list[str]:
 
 @pytest.mark.parametrize("form", STORAGE_FORMS)
 def test_every_storage_form_imports_bit_for_bit(tiny, tmp_path, form):
-    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, param_states=tiny.stats, form=form)
+    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=T5X_STEP, param_states=tiny.stats, form=form)
     big = src / "target.encoder.continuous_inputs_projection.kernel"
     assert big.is_dir() == (form != "inline")  # the external forms really store arrays outside the msgpack
     assert not (src / "target.encoder.encoder_norm.scale").exists()  # small arrays are inline in every form
 
     result = import_checkpoint(src, tmp_path / "model", preset=str(tiny.preset))
 
-    assert (result.step, result.version, result.num_arrays) == (STEP, 3, len(tiny.params))
+    assert (result.step, result.version, result.num_arrays) == (T5X_STEP, 3, len(tiny.params))
     assert result.num_params == sum(p.size for p in tiny.params.values())
     assert result.checksum == params_checksum(tiny.params)
     assert result.optimizer_state == "converted"
@@ -95,7 +88,7 @@ def test_adafactor_statistics_land_in_the_state_mt3_train_resumes(tiny, tmp_path
     from mt3.training import partitioning, train, trainer
     from mt3.training.checkpoints import CheckpointConfig, Checkpointer
 
-    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, param_states=tiny.stats, form="file")
+    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=T5X_STEP, param_states=tiny.stats, form="file")
     import_checkpoint(src, tmp_path / "model", preset=str(tiny.preset))
 
     # what `mt3 train --gin_file=<preset> --model_dir <imported>` builds, then restores
@@ -105,11 +98,11 @@ def test_adafactor_statistics_land_in_the_state_mt3_train_resumes(tiny, tmp_path
     state, data_position = train.restore_or_init(tr, checkpointer, seed=0, restore=True)
     checkpointer.close()
 
-    assert (int(state.step), data_position) == (STEP, 0)
+    assert (int(state.step), data_position) == (T5X_STEP, 0)
     factored = [s for s in state.opt_state if isinstance(s, optax.FactoredState)][0]
-    assert int(factored.count) == STEP
+    assert int(factored.count) == T5X_STEP
     schedule_counts = [int(s.count) for s in state.opt_state if isinstance(s, optax.ScaleByScheduleState)]
-    assert schedule_counts == [STEP]  # the learning-rate schedule continues from the imported step
+    assert schedule_counts == [T5X_STEP]  # the learning-rate schedule continues from the imported step
     num_factored = 0
     for stat in ("v_row", "v_col", "v"):
         ours = flatten_dict(getattr(factored, stat), sep="/")
@@ -123,26 +116,26 @@ def test_statistics_in_another_layout_give_a_fresh_optimizer_state(tiny, tmp_pat
     unfactored = {name: {"v_row": np.zeros(1, np.float32), "v_col": np.zeros(1, np.float32),
                          "v": np.ones(p.shape, np.float32), "m": np.zeros(1, np.float32)}
                   for name, p in tiny.params.items()}  # as T5X writes with factored=False
-    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, param_states=unfactored, form="gfile")
+    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=T5X_STEP, param_states=unfactored, form="gfile")
     argv = ["import-checkpoint", str(src), "--preset", str(tiny.preset), "-o", str(tmp_path / "model")]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "fresh optimizer state:" in out and "different factoring" in out
     assert _restored_params(tmp_path / "model").keys() == tiny.params.keys()
 
-    bare = write_t5x_checkpoint(tmp_path / "bare", tiny.params, step=STEP, form="gcs")  # no param_states at all
+    bare = write_t5x_checkpoint(tmp_path / "bare", tiny.params, step=T5X_STEP, form="gcs")  # no param_states at all
     result = import_checkpoint(bare, tmp_path / "model2", preset=str(tiny.preset))
     assert result.optimizer_state == "fresh: the checkpoint holds no Adafactor statistics"
 
 
 def test_step_picks_a_checkpoint_of_a_t5x_model_dir(tiny, tmp_path):
     shifted = {k: v + 1.0 for k, v in tiny.params.items()}
-    write_t5x_checkpoint(tmp_path / "run" / f"checkpoint_{STEP}", tiny.params, step=STEP, form="gfile")
+    write_t5x_checkpoint(tmp_path / "run" / f"checkpoint_{T5X_STEP}", tiny.params, step=T5X_STEP, form="gfile")
     write_t5x_checkpoint(tmp_path / "run" / "checkpoint_9000", shifted, step=9000, form="gfile")
     latest = import_checkpoint(tmp_path / "run", tmp_path / "latest", preset=str(tiny.preset))
-    chosen = import_checkpoint(tmp_path / "run", tmp_path / "chosen", preset=str(tiny.preset), step=STEP)
+    chosen = import_checkpoint(tmp_path / "run", tmp_path / "chosen", preset=str(tiny.preset), step=T5X_STEP)
     assert (latest.step, latest.checksum) == (9000, params_checksum(shifted))
-    assert (chosen.step, chosen.checksum) == (STEP, params_checksum(tiny.params))
+    assert (chosen.step, chosen.checksum) == (T5X_STEP, params_checksum(tiny.params))
     with pytest.raises(InputError, match="holds step 9000, not the requested --step 5"):
         import_checkpoint(tmp_path / "run" / "checkpoint_9000", tmp_path / "x", preset=str(tiny.preset), step=5)
 
@@ -181,14 +174,14 @@ def test_cli_import_then_transcribe_and_same_greedy_tokens_as_direct_params(tiny
 
     from mt3.audio import write_wav
 
-    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, param_states=tiny.stats,
+    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=T5X_STEP, param_states=tiny.stats,
                                form="toplevel")
     model_dir = tmp_path / "model"
     argv = ["import-checkpoint", str(src), "--preset", "mt3", "--gin_file", "model_tiny.gin",
             *(f"--gin.{b.split(' = ')[0]}={b.split(' = ')[1]}" for b in TINY_LAYERS), "-o", str(model_dir)]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert f"step {STEP:,}" in out and "as preset mt3" in out
+    assert f"step {T5X_STEP:,}" in out and "as preset mt3" in out
     assert f"{sum(p.size for p in tiny.params.values()):,} in {len(tiny.params)} arrays" in out
     assert f"sha256 {params_checksum(tiny.params)[:16]}" in out and "statistics converted" in out
 
@@ -229,9 +222,9 @@ def _break(case: str, tiny: Tiny, root: Path) -> tuple[Path, list[str], str]:
         return src, [], "not a T5X checkpoint"
     if case == "missing_array_in_msgpack":
         partial = {k: v for k, v in tiny.params.items() if k != "decoder/decoder_norm/scale"}
-        write_t5x_checkpoint(src, partial, step=STEP, form="file")
+        write_t5x_checkpoint(src, partial, step=T5X_STEP, form="file")
         return src, [], "missing from the checkpoint, e.g. target/decoder/decoder_norm/scale"
-    write_t5x_checkpoint(src, tiny.params, step=STEP, param_states=tiny.stats, form="file")
+    write_t5x_checkpoint(src, tiny.params, step=T5X_STEP, param_states=tiny.stats, form="file")
     if case == "truncated_chunk":
         chunk = src / "target.decoder.logits_dense.kernel" / "0.0"
         chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
@@ -269,7 +262,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, capsys,
 def test_failure_while_writing_leaves_no_half_written_model_dir(tiny, tmp_path, monkeypatch):
     from mt3 import gin_utils
 
-    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=STEP, form="gfile")
+    src = write_t5x_checkpoint(tmp_path / "released", tiny.params, step=T5X_STEP, form="gfile")
 
     def fail(*args, **kwargs):
         raise OSError("disk full")

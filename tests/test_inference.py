@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import re
 import shutil
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CHECKPOINT_PERIOD, TRAIN_STEPS, TinyModel, build_tiny_model, random_inference_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,85 +25,6 @@ from mt3 import inference, midi_io, model_loading, note_sequences, vocabularies
 from mt3.data import track_tokens
 from mt3.errors import InputError
 from mt3.training import checkpoints
-
-TRAIN_STEPS = 160
-CHECKPOINT_PERIOD = 80
-# decoding bindings shared by every test that loads the checkpoint: short decodes keep CPU tests fast
-TEST_BINDINGS = ["MAX_DECODE_LENGTH = 192", "INFER_BATCH_SIZE = 4"]
-TRACKS = [(0, 4), (4, 8), (8, 12), (12, 16), (14, 18)]  # seconds of the chorale; the last two are the test split
-
-
-@dataclass
-class TinyModel:
-    root: Path
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    def reference_midi(self, i: int) -> Path:
-        return self.root / f"ref{i}.mid"
-
-    def wav(self, i: int) -> Path:
-        """Track i's audio as a float WAV: bit-identical to the samples in the records."""
-        return self.root / "audio" / f"track{i}.wav"
-
-    @property
-    def bindings(self) -> list[str]:
-        return [*TEST_BINDINGS, f"DATA_DIR = '{self.data_dir}'"]
-
-    @property
-    def gin_flags(self) -> list[str]:
-        """The bindings as command-line flags (--gin.NAME=VALUE)."""
-        return [f"--gin.{b.split('=', 1)[0].strip()}={b.split('=', 1)[1].strip()}" for b in self.bindings]
-
-
-def build_tiny_model(tmp_path_factory) -> TinyModel:
-    """Builds (once per session) the prepared dataset and trained model dir described in the module docstring."""
-    root = tmp_path_factory.getbasetemp() / "mt3_tiny_inference_model"
-    done = root / "DONE"
-    if done.exists():
-        return TinyModel(root)
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
-    from conftest import music21_note_sequence
-    from data_fixtures import sub_sequence, synth, write_prepared_dataset
-
-    from mt3 import gin_utils
-    from mt3.audio import write_wav
-    from mt3.midi_io import load_midi, write_midi
-    from mt3.training import train
-
-    chorale = music21_note_sequence("bach_chorale")
-    tracks = []
-    for i, (start, end) in enumerate(TRACKS):
-        write_midi(sub_sequence(chorale, start, end), root / f"ref{i}.mid")
-        ns = load_midi(root / f"ref{i}.mid")  # the reference IS the MIDI file's content (what `mt3 score` reads)
-        tracks.append((f"Track{i:05d}", ns))
-        write_wav(root / "audio" / f"track{i}.wav", synth(ns), subtype="FLOAT")
-    write_prepared_dataset(root / "data", "local", {"train": tracks[:4], "validation": tracks[4:], "test": tracks[3:]})
-    bindings = ["network.T5Config.emb_dim = 64", "network.T5Config.num_heads = 2", "network.T5Config.head_dim = 16",
-                "network.T5Config.mlp_dim = 128", "network.T5Config.num_encoder_layers = 1",
-                "network.T5Config.num_decoder_layers = 1", f"TRAIN_STEPS = {TRAIN_STEPS}", "BATCH_SIZE = 4",
-                "TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 256}", f"DATA_DIR = '{root / 'data'}'",
-                f"CHECKPOINT_PERIOD = {CHECKPOINT_PERIOD}", "EVAL_PERIOD = 0", "MAX_TRAIN_SECONDS = None",
-                "SUMMARY_PERIOD = 40", "LEARNING_RATE = 0.01"]
-    saved_env = os.environ.get("MT3_DATA_DIR")
-    try:
-        flags = gin_utils.parse_gin_flags(["local_tiny.gin"], bindings, model_dir=root / "model")
-        train.train_from_gin(flags)
-    finally:  # tasks.get_dataset exports the data dir; do not leak it into other tests
-        if saved_env is None:
-            os.environ.pop("MT3_DATA_DIR", None)
-        else:
-            os.environ["MT3_DATA_DIR"] = saved_env
-    done.write_text("ok")
-    return TinyModel(root)
 
 
 @pytest.fixture(scope="session")
@@ -116,20 +35,6 @@ def tiny(tmp_path_factory) -> TinyModel:
 @pytest.fixture(scope="session")
 def tiny_im(tiny) -> inference.InferenceModel:
     return model_loading.load_inference_model(tiny.model_dir, gin_bindings=tiny.bindings)
-
-
-def random_inference_model(batch_size: int = 2, max_decode_len: int = 16, **config) -> inference.InferenceModel:
-    """A randomly initialised small model (tests that need only the mechanics, not a checkpoint)."""
-    import jax
-
-    from mt3.models import models, network
-
-    net = network.T5Config(vocab_size=1536, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1,
-                           num_decoder_layers=1, dropout_rate=0.0)
-    model = models.ContinuousInputsEncoderDecoderModel(network.Transformer(net))
-    return inference.InferenceModel(model, model.init_params(jax.random.PRNGKey(0)),
-                                    config=inference.InferenceConfig(batch_size=batch_size,
-                                                                     max_decode_len=max_decode_len, **config))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,12 +3,15 @@ sum of its crops, its targets decode to the union of the crops' notes, and the s
 
 from __future__ import annotations
 
+import helpers
 import numpy as np
 import pytest
-from data_fixtures import chorale_train_task, gin_bound_train_examples, sub_sequence, synth
+from data_fixtures import chorale_train_task, gin_bound_train_examples
 
 from mt3 import metrics_utils, mixing, vocabularies
 from mt3.data import track_examples
+
+tracks = helpers.tracks  # the three tokenized real pieces (a module-scoped fixture)
 
 
 def _decode_window(ids, config):
@@ -17,16 +20,6 @@ def _decode_window(ids, config):
     ns = metrics_utils.event_predictions_to_ns([{"est_tokens": tokens, "start_time": 0.0}], config.codec,
                                                config.encoding_spec)["est_ns"]
     return {(round(n.start_time * 100), n.pitch, n.program, n.is_drum) for n in ns.notes}
-
-
-@pytest.fixture(scope="module")
-def tracks(music21_sequences):
-    config = track_examples.TokenizeConfig()
-    out = []
-    for key, start in (("bach_chorale", 0.0), ("string_quartet", 10.0), ("piano_piece", 5.0)):
-        ns = sub_sequence(music21_sequences[key], start, start + 14.0)
-        out.append(track_examples.tokenize_track(synth(ns), ns, config))
-    return config, out
 
 
 def test_one_crop_mix_reproduces_the_crop_targets(tracks):

@@ -8,20 +8,22 @@ single-process step on the two shards concatenated. Both processes also write th
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from test_trainer import REPO, subprocess_env, synthetic_batch, tiny_model
+from helpers import REPO, free_port, subprocess_env, synthetic_batch, tiny_model
 
 from mt3.training import partitioning, trainer
+
+# end-to-end: `scripts/test.sh --fast` (-m 'not slow') leaves these out
+pytestmark = pytest.mark.slow
 
 WORKER = r"""
 import json, sys
 sys.path.insert(0, "tests")
-from test_trainer import tiny_model
+from helpers import tiny_model
 from mt3.training import partitioning
 from mt3.training import train
 
@@ -36,12 +38,6 @@ print("RESULT " + json.dumps({"process": jax.process_index(), "count": jax.proce
                               "devices": jax.device_count(), "layout": partitioning.Partitioner().data_layout(),
                               "loss": result.last_metrics["loss"], "step": result.step}), flush=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_train_one_step_and_agree(tmp_path):
@@ -84,7 +80,7 @@ print("RESULT " + json.dumps({"loss": result.last_metrics["loss"], "step": resul
 
 
 def _run_pair(tmp_path, script, *args) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=subprocess_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",

@@ -10,8 +10,8 @@ import sys
 
 import jax
 import pytest
+from helpers import REPO, subprocess_env
 from jax.sharding import PartitionSpec as P
-from test_trainer import REPO, subprocess_env
 
 from mt3.training import partitioning
 
@@ -19,7 +19,7 @@ MESH_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "tests")
 import jax
-from test_trainer import synthetic_batch, tiny_model
+from helpers import synthetic_batch, tiny_model
 from mt3.training import partitioning
 from mt3.training import trainer
 
@@ -41,6 +41,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_meshes_1x1_8x1_4x2_give_the_same_loss():
     result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=REPO, capture_output=True, text=True,
                             timeout=300, env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))

@@ -13,7 +13,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-from test_inference import build_tiny_model
+from helpers import build_tiny_model
 
 from mt3 import inference, model_loading, pretrained
 from mt3.commands.export_model import export_model
@@ -89,6 +89,7 @@ def test_default_model_dir_prefers_a_bundled_model(exported, monkeypatch, tmp_pa
 SHIPPED = pretrained.BUNDLED_DIR / pretrained.DEFAULT_MODEL_NAME
 
 
+@pytest.mark.slow
 def test_shipped_model_transcribes_from_any_directory_with_no_flags(tmp_path):
     """The package's own model: checksum holds, size within 25 MB, and `mt3 transcribe` from an unrelated working
     directory, with no --checkpoint, writes a MIDI with notes for real corpus-style audio."""

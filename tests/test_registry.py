@@ -163,6 +163,7 @@ def test_tasks_command_lists_tasks_mixtures_hours_and_shares(data_dir, capsys, c
     assert "did you mean" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_refuses_a_mixture_it_cannot_index_before_writing_anything(data_dir, tmp_path, capsys, clean_mixtures):
     from mt3 import cli
 

@@ -126,7 +126,7 @@ def test_ref_against_itself_explains_the_frame_velocity_threshold(tmp_path, caps
 
 def test_json_into_a_closed_pipe_stops_quietly(music21_midi_files):
     """`mt3 score --json A B | head -c 600` once ended in a BrokenPipe traceback."""
-    from test_trainer import REPO, subprocess_env
+    from helpers import REPO, subprocess_env
 
     path = music21_midi_files["string_quartet"]
     proc = subprocess.Popen([sys.executable, "-m", "mt3.cli", "score", "--json", str(path), str(path)], cwd=REPO,

@@ -6,46 +6,18 @@ across 8 concurrent requests, /healthz, and that the service keeps serving after
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import logging
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
-from test_inference import build_tiny_model
+from helpers import build_tiny_model, running_server
 
 from mt3 import model_loading
 from mt3.serving import server
-
-
-@contextlib.contextmanager
-def running_server(im, **limits):
-    """Yields the base URL of a uvicorn server running `server.create_app(im, **limits)` in a thread."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(server.create_app(im, **limits), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 from packaging.requirements import Requirement
-from test_trainer import REPO
 
 ACCELERATOR_EXTRAS = ("cuda12", "tpu")
 

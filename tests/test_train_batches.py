@@ -1,5 +1,5 @@
-"""Per-batch decoder padding cut (train.trim_target_padding): shapes follow the longest target, loss and gradients do
-not change, and it is refused where hosts would disagree on shapes."""
+"""Per-batch decoder padding cut (input_pipeline.trim_target_padding): shapes follow the longest target, loss and
+gradients do not change, and it is refused where hosts would disagree on shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from mt3 import vocabularies
 from mt3.data import frame_targets
 from mt3.models import models, network
-from mt3.training import train
+from mt3.training import input_pipeline, train
 
 
 def _batch(lengths, target_length=256, seed=0):
@@ -27,11 +27,12 @@ def _batch(lengths, target_length=256, seed=0):
 
 
 def test_cut_follows_the_longest_target():
-    assert train.trim_target_padding(_batch([10, 70]), 64)["decoder_target_tokens"].shape == (2, 128)
-    assert train.trim_target_padding(_batch([64, 3]), 64)["decoder_input_tokens"].shape == (2, 64)
-    assert train.trim_target_padding(_batch([250, 3]), 64)["decoder_loss_weights"].shape == (2, 256)
-    assert train.trim_target_padding(_batch([200], target_length=200), 64)["decoder_target_tokens"].shape == (1, 200)
-    assert train.trim_target_padding(_batch([10, 70]), 64)["encoder_input_tokens"].shape == (2, 8, 16)
+    assert input_pipeline.trim_target_padding(_batch([10, 70]), 64)["decoder_target_tokens"].shape == (2, 128)
+    assert input_pipeline.trim_target_padding(_batch([64, 3]), 64)["decoder_input_tokens"].shape == (2, 64)
+    assert input_pipeline.trim_target_padding(_batch([250, 3]), 64)["decoder_loss_weights"].shape == (2, 256)
+    long = input_pipeline.trim_target_padding(_batch([200], target_length=200), 64)
+    assert long["decoder_target_tokens"].shape == (1, 200)
+    assert input_pipeline.trim_target_padding(_batch([10, 70]), 64)["encoder_input_tokens"].shape == (2, 8, 16)
 
 
 def test_loss_and_gradients_are_unchanged():
@@ -40,7 +41,7 @@ def test_loss_and_gradients_are_unchanged():
     model = models.ContinuousInputsEncoderDecoderModel(network.Transformer(config))
     params = model.init_params(jax.random.PRNGKey(0))
     full = _batch([12, 40, 33])
-    cut = train.trim_target_padding(full, 16)
+    cut = input_pipeline.trim_target_padding(full, 16)
     assert cut["decoder_target_tokens"].shape[1] == 48
     (loss_full, _), grads_full = jax.value_and_grad(model.loss_fn, has_aux=True)(params, full, None)
     (loss_cut, _), grads_cut = jax.value_and_grad(model.loss_fn, has_aux=True)(params, cut, None)
@@ -52,39 +53,32 @@ def test_loss_and_gradients_are_unchanged():
 def test_refused_with_several_data_shards():
     cfg = train.DatasetConfig(target_length_multiple=64)
     with pytest.raises(ValueError, match="one data shard"):
-        next(iter(train.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=2)))
+        next(iter(input_pipeline.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=2)))
 
 
 def test_cut_keeps_the_frame_targets_whole():
     batch = _batch([10, 70])
     batch["aux_onsets"] = np.ones((2, 8, 128), np.uint8)
-    cut = train.trim_target_padding(batch, 64)
+    cut = input_pipeline.trim_target_padding(batch, 64)
     assert cut["aux_onsets"].shape == (2, 8, 128) and cut["decoder_target_tokens"].shape == (2, 128)
 
 
-def _batches(tmp_path, music21_sequences, monkeypatch, bindings, pipeline):
-    import gin
+def _batches(tmp_path, music21_sequences, monkeypatch, aux_frame_loss_weight, pipeline):
     from data_fixtures import windows, write_prepared_dataset
 
-    from mt3 import configurables, datasets, tasks
+    from mt3 import datasets, tasks
 
-    configurables.register()
     if not (tmp_path / "local").exists():
         pieces = windows(music21_sequences["bach_chorale"], 4, stride=3.0, length=6.0, prefix="t")
         write_prepared_dataset(tmp_path, "local", {"train": pieces, "validation": pieces[:1], "test": pieces[:1]})
     monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    # the model's AUX_FRAME_LOSS_WEIGHT reaches the pipeline on the dataset config (gin/train.gin binds it there)
     cfg = train.DatasetConfig(mixture_or_task_name=f"{tasks._MT3_PREFIXES['local']}_train",
                               task_feature_lengths={"inputs": 256, "targets": 256}, batch_size=2, shuffle=False,
-                              target_length_multiple=64, data_dir=str(tmp_path), pipeline=pipeline)
-    with gin.unlock_config():
-        gin.clear_config()
-        gin.parse_config(bindings)
-    try:
-        return list(zip(range(3), train.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=1),
-                        strict=False))
-    finally:
-        with gin.unlock_config():
-            gin.clear_config()
+                              target_length_multiple=64, data_dir=str(tmp_path), pipeline=pipeline,
+                              aux_frame_loss_weight=aux_frame_loss_weight)
+    return list(zip(range(3), input_pipeline.make_batch_iterator(cfg, host_batch_size=2, shard_id=0, num_shards=1),
+                    strict=False))
 
 
 @pytest.mark.parametrize("pipeline", ["indexed", "seqio"])
@@ -92,12 +86,12 @@ def test_trainer_batches_carry_frame_targets_only_when_the_aux_loss_is_on(tmp_pa
                                                                           pipeline):
     """Both input pipelines (the indexed sampler; seqio's feature converter and the trainer's filter): rolls padded
     to the encoder length when on; with the weight at 0 the batches are exactly the model features they were."""
-    off = _batches(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 0.0"], pipeline)
-    on = _batches(tmp_path, music21_sequences, monkeypatch, ["AUX_FRAME_LOSS_WEIGHT = 1.0"], pipeline)
+    off = _batches(tmp_path, music21_sequences, monkeypatch, 0.0, pipeline)
+    on = _batches(tmp_path, music21_sequences, monkeypatch, 1.0, pipeline)
     assert len(off) == len(on) == 3
     for (_, a), (_, b) in zip(off, on, strict=True):
-        assert set(a) == set(train.MODEL_FEATURES)
-        assert set(b) == set(train.MODEL_FEATURES) | {"aux_onsets", "aux_frames"}
+        assert set(a) == set(input_pipeline.MODEL_FEATURES)
+        assert set(b) == set(input_pipeline.MODEL_FEATURES) | {"aux_onsets", "aux_frames"}
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
         assert b["aux_onsets"].shape == b["aux_frames"].shape == (2, 256, 128) and b["aux_frames"].dtype == np.uint8

@@ -7,67 +7,19 @@ the real `network.Transformer` shrunk to a few thousand parameters, fed syntheti
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import MT3, REPO, TINY_RUN_BINDINGS, subprocess_env, synthetic_batch, tiny_model
 
 from mt3.models import models, network
 from mt3.training import partitioning, train, trainer
-
-REPO = Path(__file__).resolve().parents[1]
-MT3 = [sys.executable, "-m", "mt3.cli"]
-
-# The real model, shrunk; dropout on so that resume tests also check the RNG is restored.
-TINY_MODEL_BINDINGS = [
-    "network.T5Config.input_frontend = 'features'",
-    "network.T5Config.input_depth = 16",
-    "network.T5Config.emb_dim = 32",
-    "network.T5Config.num_heads = 2",
-    "network.T5Config.head_dim = 16",
-    "network.T5Config.mlp_dim = 64",
-    "network.T5Config.num_encoder_layers = 1",
-    "network.T5Config.num_decoder_layers = 1",
-    "NUM_EMBEDDINGS = 128",
-    "DROPOUT_RATE = 0.1",
-]
-TINY_RUN_BINDINGS = TINY_MODEL_BINDINGS + [
-    "DATA_SOURCE = 'synthetic'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 16}",
-    "BATCH_SIZE = 8",
-    "EVAL_BATCH_SIZE = 8",
-    "EVAL_STEPS = 1",
-    "SUMMARY_PERIOD = 5",
-]
-
-
-def subprocess_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "TPU_"))}
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", **extra)
-    return env
-
-
-def tiny_model(dropout_rate: float = 0.0, vocab_size: int = 128) -> models.ContinuousInputsEncoderDecoderModel:
-    config = network.T5Config(vocab_size=vocab_size, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                              num_encoder_layers=1, num_decoder_layers=1, dropout_rate=dropout_rate,
-                              input_depth=16, input_frontend="features")
-    return models.ContinuousInputsEncoderDecoderModel(network.Transformer(config))
-
-
-def synthetic_batch(batch_size: int = 8, seed: int = 0, shard_id: int = 0, index: int = 0) -> dict[str, np.ndarray]:
-    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=batch_size,
-                              source="synthetic", seed=seed)
-    batches = train.synthetic_batches(cfg, host_batch_size=batch_size, shard_id=shard_id, vocab_size=128,
-                                      input_depth=16, start=index)
-    return next(batches)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Optimizer and schedule
@@ -202,6 +154,7 @@ def test_synthetic_batches_follow_the_feature_contract():
 # The `mt3 train` command end to end
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mt3_train_cli_end_to_end(tmp_path):
     model_dir = tmp_path / "run"
     args = ["train", "--gin_file=gin/train.gin", f"--model_dir={model_dir}",
@@ -229,6 +182,7 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path):
     assert np.isfinite(result.last_metrics["loss"]) and result.last_metrics["examples_per_sec"] > 0
 
 
+@pytest.mark.slow
 def test_local_tiny_preset_trains_on_the_real_seqio_pipeline(tmp_path, music21_sequences):
     """The CPU quickstart path: local corpus -> seqio -> tiny real model (log-mel frontend) -> checkpoint + eval."""
     from data_fixtures import sub_sequence, windows, write_prepared_dataset
@@ -249,6 +203,7 @@ def test_local_tiny_preset_trains_on_the_real_seqio_pipeline(tmp_path, music21_s
     assert (model_dir / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow
 def test_teacher_forced_eval_on_a_mixture_reports_each_task(tmp_path, music21_sequences, capsys):
     """A training-eval mixture of two prepared datasets: each task evaluated on its own batches (T5X's training eval),
     summarised as TASK/loss_per_token etc. beside the pooled numbers, and printed; losses shown per token."""
@@ -308,3 +263,46 @@ def test_teacher_forced_eval_on_a_mixture_reports_each_task(tmp_path, music21_se
         assert float(match[1]) == pytest.approx(last[f"{task}/loss_per_token"], rel=1e-3)
         assert float(match[2]) == pytest.approx(last[f"{task}/accuracy"], abs=1e-3)
     assert {"loss_per_token", "loss_sum"} <= set(read_scalars(tmp_path / "run" / "train"))
+
+
+def test_summaries_fetch_step_n_minus_1_after_dispatching_step_n(tmp_path, monkeypatch):
+    """nanodo's pattern: a due summary's device->host transfer waits until the next step is queued, so it never stalls
+    the device; the last one is fetched after the loop, so every due step is still summarised."""
+    events: list[tuple[str, int]] = []
+    dispatch, summarize = trainer.Trainer.train_step, train._summarize
+
+    def counting_dispatch(self, state, batch):
+        out = dispatch(self, state, batch)
+        events.append(("dispatch", int(out[0].step)))
+        return out
+
+    def recording_summarize(step, metrics, *args):
+        events.append(("summarize", step))
+        return summarize(step, metrics, *args)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", counting_dispatch)
+    monkeypatch.setattr(train, "_summarize", recording_summarize)
+    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=8, source="synthetic")
+    result = train.train(model=tiny_model(), model_dir=str(tmp_path), train_dataset_cfg=cfg,
+                         loop_cfg=train.TrainLoopConfig(total_steps=4, summary_period=2, eval_period=0),
+                         checkpoint_cfg=train.CheckpointConfig(period=100, async_save=False))
+    assert events == [("dispatch", 1), ("dispatch", 2), ("dispatch", 3), ("summarize", 2), ("dispatch", 4),
+                      ("summarize", 4)]
+    assert result.step == 4 and np.isfinite(result.last_metrics["loss"])
+
+
+def test_the_loop_logs_on_the_console_as_mt3_train_lines():
+    """train() logs (chief host only); under `mt3 train` (train_from_gin) the lines show as 'mt3 train: ...', info on
+    stdout and warnings on stderr, as the prints did."""
+    code = ("from mt3.training import train\n"
+            "with train.console_logging():\n"
+            "    train._say('restored checkpoint step 3'); train._say('step 4 does not restore', warning=True)\n"
+            "train._say('after the run: not shown')\n"
+            "import logging; logging.basicConfig()\n"  # a root handler (libraries add one): each line still once
+            "with train.console_logging():\n"
+            "    train._say('once')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["mt3 train: restored checkpoint step 3", "mt3 train: once"]
+    assert result.stderr.splitlines() == ["mt3 train: warning: step 4 does not restore"]

@@ -10,28 +10,34 @@ without TensorFlow. Eval-by-inference hooks in through `infer_eval_fn(step, para
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
-from mt3.training import input_pipeline
-from mt3.training.checkpoints import CheckpointConfig, RestoreCheckpointConfig
+from mt3 import gin_utils
+from mt3.errors import InputError
+from mt3.training import checkpoints, input_pipeline, partitioning
+from mt3.training import trainer as trainer_lib
+from mt3.training.checkpoints import CheckpointConfig, Checkpointer, RestoreCheckpointConfig
 from mt3.training.partitioning import PartitionConfig
 from mt3.training.trainer import OptimizerConfig
 
+# The loop's lines ("restored checkpoint step ...", "stopped at step ...") go through this logger, from the chief host
+# only (`_say`); `mt3 train` (train_from_gin) shows them on the console as "mt3 train: ..." (`console_logging`).
 log = logging.getLogger(__name__)
-# The streams live in mt3.training.input_pipeline; these names stay importable from here as before.
-MODEL_FEATURES, PIPELINES = input_pipeline.MODEL_FEATURES, input_pipeline.PIPELINES
-make_batch_iterator, stream_state = input_pipeline.make_batch_iterator, input_pipeline.stream_state
-synthetic_batches, trim_target_padding = input_pipeline.synthetic_batches, input_pipeline.trim_target_padding
 
 DATA_SOURCES = ("seqio", "synthetic")
 InferEvalFn = Callable[[int, Any], Mapping[str, float] | None]
@@ -82,8 +88,9 @@ class DatasetConfig:
         return bool(self.aux_frame_loss_weight and self.aux_frame_loss_weight > 0)
 
     def __post_init__(self):
-        if self.pipeline not in PIPELINES:
-            raise ValueError(f"DatasetConfig.pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
+        if self.pipeline not in input_pipeline.PIPELINES:
+            raise ValueError(f"DatasetConfig.pipeline must be one of {input_pipeline.PIPELINES}, "
+                             f"got {self.pipeline!r}")
         if not isinstance(self.block_tracks, int) or self.block_tracks < 1:
             raise ValueError(f"DatasetConfig.block_tracks must be a positive int, got {self.block_tracks!r}")
         if self.source not in DATA_SOURCES:
@@ -168,14 +175,10 @@ class PreemptionGuard:
     def should_stop(self, step: int) -> bool:
         """Single host: whether a signal arrived. Multi-host: every `sync_period` steps, whether any host got one
         (an all-gather, so every host stops after the same step and they save one checkpoint together)."""
-        import jax
-
         if jax.process_count() == 1:
             return self._requested
         if step % self.sync_period:
             return False
-        from jax.experimental import multihost_utils
-
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self._requested))))
 
 
@@ -272,8 +275,6 @@ def shown_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def _eval_batches(trainer, params, cfg: DatasetConfig, *, steps: int, layout: dict, guard=None) -> list[dict]:
-    from mt3.training import trainer as trainer_lib
-
     batches = input_pipeline.make_batch_iterator(cfg, skip_batches=0, **layout)
     per_batch = []
     for _, batch in zip(range(steps), batches, strict=False):
@@ -329,8 +330,6 @@ def _check_vocabulary(batch: Mapping[str, np.ndarray], vocab_size: int | None) -
 
 def _progress_bar(start: int, total: int, enabled: bool, max_seconds: float | None = None):
     """tqdm over steps. Its ETA is for TRAIN_STEPS, so a wall-clock budget is named in the description as well."""
-    from tqdm.auto import tqdm
-
     desc = "train"
     if max_seconds is not None:
         desc += f" (stops after {int(max_seconds) // 60}:{int(max_seconds) % 60:02d})"
@@ -338,9 +337,8 @@ def _progress_bar(start: int, total: int, enabled: bool, max_seconds: float | No
 
 
 def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries, bar) -> dict[str, float]:
-    """Device metrics -> host (the only per-period sync), TensorBoard, and the progress bar's postfix."""
-    from mt3.training import trainer as trainer_lib
-
+    """Device metrics -> host (the only per-period sync), TensorBoard, and the progress bar's postfix. The loop calls
+    it for step N-1 after dispatching step N, so the transfer never stalls the device (nanodo's pattern)."""
     host = {**trainer_lib.metrics_to_host(metrics), **throughput.report(step)}
     shown = shown_metrics(host)
     summaries.write("train", step, shown)
@@ -387,12 +385,43 @@ def _infer_eval_lines(step: int, metrics: Mapping[str, float]) -> list[str]:
 def _data_meta(batches) -> dict:
     """The input position(s) a checkpoint stores, and for a mixture on the indexed sampler its realised per-task
     shares (rates, block probabilities, blocks drawn so far: `IndexedStream.mixture_summary`)."""
-    from mt3.training import checkpoints
-
-    meta = checkpoints.gather_data_states(stream_state(batches))
+    meta = checkpoints.gather_data_states(input_pipeline.stream_state(batches))
     if len(getattr(batches, "tasks", ())) > 1:
         meta["mixture"] = batches.mixture_summary()
     return meta
+
+
+def _say(line: str, *, warning: bool = False) -> None:
+    """One line for the user, logged on the chief host only (every host runs the same loop)."""
+    if jax.process_index() == 0:
+        log.log(logging.WARNING if warning else logging.INFO, "%s", line)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return ("mt3 train: warning: " if record.levelno >= logging.WARNING else "mt3 train: ") + record.getMessage()
+
+
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """The loop's log lines on the console while `mt3 train` runs: info on stdout, warnings on stderr, as
+    "mt3 train: ...", whatever handlers the libraries it imports put on the root logger (not propagated meanwhile,
+    so each line shows once)."""
+    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    previous = log.level, log.propagate
+    for handler in (out, err):
+        handler.setFormatter(_ConsoleFormatter())
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        for handler in (out, err):
+            log.removeHandler(handler)
+        log.level, log.propagate = previous
 
 
 def _out_of_time(started: float, budget_seconds: float | None) -> bool:
@@ -418,26 +447,18 @@ def _restore_or_init(trainer, checkpointer, *, seed: int, restore: bool,
     MODEL_DIR/checkpoints_unrestorable/ (kept, never deleted: it may be recoverable), so that training can save that
     step again; the next older one is tried. When none restores, InputError (exit 2) rather than a fresh start.
     """
-    import sys
-
-    from mt3.training import checkpoints
-
     if not restore or checkpointer.latest_step() is None:
         if init_cfg is not None and init_cfg.path:
-            return checkpoints.initialize_from(init_cfg, trainer, seed=seed,
-                                               note=lambda line: print(f"mt3 train: {line}", flush=True))
+            return checkpoints.initialize_from(init_cfg, trainer, seed=seed, note=_say)
         return trainer.init_state(seed), {"data_position": 0}
-
-    def warn(bad: checkpoints.BadCheckpoint) -> None:
-        print(f"mt3 train: warning: {bad.describe()}", file=sys.stderr, flush=True)
 
     (state, meta), step, bad = checkpoints.restore_newest(
         checkpointer.directory.parent, lambda s: checkpointer.restore(trainer.abstract_state(), step=s),
-        steps=checkpointer.all_steps(), warn=warn)
+        steps=checkpointer.all_steps(), warn=lambda bad: _say(bad.describe(), warning=True))
     for moved in checkpointer.set_aside([b.step for b in bad]):
-        print(f"mt3 train: moved the unrestorable checkpoint to {moved} (not deleted)", file=sys.stderr, flush=True)
-    print(f"mt3 train: restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
-          f"{checkpointer.directory}" + (" (the newest that restores)" if bad else ""), flush=True)
+        _say(f"moved the unrestorable checkpoint to {moved} (not deleted)", warning=True)
+    _say(f"restored checkpoint step {meta['step']} (data position {meta['data_position']}) from "
+         f"{checkpointer.directory}" + (" (the newest that restores)" if bad else ""))
     return state, meta
 
 
@@ -450,12 +471,7 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
           on_start: Callable[[int], None] | None = None) -> TrainResult:
     """Trains `model` until loop_cfg.total_steps (or the time budget, a preemption, the end of the data).
     `on_start(step)` runs once the state is restored or initialised (the run record, `mt3.training.run_records`)."""
-    from mt3.training import checkpoints, partitioning
-    from mt3.training import trainer as trainer_lib
-    from mt3.training.checkpoints import Checkpointer
-
     partitioning.initialize_distributed()
-    import jax
 
     from mt3 import paths
 
@@ -464,10 +480,8 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     partitioner = partitioning.Partitioner(partition_cfg)
     trainer = trainer_lib.Trainer(model, optimizer_cfg, partitioner, num_microbatches=loop_cfg.num_microbatches)
     num_params = trainer_lib.count_params(trainer.abstract_state().params)
-    if is_chief:
-        print(f"mt3 train: {num_params:,} parameters; mesh {dict(partitioner.mesh.shape)} over "
-              f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} process(es)",
-              flush=True)
+    _say(f"{num_params:,} parameters; mesh {dict(partitioner.mesh.shape)} over {jax.device_count()} "
+         f"{jax.devices()[0].platform} devices, {jax.process_count()} process(es)")
     checkpointer = Checkpointer(model_dir_path, checkpoint_cfg)
     try:
         state, meta = _restore_or_init(trainer, checkpointer, seed=loop_cfg.random_seed,
@@ -485,16 +499,18 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     eval_layout = dict(layout)
     if train_eval_dataset_cfg is not None:
         eval_layout["host_batch_size"] = partitioner.host_batch_size(train_eval_dataset_cfg.batch_size)
-    note = (lambda line: print(f"mt3 train: note: {line}", flush=True)) if is_chief else None
+    note = (lambda line: _say(f"note: {line}")) if is_chief else None
     data_state, skip = checkpoints.host_data_state(meta, note or (lambda line: None))
     position = int(meta["data_position"])
-    batches = make_batch_iterator(train_dataset_cfg, skip_batches=skip, state=data_state, note=note, **layout)
+    batches = input_pipeline.make_batch_iterator(train_dataset_cfg, skip_batches=skip, state=data_state, note=note,
+                                                 **layout)
 
     step = start_step = int(state.step)
     summaries = Summaries(model_dir_path, enabled=is_chief)
     throughput = Throughput(step, train_dataset_cfg.batch_size)
     started = time.monotonic()
     stop_reason, host_metrics, eval_metrics = "total_steps", {}, {}
+    pending = None  # (step, device metrics) due for a summary, fetched once the next step is dispatched
     with PreemptionGuard() as guard, _progress_bar(
             step, loop_cfg.total_steps, is_chief, loop_cfg.max_train_seconds) as bar:
         while step < loop_cfg.total_steps:
@@ -512,8 +528,10 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
             if after_first_step is not None:
                 after_first_step()
                 after_first_step = None
+            if pending is not None:  # step N-1's metrics, now that step N is queued behind them
+                host_metrics, pending = _summarize(*pending, throughput, summaries, bar), None
             if is_due(step, loop_cfg.summary_period) or step == loop_cfg.total_steps:
-                host_metrics = _summarize(step, metrics, throughput, summaries, bar)
+                pending = (step, metrics)
             # A signal skips this step's periodic save and evals: the final save below follows at once (schedulers
             # send SIGKILL ~30 s after SIGTERM).
             stop = guard.should_stop(step)
@@ -529,14 +547,14 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
             if _out_of_time(started, loop_cfg.max_train_seconds):
                 stop_reason = "time_budget"
                 break
+    if pending is not None:
+        host_metrics = _summarize(*pending, throughput, summaries, bar)
     checkpointer.save(state, data_position=position, force=True, extra=_data_meta(batches))
     if hasattr(batches, "close"):
         batches.close()
     checkpointer.close()
     summaries.close()
-    if is_chief:
-        print(f"mt3 train: stopped at step {step} ({stop_reason}); checkpoints in {checkpointer.directory}",
-              flush=True)
+    _say(f"stopped at step {step} ({stop_reason}); checkpoints in {checkpointer.directory}")
     return TrainResult(step=step, stop_reason=stop_reason, last_metrics=host_metrics, eval_metrics=eval_metrics)
 
 
@@ -546,20 +564,12 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None,
     `operative_config.gin` (what was actually used) follows after the first step. A resume whose model, vocabulary,
     task or batch size differs from the previous start is refused (`mt3.training.config_guard`) unless
     `allow_config_change`; each start is recorded under MODEL_DIR/runs/ (`mt3.training.run_records`)."""
-    import gin
-
-    from mt3 import gin_utils
+    import gin  # the gin edge: train() itself takes plain arguments
 
     model_dir = gin_utils.query_macro(gin_utils.MODEL_DIR_MACRO)
     if not model_dir:
-        from mt3.errors import InputError
-
         raise InputError(None, "no model directory: pass --model_dir DIR (or --gin.MODEL_DIR='\"DIR\"')")
-    from mt3.training import partitioning
-
     partitioning.initialize_distributed()  # before anything touches devices
-    import jax
-
     gin_utils.build_bound_references("train_script.train")  # a bad value stops here, before config.gin is written
     from mt3.training import run_records
 
@@ -571,8 +581,9 @@ def train_from_gin(flags, *, infer_eval_fn: InferEvalFn | None = None,
     eval_tasks = gin_utils.query_macro("INFER_EVAL_TASKS")
     if infer_eval_fn is None and eval_tasks and jax.process_index() == 0:
         infer_eval_fn = _gin_infer_eval_fn(eval_tasks, model_dir)
-    return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after,
-                                                      on_start=recorder.start if recorder is not None else None)
+    with console_logging():
+        return gin.get_configurable("train_script.train")(infer_eval_fn=infer_eval_fn, after_first_step=after,
+                                                          on_start=recorder.start if recorder is not None else None)
 
 
 def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
@@ -580,7 +591,7 @@ def _gin_infer_eval_fn(eval_tasks, model_dir) -> InferEvalFn:
     macro INFER_EVAL_TASKS, with the same code as `mt3 eval`; reports go to MODEL_DIR/infer_eval/step_N/."""
     import gin
 
-    from mt3 import evaluation, gin_utils, model_loading
+    from mt3 import evaluation, model_loading  # metrics, plotting, decoding: only when INFER_EVAL_TASKS asks
 
     reference = gin.query_parameter("MODEL/macro.value")
     model = reference.scoped_configurable_fn() if hasattr(reference, "scoped_configurable_fn") else reference
