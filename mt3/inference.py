@@ -49,6 +49,8 @@ class InferenceConfig:
     every segment's program tokens to a user-given set; `two_pass_programs` decodes twice, the second time restricted
     to the programs holding >= `min_program_share` of the first pass's pitched notes; `reassign_programs` ('family',
     'dominant') moves notes to the file's dominant program of their GM family / of the file after stitching.
+    min_confidence: notes whose confidence (`mt3.note_confidence`: the product of their onset tokens' probabilities,
+    greedy compacting decoder only) is below it are dropped after stitching (0: keep all).
     `programs_mode` says how a user set applies: 'move' (default) decodes freely and moves other programs' notes to
     the nearest allowed program; 'mask' forbids other program tokens in the decoder (greedy only; the model then
     drops notes it would have given them). Each file's `Transcription.program_report` says what was done.
@@ -70,6 +72,7 @@ class InferenceConfig:
     min_program_share: float = 0.05
     reassign_programs: str = "none"
     programs_mode: str = "move"
+    min_confidence: float = 0.0
     input_peak_db: float | str | None = "model"
 
     def __post_init__(self):
@@ -96,6 +99,8 @@ class InferenceConfig:
                                                              and -80.0 < self.input_peak_db <= 0.0)):
             raise ValueError("InferenceConfig.input_peak_db must be None, 'model' or a peak in (-80, 0] dBFS, got "
                              f"{self.input_peak_db!r}")
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise ValueError(f"InferenceConfig.min_confidence must be in [0, 1), got {self.min_confidence!r}")
         if self.programs_mode not in program_consistency.PROGRAMS_MODES:
             raise ValueError(f"InferenceConfig.programs_mode must be one of {program_consistency.PROGRAMS_MODES}, "
                              f"got {self.programs_mode!r}")
@@ -149,10 +154,12 @@ class Transcription:
     audio_seconds: float
     decoded_tokens: int  # tokens before EOS, summed over segments (EOS not counted)
     program_report: Any = None  # `program_consistency.ProgramReport` when an instrument option is on
+    confidence: Any = None  # `note_confidence.NoteConfidence` (note -> 0..1) when decoded with probabilities
+    low_confidence_dropped: int = 0  # notes below InferenceConfig.min_confidence, removed
     duplicate_notes_removed: int = 0  # exact duplicates dropped after stitching (`midi_io.remove_duplicate_notes`)
 
     def notes(self) -> list[dict[str, Any]]:
-        return midi_io.notes_to_dicts(self.ns)
+        return midi_io.notes_to_dicts(self.ns, confidence=self.confidence)
 
 
 @dataclasses.dataclass
@@ -257,7 +264,14 @@ class InferenceModel:
 
     # ----- decoding -----
     def predict_batch(self, frames: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Decodes up to `batch_size` segments [b, L, hop]; returns (ids [b, max_decode_len], decoder steps run).
+        """Decodes up to `batch_size` segments [b, L, hop]; returns (ids [b, max_decode_len], decoder steps run)."""
+        ids, steps, _ = self.predict_batch_scored(frames, allowed)
+        return ids, steps
+
+    def predict_batch_scored(self, frames: np.ndarray, allowed: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """`predict_batch` plus each chosen id's log-probability [b, max_decode_len] (the greedy compacting decoder;
+        None from the fixed-shape or sampling loop). The ids are the same either way.
 
         `allowed` (bool [b, vocab_size]) restricts each row's tokens (greedy only; `program_consistency`).
         Rows are padded with silent segments to one of few shapes so the jitted decoder is reused: the batch size
@@ -282,14 +296,14 @@ class InferenceModel:
             if allowed is not None:
                 allowed = np.concatenate([allowed, np.ones((padded - rows, allowed.shape[1]), bool)])
         if compact:
-            ids, steps = decoding.greedy_decode_compacting(self.model.module, self.params, frames,
-                                                           max_decode_len=self.config.max_decode_len,
-                                                           allowed=allowed)
-            return ids[:rows], steps
+            ids, steps, log_probs = decoding.greedy_decode_compacting(
+                self.model.module, self.params, frames, max_decode_len=self.config.max_decode_len, allowed=allowed,
+                return_log_probs=True)
+            return ids[:rows], steps, log_probs[:rows]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), self._batches_run)
         self._batches_run += 1
         ids, steps = self._predict(self.params, frames, rng)
-        return np.asarray(ids)[:rows], int(steps)
+        return np.asarray(ids)[:rows], int(steps), None
 
     def ids_to_tokens(self, ids: np.ndarray) -> np.ndarray:
         """One row of vocabulary ids -> codec indices trimmed at the first EOS (MT3's postprocessing)."""
@@ -297,8 +311,9 @@ class InferenceModel:
 
     def decode_segments(self, frames: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False,
                         desc: str = "decoding", allowed: Sequence[np.ndarray] | None = None,
-                        seconds: Sequence[float] | None = None) -> list[np.ndarray]:
-        """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size`; `allowed` gives
+                        seconds: Sequence[float] | None = None, log_probs: list | None = None) -> list[np.ndarray]:
+        """Codec tokens (trimmed at EOS) for every segment, decoded in batches of `batch_size` (a list given as
+        `log_probs` receives each segment's tokens' log-probabilities, or None per segment); `allowed` gives
         each segment's token mask (bool [vocab_size]) for a constrained greedy decode. The progress bar counts seconds
         of audio (`seconds` per segment; default a full segment each), the unit a user knows their files in."""
         from tqdm import tqdm
@@ -312,13 +327,18 @@ class InferenceModel:
             for start in range(0, total, self.batch_size):
                 chunk = np.stack([np.asarray(f, np.float32) for f in frames[start:start + self.batch_size]])
                 mask = None if allowed is None else np.stack(allowed[start:start + self.batch_size])
-                ids, _ = self.predict_batch(chunk) if mask is None else self.predict_batch(chunk, mask)
-                out.extend(self.ids_to_tokens(row) for row in ids)
+                ids, _, scores = self.predict_batch_scored(chunk, mask)
+                for i, row in enumerate(ids):
+                    out.append(self.ids_to_tokens(row))
+                    if log_probs is not None:
+                        log_probs.append(None if scores is None else scores[i, :len(out[-1])])
                 bar.update(min(sum(seconds[start:start + self.batch_size]), bar.total - bar.n))
         return out
 
-    def stitch(self, tokens: Sequence[np.ndarray], start_times: Sequence[float], audio_seconds: float) -> Transcription:
-        """Segment tokens -> one NoteSequence (`event_predictions_to_ns`; never raises on any token content)."""
+    def stitch(self, tokens: Sequence[np.ndarray], start_times: Sequence[float], audio_seconds: float,
+               log_probs: Sequence[np.ndarray | None] | None = None) -> Transcription:
+        """Segment tokens -> one NoteSequence (`event_predictions_to_ns`; never raises on any token content). With the
+        tokens' `log_probs`, each note gets a confidence (`note_confidence`) and min_confidence applies."""
         predictions = [{"est_tokens": np.asarray(t, np.int32), "start_time": float(s)}
                        for t, s in zip(tokens, start_times, strict=True)]
         result = metrics_utils.event_predictions_to_ns(predictions, self.codec, self.spec.encoding_spec)
@@ -330,11 +350,19 @@ class InferenceModel:
         ns.ticks_per_quarter = MIDI_TICKS_PER_QUARTER
         if not ns.tempos:
             ns.tempos.add(time=0.0, qpm=MIDI_QPM)
+        confidence, low = None, 0
+        if log_probs is not None and all(lp is not None for lp in log_probs):
+            from mt3 import note_confidence
+
+            snapped = [metrics_utils.segment_start_time(s, self.codec) for s in start_times]
+            confidence = note_confidence.NoteConfidence(note_confidence.onset_token_log_probs(
+                list(zip(tokens, log_probs, snapped, strict=True)), self.codec, include_ties=self.spec.include_ties))
+            low = note_confidence.drop_below(ns, confidence, self.config.min_confidence)
         ns.total_time = max([ns.total_time, *(n.end_time for n in ns.notes)])
         return Transcription(ns=ns, invalid_events=int(result["est_invalid_events"]),
                              dropped_events=int(result["est_dropped_events"]), num_segments=len(predictions),
                              audio_seconds=float(audio_seconds), decoded_tokens=int(sum(len(t) for t in tokens)),
-                             duplicate_notes_removed=duplicates)
+                             duplicate_notes_removed=duplicates, confidence=confidence, low_confidence_dropped=low)
 
     def transcribe(self, samples: np.ndarray, *, progress: bool = False) -> Transcription:
         """Mono samples at 16 kHz -> Transcription."""
@@ -402,9 +430,12 @@ class InferenceModel:
             allowed = [m for m, n in zip(masks, counts, strict=True) for _ in range(n)]
         seconds = [min(self.segment_seconds, s.audio_seconds - t) for s, n in zip(segmented, counts, strict=True)
                    for t in s.start_times[:n]]
-        tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed, seconds=seconds)
+        log_probs: list = []
+        tokens = self.decode_segments(frames, progress=progress, desc=desc, allowed=allowed, seconds=seconds,
+                                      log_probs=log_probs)
         results, offset = [], 0
         for s, n in zip(segmented, counts, strict=True):
-            results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds))
+            results.append(self.stitch(tokens[offset:offset + n], s.start_times[:n], s.audio_seconds,
+                                       log_probs[offset:offset + n]))
             offset += n
         return results

@@ -49,11 +49,17 @@ def load_midi(path: str | os.PathLike, *, allow_empty: bool = False):
     return ns
 
 
-def notes_to_dicts(ns) -> list[dict[str, Any]]:
-    """Notes as plain dicts {onset, offset, pitch, velocity, program, is_drum}, sorted by onset then pitch."""
+def notes_to_dicts(ns, confidence=None) -> list[dict[str, Any]]:
+    """Notes as plain dicts {onset, offset, pitch, velocity, program, is_drum}, sorted by onset then pitch; with
+    `confidence` (note -> 0..1 or None, `mt3.note_confidence.NoteConfidence`) also a "confidence" per note."""
     notes = sorted(ns.notes, key=lambda n: (n.start_time, n.pitch, n.program, n.is_drum))
-    return [{"onset": round(float(n.start_time), 6), "offset": round(float(n.end_time), 6), "pitch": int(n.pitch),
+    rows = [{"onset": round(float(n.start_time), 6), "offset": round(float(n.end_time), 6), "pitch": int(n.pitch),
              "velocity": int(n.velocity), "program": int(n.program), "is_drum": bool(n.is_drum)} for n in notes]
+    if confidence is not None:
+        for row, n in zip(rows, notes, strict=True):
+            value = confidence(n)
+            row["confidence"] = None if value is None else round(value, 4)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -297,27 +303,30 @@ def write_midi(ns, path: str | os.PathLike, *, qpm: float = DEFAULT_QPM, title: 
         f.write(data)
 
 
-def write_notes_json(ns, path: str | os.PathLike) -> None:
+def write_notes_json(ns, path: str | os.PathLike, *, confidence=None) -> None:
+    """One object per note (`notes_to_dicts`; with `confidence`, a "confidence" in 0..1 per note)."""
     import json
 
     from mt3.data.records import atomic_write
 
     with atomic_write(path, "w") as f:
-        json.dump(notes_to_dicts(ns), f, indent=1)
+        json.dump(notes_to_dicts(ns, confidence), f, indent=1)
         f.write("\n")
 
 
-def write_notes_csv(ns, path: str | os.PathLike) -> None:
-    """One row per note; `is_drum` is 0 or 1 (every column numeric, so spreadsheets and numpy read it as numbers)."""
+def write_notes_csv(ns, path: str | os.PathLike, *, confidence=None) -> None:
+    """One row per note; `is_drum` is 0 or 1 (every column numeric, so spreadsheets and numpy read it as numbers);
+    with `confidence` a last column "confidence" (0..1, empty where unknown)."""
     import csv
 
     from mt3.data.records import atomic_write
 
     fields = ("onset", "offset", "pitch", "velocity", "program", "is_drum")
+    fields += ("confidence",) if confidence is not None else ()
     with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**row, "is_drum": int(row["is_drum"])} for row in notes_to_dicts(ns))
+        writer.writerows({**row, "is_drum": int(row["is_drum"])} for row in notes_to_dicts(ns, confidence))
 
 
 def remove_duplicate_notes(ns) -> int:

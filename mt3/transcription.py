@@ -168,8 +168,8 @@ def write_outputs(result, outputs: dict[str, Path], *, title: str, qpm: float = 
 
     writers = {"midi": lambda p: midi_io.write_midi(result.ns, p, qpm=qpm),  # byte-equal to `mt3 eval`'s MIDI
                "png": lambda p: plotting.plot_piano_roll(result.ns, p, title=title, seconds=result.audio_seconds),
-               "json": lambda p: midi_io.write_notes_json(result.ns, p),
-               "csv": lambda p: midi_io.write_notes_csv(result.ns, p),
+               "json": lambda p: midi_io.write_notes_json(result.ns, p, confidence=result.confidence),
+               "csv": lambda p: midi_io.write_notes_csv(result.ns, p, confidence=result.confidence),
                "wav": lambda p: sonify(result.ns, p, seconds=result.audio_seconds)}
     temps = {kind: path.with_name(f".{path.name}.{os.getpid()}.partial") for kind, path in outputs.items()}
     renderer, done = None, []
@@ -325,6 +325,9 @@ def _transcribe_jobs(jobs, *, model, load, fail, tally: dict, note_filter, midi_
     for (item, outputs, _), result in zip(jobs, results, strict=True):
         for line in result.program_report.lines() if result.program_report else []:  # what --programs etc. did
             _report(f"mt3 transcribe: {item.path}: {line}")
+        if result.low_confidence_dropped:
+            _report(f"mt3 transcribe: {item.path}: {result.low_confidence_dropped} notes below --min-confidence "
+                    f"{model.config.min_confidence:g} dropped")
         result.ns, prepared = midi_io.prepare_notes(result.ns, note_filter)  # every output holds what the MIDI holds
         for line in prepared.warnings():
             _report(f"mt3 transcribe: warning: {item.path}: {line}")

@@ -174,3 +174,31 @@ def test_compacting_greedy_stops_at_eos_and_respects_the_logit_mask(memorised_mo
     np.testing.assert_array_equal(masked[1:], MEMORISED_TARGETS[1:])
     with pytest.raises(ValueError, match="allowed"):
         decoding.greedy_decode_compacting(model.module, params, frames, max_decode_len=8, allowed=allowed[:2])
+
+
+@pytest.mark.parametrize("first_len", [3, 64])
+def test_compacting_greedy_log_probs_are_the_chosen_tokens_and_change_no_token(first_len):
+    """return_log_probs: the same ids token for token (rows ending at many steps, cache grown, rows dropped), and each
+    log-probability is log_softmax of the teacher-forced logits at the chosen id (0 after EOS)."""
+    config = tiny_config(vocab_size=48, num_decoder_layers=2)
+    module = network.Transformer(config)
+    params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(3))
+    enc = jnp.asarray(np.random.default_rng(4).normal(size=(11, 6, 24)), jnp.float32)
+    eos = _eos_with_spread_lengths(np.asarray(decoding.decode(module, params, enc, max_decode_len=40, eos_id=-5)))
+    allowed = np.ones((11, 48), bool)
+    allowed[:, decoding.PAD_ID] = False  # a PAD mid-row would read as padding to the teacher-forced reference
+    ids, steps = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=40, eos_id=eos,
+                                                   first_len=first_len, allowed=allowed)
+    scored_ids, scored_steps, log_probs = decoding.greedy_decode_compacting(
+        module, params, enc, max_decode_len=40, eos_id=eos, first_len=first_len, allowed=allowed,
+        return_log_probs=True)
+    np.testing.assert_array_equal(scored_ids, ids)
+    assert scored_steps == steps and log_probs.shape == ids.shape and log_probs.dtype == np.float32
+    inputs = jnp.concatenate([jnp.zeros((11, 1), jnp.int32), jnp.asarray(ids[:, :-1])], axis=1)
+    logits = module.apply({"params": params}, enc, inputs, jnp.asarray(ids), enable_dropout=False)
+    logits = jnp.where(allowed[:, None, :], logits, -jnp.inf)  # the mask renormalises the softmax, as decoding does
+    expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), ids[..., None], axis=-1)[..., 0]
+    for row in range(11):
+        end = (np.flatnonzero(ids[row] == eos)[:1].tolist() or [40])[0] + 1  # EOS included
+        np.testing.assert_allclose(log_probs[row, :end], expected[row, :end], atol=1e-4)
+        assert np.all(log_probs[row, end:] == 0.0) and np.all(log_probs[row, :end] <= 0.0)

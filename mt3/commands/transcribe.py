@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sonify", action="store_true",
                         help="also write NAME.sonified.wav: the MIDI rendered with fluidsynth and a General MIDI "
                              "soundfont when installed, else a simple sine synth")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="C",
+                        help="drop notes whose confidence is below C (0..1; default 0: keep all). A note's confidence "
+                             "is the decoder's probability of its onset tokens (time, program, velocity, pitch: their "
+                             "product); --json/--csv carry it per note. Precision at each threshold: "
+                             "docs/confidence.md")
     add_consistency_arguments(parser)
     notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")
     notes.add_argument("--min-note-ms", type=float, default=0.0, metavar="MS",
@@ -85,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
 
     failures = transcribe_files(
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
-        gin_bindings=[*args.gin_bindings, *consistency_bindings(args)], step=args.step, batch_size=args.batch_size,
+        gin_bindings=[*args.gin_bindings, *consistency_bindings(args),
+                      *confidence_bindings(args)], step=args.step, batch_size=args.batch_size,
         png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
         skip_existing=args.skip_existing, note_filter=note_filter(args), midi_qpm=args.midi_tempo,
         progress=not args.no_progress)
@@ -132,6 +138,16 @@ def note_filter(args: argparse.Namespace):
         return midi_io.NoteFilter(min_note_ms=args.min_note_ms, min_pitch=int(low), max_pitch=int(high))
     except ValueError as err:
         raise InputError(None, f"--min-note-ms/--min-pitch/--max-pitch: {err}") from None
+
+
+def confidence_bindings(args: argparse.Namespace) -> list[str]:
+    """--min-confidence as a gin binding of inference.InferenceConfig (checked here: one line, before any load)."""
+    from mt3.errors import InputError
+
+    value = getattr(args, "min_confidence", 0.0) or 0.0
+    if not 0.0 <= value < 1.0:
+        raise InputError(None, f"--min-confidence must be in [0, 1), got {value:g}")
+    return [f"inference.InferenceConfig.min_confidence = {value!r}"] if value else []
 
 
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:

@@ -177,22 +177,24 @@ def _encode_and_init_cache(module, params: Any, encoder_inputs: Array, *, cache_
     return init_cache(module, params, encoded_BxSxE, cache_len)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out_BxT"))
-def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Array, done_B: Array, allowed_BxV: Array,
-                  step: Array, min_live: Array, *, eos_id: int):
+@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out_BxT", "logp_BxT"))
+def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Array, logp_BxT: Array, done_B: Array,
+                  allowed_BxV: Array, step: Array, min_live: Array, *, eos_id: int):
     """Greedy steps until every row is done, the cache (= out's length T) is full, or at most `min_live` rows are
-    still running. `allowed_BxV` masks ids a row may emit (all True: plain greedy)."""
+    still running. `allowed_BxV` masks ids a row may emit (all True: plain greedy). `logp_BxT` receives each chosen
+    id's log-probability under the (masked) softmax: read off the logits the argmax already has, so the ids are
+    exactly those of a loop without it."""
     batch, length = out_BxT.shape
     # cross-attention keys/values live in the cache, so the decoder never reads the encoder output again
     encoded_Bx1xE = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
 
     def cond(carry):
-        step, _, _, done_B, _ = carry
+        step, _, _, _, done_B, _ = carry
         live = jnp.sum(jnp.logical_not(done_B))
         return jnp.logical_and(step < length, jnp.logical_and(live > 0, live > min_live))
 
     def body(carry):
-        step, token_B, out_BxT, done_B, cache = carry
+        step, token_B, out_BxT, logp_BxT, done_B, cache = carry
         logits_Bx1xV, variables = module.apply({"params": params, "cache": cache}, encoded_Bx1xE, token_B[:, None],
                                                decoder_positions=jnp.full((batch, 1), step, jnp.int32),
                                                enable_dropout=False, decode=True, mutable=["cache"],
@@ -200,9 +202,12 @@ def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Arra
         logits_BxV = jnp.where(allowed_BxV, logits_Bx1xV[:, 0], -jnp.inf)
         next_B = jnp.where(done_B, PAD_ID, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
         out_BxT = jax.lax.dynamic_update_slice(out_BxT, next_B[:, None], (0, step))
-        return step + 1, next_B, out_BxT, jnp.logical_or(done_B, next_B == eos_id), variables["cache"]
+        logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+        logp_B = jnp.where(done_B, 0.0, jnp.take_along_axis(logp_BxV, next_B[:, None], axis=-1)[:, 0])
+        logp_BxT = jax.lax.dynamic_update_slice(logp_BxT, logp_B[:, None], (0, step))
+        return step + 1, next_B, out_BxT, logp_BxT, jnp.logical_or(done_B, next_B == eos_id), variables["cache"]
 
-    return jax.lax.while_loop(cond, body, (step, token_B, out_BxT, done_B, cache))
+    return jax.lax.while_loop(cond, body, (step, token_B, out_BxT, logp_BxT, done_B, cache))
 
 
 def _is_self_cache(path) -> bool:
@@ -210,14 +215,14 @@ def _is_self_cache(path) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("length",))
-def _grow(cache: Any, out_BxT: Array, *, length: int) -> tuple[Any, Array]:
-    """Self-attention caches [B, T, H, D] and `out_BxT` padded with zeros (never attended: masked by the cache index)
-    along T to `length`."""
+def _grow(cache: Any, out_BxT: Array, logp_BxT: Array, *, length: int) -> tuple[Any, Array, Array]:
+    """Self-attention caches [B, T, H, D], `out_BxT` and `logp_BxT` padded with zeros (never attended: masked by the
+    cache index) along T to `length`."""
     def pad(x_BxTx_):
         return jnp.pad(x_BxTx_, [(0, 0), (0, length - x_BxTx_.shape[1])] + [(0, 0)] * (x_BxTx_.ndim - 2))
 
     cache = jax.tree_util.tree_map_with_path(lambda p, x: pad(x) if _is_self_cache(p) else x, cache)
-    return cache, pad(out_BxT)
+    return cache, pad(out_BxT), pad(logp_BxT)
 
 
 @jax.jit
@@ -228,10 +233,12 @@ def _take_rows(tree: Any, rows: Array) -> Any:
 
 def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_decode_len: int,
                              allowed: Array | None = None, first_len: int = FIRST_CACHE_LEN,
-                             eos_id: int = EOS_ID) -> tuple[np.ndarray, int]:
+                             eos_id: int = EOS_ID, return_log_probs: bool = False):
     """Greedy decoding, token for token `decode`'s, that drops finished rows and grows the KV cache on demand.
 
-    Returns (ids int32 numpy [B, max_decode_len], decoder steps run). `allowed` (bool [B, vocab_size]) restricts
+    Returns (ids int32 numpy [B, max_decode_len], decoder steps run), and with `return_log_probs` also float32
+    [B, max_decode_len]: each chosen id's log-probability (0 after EOS) -- what per-note confidence is built from
+    (`mt3.note_confidence`). `allowed` (bool [B, vocab_size]) restricts
     what each row may emit (a decoder logit mask; `mt3.program_consistency` builds it); None allows everything.
     Host-driven between compiled chunks, so call it outside `jit`.
     """
@@ -245,31 +252,36 @@ def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_
     cache = _encode_and_init_cache(module, params, encoder_inputs, cache_len=length)
     # From here B is the number of slots in the current chunk (a power of two after the first compaction).
     result_BxT = np.zeros((batch, max_decode_len), np.int32)  # original rows, full length
+    result_logp_BxT = np.zeros((batch, max_decode_len), np.float32)
     rows_B = np.arange(batch)  # original row of each live slot (-1: a finished filler)
     token_B = jnp.full((batch,), DECODER_START_ID, jnp.int32)
     out_BxT = jnp.zeros((batch, length), jnp.int32)
+    logp_BxT = jnp.zeros((batch, length), jnp.float32)
     done_B = jnp.zeros((batch,), bool)
     step = jnp.zeros((), jnp.int32)
     while True:
         slots = len(rows_B)
         min_live = slots // 2 if slots > 1 else 0
-        step, token_B, out_BxT, done_B, cache = _greedy_chunk(module, params, cache, token_B, out_BxT, done_B,
-                                                              allowed_BxV, step, jnp.asarray(min_live, jnp.int32),
-                                                              eos_id=eos_id)
+        step, token_B, out_BxT, logp_BxT, done_B, cache = _greedy_chunk(
+            module, params, cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV, step,
+            jnp.asarray(min_live, jnp.int32), eos_id=eos_id)
         steps_run, done_host_B = int(step), np.asarray(done_B)
         live = np.flatnonzero(~done_host_B & (rows_B >= 0))
         if len(live) == 0 or steps_run >= max_decode_len:
             real_B = rows_B >= 0
             result_BxT[rows_B[real_B], :out_BxT.shape[1]] = np.asarray(out_BxT)[real_B]
-            return result_BxT, steps_run
+            result_logp_BxT[rows_B[real_B], :out_BxT.shape[1]] = np.asarray(logp_BxT)[real_B]
+            return (result_BxT, steps_run, result_logp_BxT) if return_log_probs else (result_BxT, steps_run)
         if steps_run == out_BxT.shape[1]:
-            cache, out_BxT = _grow(cache, out_BxT, length=min(2 * out_BxT.shape[1], max_decode_len))
+            cache, out_BxT, logp_BxT = _grow(cache, out_BxT, logp_BxT, length=min(2 * out_BxT.shape[1],
+                                                                                  max_decode_len))
         if len(live) <= min_live:
             finished = np.flatnonzero(done_host_B & (rows_B >= 0))
             result_BxT[rows_B[finished], :out_BxT.shape[1]] = np.asarray(out_BxT)[finished]
+            result_logp_BxT[rows_B[finished], :out_BxT.shape[1]] = np.asarray(logp_BxT)[finished]
             new_slots = next_power_of_two(len(live))
             filler = np.flatnonzero(done_host_B)[: new_slots - len(live)]  # done rows only emit PAD
             keep = np.concatenate([live, filler]).astype(np.int32)
-            cache, token_B, out_BxT, done_B, allowed_BxV = _take_rows(
-                (cache, token_B, out_BxT, done_B, allowed_BxV), jnp.asarray(keep))
+            cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV = _take_rows(
+                (cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV), jnp.asarray(keep))
             rows_B = np.concatenate([rows_B[live], np.full(len(filler), -1)])

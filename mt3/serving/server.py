@@ -49,6 +49,7 @@ class _Job:
     future: Future
     allowed: np.ndarray | None = None  # bool [vocab_size]: this request's program mask (instrument consistency)
     tokens: list = dataclasses.field(default_factory=list)
+    log_probs: list = dataclasses.field(default_factory=list)  # per segment: its tokens' log-probabilities (or None)
     next_segment: int = 0
     job_id: int = 0
 
@@ -81,8 +82,8 @@ class BatchingDecoder:
             self._thread = None
 
     def submit(self, frames: np.ndarray, allowed: np.ndarray | None = None) -> Future:
-        """Queues one request's segments (with its token mask, if any); the Future resolves to its list of
-        codec-token arrays (one per segment)."""
+        """Queues one request's segments (with its token mask, if any); the Future resolves to (its list of
+        codec-token arrays, their log-probabilities), one per segment."""
         future: Future = Future()
         with self._cond:
             self._next_id += 1
@@ -131,9 +132,9 @@ class BatchingDecoder:
                 if any(job.allowed is not None for job, _ in picked):  # masked and unmasked requests share a batch
                     everything = np.ones(self.im.model.module.config.vocab_size, bool)
                     masks = np.stack([everything if job.allowed is None else job.allowed for job, _ in picked])
-                    ids, _ = self.im.predict_batch(frames, masks)
+                    ids, _, scores = self.im.predict_batch_scored(frames, masks)
                 else:
-                    ids, _ = self.im.predict_batch(frames)
+                    ids, _, scores = self.im.predict_batch_scored(frames)
             except Exception as err:  # a decoding failure fails these requests, never the worker
                 log.exception("decoding failed")
                 for job in jobs.values():
@@ -141,11 +142,12 @@ class BatchingDecoder:
                         job.future.set_exception(err)
                 continue
             elapsed = time.perf_counter() - started
-            for (job, _), row in zip(picked, ids, strict=True):
+            for i, ((job, _), row) in enumerate(zip(picked, ids, strict=True)):
                 job.tokens.append(self.im.ids_to_tokens(row))
+                job.log_probs.append(None if scores is None else scores[i, :len(job.tokens[-1])])
             for job in jobs.values():
                 if len(job.tokens) == len(job.frames) and not job.future.done():
-                    job.future.set_result(job.tokens)
+                    job.future.set_result((job.tokens, job.log_probs))
             with self._cond:
                 s = self.stats
                 s["batches"] += 1
@@ -231,7 +233,7 @@ def _csv_text(result) -> str:
     """NAME.notes.csv as `mt3 transcribe --csv` writes it (the same writer, so the columns never drift apart)."""
     from mt3 import midi_io
 
-    return _written_bytes(lambda path: midi_io.write_notes_csv(result.ns, path)).decode()
+    return _written_bytes(lambda path: midi_io.write_notes_csv(result.ns, path, confidence=result.confidence)).decode()
 
 
 def _written_bytes(write) -> bytes:
@@ -287,8 +289,8 @@ async def transcribe_request(im: "InferenceModel", decoder: BatchingDecoder, sam
     segments = im.segment_audio(samples)
 
     async def decode(allowed: np.ndarray | None) -> "Transcription":
-        tokens = await asyncio.wrap_future(decoder.submit(segments.frames, allowed))
-        return await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds)
+        tokens, log_probs = await asyncio.wrap_future(decoder.submit(segments.frames, allowed))
+        return await run_in_threadpool(im.stitch, tokens, segments.start_times, segments.audio_seconds, log_probs)
 
     programs, first = im.config.programs, None
     if im.first_pass_programs():
