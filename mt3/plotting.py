@@ -110,6 +110,8 @@ def _add_bars(ax, notes, colours: Mapping[str, str], y_of=lambda n: float(n.pitc
 def _pitch_axis(ax, low: int, high: int) -> None:
     """Note names on the pitch axis at whole pitches: every pitch over an octave or less, C/E/G# up to 2.5 octaves,
     each C beyond; a faint line per C so octaves read at a glance."""
+    if high - low < 6:  # a lone note or a narrow part: a few semitones of context, not one bar filling the row
+        low, high = min(low, (low + high) // 2 - 3), max(high, (low + high) // 2 + 3)
     span = high - low
     classes = range(12) if span <= 6 else range(0, 12, 2) if span <= 14 else (0, 4, 8) if span <= 30 else (0,)
     ticks = [p for p in range(low, high + 1) if p % 12 in classes] or [low]
@@ -175,8 +177,9 @@ def _families(ns) -> list[_Family]:
 def detail_windows(seconds: float, families: Sequence[_Family] = ()) -> list[tuple[float, float]]:
     """The time spans the detail columns show: the whole file up to FULL_VIEW_SECONDS, else DETAIL_WINDOWS windows of
     DETAIL_SECONDS (an overview row above them shows the whole file). Windows are picked greedily so that every family
-    appears in one where possible: each next window (on a 5 s grid, not overlapping the others) adds the most families
-    not shown yet, then holds the most notes; without `families` they sit at the beginning, middle and end."""
+    appears in one where possible: each next window (on a 5 s grid, not overlapping the others) adds the most notes of
+    families not shown yet (each family counted up to 8 notes, so a part outweighs a stray note), then holds the most
+    notes; without `families` they sit at the beginning, middle and end."""
     if seconds <= FULL_VIEW_SECONDS:
         return [(0.0, max(seconds, 1e-3))]
     if not families:
@@ -194,7 +197,8 @@ def detail_windows(seconds: float, families: Sequence[_Family] = ()) -> list[tup
         free = [i for i in range(len(starts)) if all(abs(starts[i] - starts[j]) >= DETAIL_SECONDS for j in chosen)]
         if not free:
             break
-        best = max(free, key=lambda i: (int(((counts[:, i] > 0) & ~shown).sum()), int(counts[:, i].sum()), -i))
+        # families not shown yet, each counted up to 8 notes (a family's one stray note weighs less than a part)
+        best = max(free, key=lambda i: (int(np.minimum(counts[:, i], 8)[~shown].sum()), int(counts[:, i].sum()), -i))
         chosen.append(best)
         shown |= counts[:, best] > 0
     return [(float(starts[i]), float(starts[i]) + DETAIL_SECONDS) for i in sorted(chosen)]
