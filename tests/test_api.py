@@ -179,8 +179,9 @@ def test_transcribe_many_shares_batches_and_matches_single_calls(tiny, transcrib
              transcriber.transcribe(inputs[2], 16000)]
     im = transcriber.inference_model
     calls = []
-    original = im.predict_batch
-    monkeypatch.setattr(im, "predict_batch", lambda frames: calls.append(len(frames)) or original(frames))
+    original = im.predict_batch_scored  # the decoder call every batch goes through (with token probabilities)
+    monkeypatch.setattr(im, "predict_batch_scored",
+                        lambda frames, allowed=None: calls.append(len(frames)) or original(frames, allowed))
     together = transcriber.transcribe_many(inputs, [None, 44100, 16000])
     assert [r.to_dicts() for r in together] == [r.to_dicts() for r in alone]
     assert [r.source for r in together] == [str(tiny.wav(4)), None, None]
