@@ -247,7 +247,8 @@ class InferenceModel:
                 "num_params": models.count_params(self.params), "input_peak_db": self.config.input_peak_db,
                 "programs": None if self.config.programs is None else list(self.config.programs),
                 "two_pass_programs": self.config.two_pass_programs,
-                "reassign_programs": self.config.reassign_programs}
+                "reassign_programs": self.config.reassign_programs, "programs_mode": self.config.programs_mode,
+                "min_confidence": self.config.min_confidence}
 
     # ----- segmenting -----
     def segment_audio(self, samples: np.ndarray) -> _Segments:
