@@ -346,6 +346,12 @@ def remove_duplicate_notes(ns) -> int:
         if key not in seen:
             seen.add(key)
             keep.append(note)
+    return keep_notes(ns, keep)
+
+
+def keep_notes(ns, keep: list) -> int:
+    """Keeps (in place, in order) only the notes of `ns` listed in `keep`, a sub-list of `ns.notes`; returns how
+    many went. The kept notes are copied first: a protobuf repeated field cannot take back its own elements."""
     removed = len(ns.notes) - len(keep)
     if removed:
         kept = [type(n)() for n in keep]

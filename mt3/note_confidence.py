@@ -121,12 +121,6 @@ def drop_below(ns, confidence: NoteConfidence, threshold: float) -> int:
     returns how many went."""
     if threshold <= 0.0:
         return 0
-    keep = [n for n in ns.notes if (c := confidence(n)) is None or c >= threshold]
-    dropped = len(ns.notes) - len(keep)
-    if dropped:
-        kept = [type(n)() for n in keep]
-        for new, old in zip(kept, keep, strict=True):
-            new.CopyFrom(old)
-        del ns.notes[:]
-        ns.notes.extend(kept)
-    return dropped
+    from mt3.midi_io import keep_notes
+
+    return keep_notes(ns, [n for n in ns.notes if (c := confidence(n)) is None or c >= threshold])

@@ -16,6 +16,7 @@ a layout that has no split folders (babyslakh) into a split the user chose: `--s
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -31,6 +32,22 @@ import numpy as np
 from mt3.converters import CONVERTERS
 from mt3.data.records import SAMPLE_RATE, TrackRecord, atomic_write_json, read_manifest, split_is_complete
 from mt3.errors import InputError
+
+SPLITS = ("train", "validation", "test")
+SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+def hash_split(key: str) -> str:
+    """The split of an item from a sha256 of `key`, cut 80/10/10. Why a hash: the same item lands in the same split
+    whatever else is in the folder or corpus (any seed, size or order), so test material never leaks into training.
+    Shared by `mt3 build-corpus` (a piece's music21 path) and `prepare-data pairs` (a pair's relative path)."""
+    u = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for split in SPLITS:
+        edge += SPLIT_FRACTIONS[split]
+        if u < edge:
+            return split
+    return SPLITS[-1]
 
 logger = logging.getLogger("mt3.converters")
 

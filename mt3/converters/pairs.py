@@ -23,18 +23,16 @@ registers itself as MT3's tasks `NAME_notes_ties_vb1_{train,validation,test}` (`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mt3.converters.base import SPLITS, hash_split
 from mt3.data.records import TrackRecord
 from mt3.errors import InputError
 
 NAME = "pairs"
-SPLITS = ("train", "validation", "test")
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}  # as mt3.corpus.builder's piece_split
 MIDI_EXTENSIONS = (".mid", ".midi")
 DRUMS = "drums"
 # A prepared folder's name becomes a task name prefix (seqio allows word characters, '.' and ':'; we keep it simple).
@@ -53,15 +51,6 @@ class PairSource:
     program: int | str | None = None  # None: the MIDI's programs; 0-127: every note; "drums": every note a drum
 
 
-def hash_split(relative_id: str) -> str:
-    """The split of a pair in a folder without split folders: sha256 of its relative path without extension."""
-    u = int.from_bytes(hashlib.sha256(relative_id.encode("utf-8")).digest()[:8], "big") / 2**64
-    edge = 0.0
-    for split in SPLITS:
-        edge += SPLIT_FRACTIONS[split]
-        if u < edge:
-            return split
-    return SPLITS[-1]
 
 
 def parse_program(program) -> int | str | None:

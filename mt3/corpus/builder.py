@@ -23,7 +23,6 @@ with the same arguments skips finished tracks.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mt3.converters.base import SPLIT_FRACTIONS, SPLITS, hash_split
 from mt3.corpus import arrangement as arr
 from mt3.corpus.rendering import (
     FLUIDSYNTH_GAIN,
@@ -54,8 +54,6 @@ from mt3.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 TARGET_SECONDS = (20.0, 40.0)  # each piece is cut to a length drawn from this range (or the split's remainder)
 MIN_TRACK_SECONDS = 12.0  # a split's last piece is never planned shorter than this
 DRUM_FRACTION = 0.3
@@ -142,13 +140,7 @@ def weighted_order(catalog: list[Source], rng: np.random.Generator) -> list[Sour
 
 def piece_split(source: Source) -> str:
     """The split a piece always belongs to, from a hash of its key: stable across seeds, corpus sizes and versions."""
-    u = int.from_bytes(hashlib.sha256(source.key.encode()).digest()[:8], "big") / 2**64
-    edge = 0.0
-    for split in SPLITS:
-        edge += SPLIT_FRACTIONS[split]
-        if u < edge:
-            return split
-    return SPLITS[-1]
+    return hash_split(source.key)
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,20 @@ def download_t5x_checkpoint(src: str, step: int | None, local_dir: str) -> str:
     return local_dir
 
 
+def _write_model_dir(model_dir, state, flags, result: ImportResult, checksum: str) -> None:
+    """The imported step as a training checkpoint plus the operative config: what train/eval/transcribe read."""
+    from mt3 import gin_utils
+    from mt3.training.checkpoints import CheckpointConfig, Checkpointer
+
+    checkpointer = Checkpointer(model_dir, CheckpointConfig(async_save=False))
+    try:
+        checkpointer.save(state, data_position=0, force=True,
+                          extra={"imported_from": result.source, "preset": result.preset, "params_sha256": checksum})
+    finally:
+        checkpointer.close()
+    gin_utils.write_operative_config(model_dir, flags)
+
+
 def build_preset_model(preset: str, gin_files: Sequence[str | os.PathLike] = (), gin_bindings: Sequence[str] = (),
                        model_dir: str | os.PathLike | None = None):
     """Parses the preset (+ extra gin) with MODEL_DIR bound; returns (model, OptimizerConfig, parsed gin flags)."""
@@ -270,9 +284,8 @@ def _import_local(src: str | os.PathLike, model_dir: str | os.PathLike, *, prese
     import jax
     import jax.numpy as jnp
 
-    from mt3 import gin_utils, paths
+    from mt3 import paths
     from mt3.data.records import atomic_write_json
-    from mt3.training.checkpoints import CheckpointConfig, Checkpointer
     from mt3.training.trainer import TrainState
 
     started = time.perf_counter()
@@ -301,26 +314,14 @@ def _import_local(src: str | os.PathLike, model_dir: str | os.PathLike, *, prese
                           step=the_step, version=ckpt.version, num_params=num_params, num_arrays=len(expected),
                           checksum=checksum, optimizer_state=optimizer_note, seconds=0.0)
     if to_url:  # no rename on an object store: orbax finalises the step itself; import.json last says "complete"
-        checkpointer = Checkpointer(model_dir, CheckpointConfig(async_save=False))
-        try:
-            checkpointer.save(state, data_position=0, force=True,
-                              extra={"imported_from": result.source, "preset": preset, "params_sha256": checksum})
-        finally:
-            checkpointer.close()
-        gin_utils.write_operative_config(model_dir, flags)
+        _write_model_dir(model_dir, state, flags, result, checksum)
         result = dataclasses.replace(result, seconds=time.perf_counter() - started)
         paths.write_json(paths.join(model_dir, IMPORT_INFO_FILE), result.to_json())
         return result
     staging = model_dir.parent / f".{model_dir.name}.importing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        checkpointer = Checkpointer(staging, CheckpointConfig(async_save=False))
-        try:
-            checkpointer.save(state, data_position=0, force=True,
-                              extra={"imported_from": result.source, "preset": preset, "params_sha256": checksum})
-        finally:
-            checkpointer.close()
-        gin_utils.write_operative_config(staging, flags)
+        _write_model_dir(staging, state, flags, result, checksum)
         result = dataclasses.replace(result, seconds=time.perf_counter() - started)
         atomic_write_json(staging / IMPORT_INFO_FILE, result.to_json())
         _check_output(model_dir)  # nobody wrote there meanwhile
