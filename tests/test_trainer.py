@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -289,6 +290,32 @@ def test_summaries_fetch_step_n_minus_1_after_dispatching_step_n(tmp_path, monke
     assert events == [("dispatch", 1), ("dispatch", 2), ("dispatch", 3), ("summarize", 2), ("dispatch", 4),
                       ("summarize", 4)]
     assert result.step == 4 and np.isfinite(result.last_metrics["loss"])
+
+
+def test_input_wait_is_summarised_per_period_and_shows_an_input_bound_run(tmp_path, monkeypatch):
+    """timing/input_wait_seconds and _fraction: the seconds the loop waited for its next batch in a summary period.
+    An iterator that sleeps 0.5 s per batch (far longer than a tiny model's step) makes the run input-bound, and the
+    summaries say so: the last period (the first holds compilation) waited >= 0.5 s per step, most of its time."""
+    from tb_events import read_scalars
+
+    make = train.input_pipeline.make_batch_iterator
+
+    def slow_iterator(cfg, **kwargs):
+        for batch in make(cfg, **kwargs):
+            time.sleep(0.5)
+            yield batch
+
+    monkeypatch.setattr(train.input_pipeline, "make_batch_iterator", slow_iterator)
+    cfg = train.DatasetConfig(task_feature_lengths={"inputs": 16, "targets": 16}, batch_size=8, source="synthetic")
+    result = train.train(model=tiny_model(), model_dir=str(tmp_path), train_dataset_cfg=cfg,
+                         loop_cfg=train.TrainLoopConfig(total_steps=6, summary_period=3, eval_period=0),
+                         checkpoint_cfg=train.CheckpointConfig(period=100, async_save=False))
+    scalars = read_scalars(tmp_path / "train")
+    seconds, fraction = scalars["timing/input_wait_seconds"], scalars["timing/input_wait_fraction"]
+    assert [s for s, _ in seconds] == [s for s, _ in fraction] == [3, 6]
+    assert seconds[-1][1] >= 0.5 * 2  # the period's waits: step 6's batch, and those fetched after step 3's summary
+    assert 0.6 < fraction[-1][1] <= 1.0, fraction
+    assert result.last_metrics["timing/input_wait_fraction"] == pytest.approx(fraction[-1][1], rel=1e-5)
 
 
 def test_the_loop_logs_on_the_console_as_mt3_train_lines():

@@ -232,16 +232,25 @@ class Summaries:
 
 
 class Throughput:
-    """steps/s and examples/s since the last report (host wall clock)."""
+    """steps/s and examples/s since the last report (host wall clock), and the seconds the loop waited for its next
+    batch in that period with their fraction of the period: a fraction near 1 means an input-bound run (the data
+    pipeline, not the model, sets the pace)."""
 
     def __init__(self, step: int, batch_size: int):
         self._step, self._time, self._batch = step, time.perf_counter(), batch_size
+        self._input_wait = 0.0
+
+    def add_input_wait(self, seconds: float) -> None:
+        self._input_wait += seconds
 
     def report(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
-        rate = (step - self._step) / max(now - self._time, 1e-9)
+        period = max(now - self._time, 1e-9)
+        rate = (step - self._step) / period
+        wait, self._input_wait = self._input_wait, 0.0
         self._step, self._time = step, now
-        return {"steps_per_sec": rate, "examples_per_sec": rate * self._batch}
+        return {"steps_per_sec": rate, "examples_per_sec": rate * self._batch, "timing/input_wait_seconds": wait,
+                "timing/input_wait_fraction": min(wait / period, 1.0)}
 
 
 def _mean_eval_metrics(per_batch: list[dict[str, float]]) -> dict[str, float]:
@@ -343,7 +352,8 @@ def _summarize(step: int, metrics, throughput: Throughput, summaries: Summaries,
     shown = shown_metrics(host)
     summaries.write("train", step, shown)
     bar.set_postfix(loss_per_token=f"{shown.get('loss_per_token', math.nan):.4g}",
-                    acc=f"{host.get('accuracy', math.nan):.3f}", refresh=False)
+                    acc=f"{host.get('accuracy', math.nan):.3f}",
+                    input_wait=f"{host.get('timing/input_wait_fraction', math.nan):.0%}", refresh=False)
     return host
 
 
@@ -514,11 +524,13 @@ def train(*, model, model_dir: str, train_dataset_cfg: DatasetConfig,
     with PreemptionGuard() as guard, _progress_bar(
             step, loop_cfg.total_steps, is_chief, loop_cfg.max_train_seconds) as bar:
         while step < loop_cfg.total_steps:
+            waited = time.perf_counter()  # the step loop's wait for input (timing/input_wait_* in the summaries)
             try:
                 batch = next(batches)
             except StopIteration:
                 stop_reason = "end_of_data"
                 break
+            throughput.add_input_wait(time.perf_counter() - waited)
             if step == start_step:  # the first batch: do its token ids fit the embedding table?
                 _check_vocabulary(batch, getattr(config, "vocab_size", None))
             state, metrics = trainer.train_step(state, partitioner.make_global_batch(batch,
