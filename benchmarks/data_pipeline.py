@@ -246,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  max_examples_per_mix=args.max_examples_per_mix) for v in args.variants}
     print(f"pipeline {args.pipeline}, task {args.task}, {args.data_dir}, batch {args.batch_size}, "
           f"lengths {lengths}, {os.cpu_count()} cores")
+    measure(next(iter(configs.values())), batches=1)  # untimed: imports and the task registry, once per process
     rows = [(v, measure(cfg, batches=max(args.batches, 1))) for v, cfg in configs.items()]
     print(throughput_table(rows))
     if args.pipeline != "indexed" or not args.profile_blocks:
