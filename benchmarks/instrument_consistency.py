@@ -37,11 +37,17 @@ LEAKAGE = (("programs_per_instrument", "programs per ref. instrument"), ("main_p
 
 
 def load_split(corpus: Path, split: str, max_tracks: int | None, min_programs: int):
-    """(id, audio, reference) of the split's tracks whose reference has >= min_programs pitched programs."""
+    """(id, audio, reference) of the split's tracks whose reference has >= min_programs pitched programs; `corpus` is
+    a Slakh-layout corpus or a folder of prepared records (the held-out sets of `benchmarks.heldout`)."""
     from mt3 import program_consistency
     from mt3.converters import slakh
 
-    records = [slakh.load_track(t)[0] for t in slakh.list_tracks(corpus)[split]]
+    if (corpus / f"{split}.manifest.json").exists():  # prepared records (e.g. benchmarks.heldout's sets)
+        from mt3.data import records as rec_io
+
+        records = list(rec_io.read_records(rec_io.shard_paths(corpus, split)))
+    else:  # a Slakh-layout corpus (build-corpus output)
+        records = [slakh.load_track(t)[0] for t in slakh.list_tracks(corpus)[split]]
     records = [r for r in records if len(program_consistency.program_note_counts(r.sequence)) >= min_programs]
     return [(r.id, r.audio, r.sequence) for r in records[:max_tracks]]
 
@@ -131,7 +137,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="model dir (default: the bundled model)")
     parser.add_argument("--label", default=None, help="name in the table (default: the model dir's name)")
-    parser.add_argument("--corpus", default="data/corpus")
+    parser.add_argument("--corpus", default="data/corpus",
+                        help="a Slakh-layout corpus, or a folder of prepared records (data/heldout/plain)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-tracks", type=int, default=None)
     parser.add_argument("--min-programs", type=int, default=2,

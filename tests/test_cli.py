@@ -154,8 +154,9 @@ def test_mix_flac_tree_modes_sonify_and_csv(tiny, tmp_path, capsys, monkeypatch)
             assert path.stat().st_mode & 0o777 == 0o644, path  # the umask's mode, not mkstemp's 0600
     notes = json.loads((out / "Track00001" / "mix.notes.json").read_text())
     rows = (out / "Track00001" / "mix.notes.csv").read_text().splitlines()
-    assert rows[0] == "onset,offset,pitch,velocity,program,is_drum" and len(rows) == len(notes) + 1
-    assert {row.rsplit(",", 1)[1] for row in rows[1:]} <= {"0", "1"}
+    assert rows[0] == "onset,offset,pitch,velocity,program,is_drum,confidence" and len(rows) == len(notes) + 1
+    assert {row.split(",")[5] for row in rows[1:]} <= {"0", "1"}
+    assert all(0.0 < float(row.split(",")[6]) <= 1.0 for row in rows[1:])  # per-note confidence, a probability
     wav, rate = soundfile.read(out / "Track00001" / "mix.sonified.wav")
     seconds = soundfile.info(str(root / "Track00001" / "mix.flac")).duration
     assert rate == 44100 and np.abs(wav).max() > 0.01

@@ -267,7 +267,7 @@ def test_transcribe_cli_many_files_one_corrupt(tiny, tmp_path, capsys):
     midi = pretty_midi.PrettyMIDI(str(out / "first.mid"))
     notes = json.loads((out / "first.notes.json").read_text())
     assert len(notes) == sum(len(i.notes) for i in midi.instruments) > 0
-    assert set(notes[0]) == {"onset", "offset", "pitch", "velocity", "program", "is_drum"}
+    assert set(notes[0]) == {"onset", "offset", "pitch", "velocity", "program", "is_drum", "confidence"}
     assert all(0 <= n["onset"] < n["offset"] and 0 <= n["pitch"] <= 127 for n in notes)
     assert {n["program"] for n in notes if not n["is_drum"]} == {i.program for i in midi.instruments
                                                                  if i.notes and not i.is_drum}
@@ -280,7 +280,7 @@ def test_transcribe_cli_many_files_one_corrupt(tiny, tmp_path, capsys):
     assert (out / "first.mid").stat().st_mtime_ns == before
     assert cli.main(["transcribe", str(audio_dir / "first.wav"), "--overwrite", "--csv", *common]) == 0
     rows = (out / "first.notes.csv").read_text().splitlines()
-    assert rows[0] == "onset,offset,pitch,velocity,program,is_drum" and len(rows) == len(notes) + 1
+    assert rows[0] == "onset,offset,pitch,velocity,program,is_drum,confidence" and len(rows) == len(notes) + 1
     assert json.loads((out / "first.notes.json").read_text()) == notes  # same model, same audio, same notes
 
 
