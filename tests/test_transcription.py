@@ -191,4 +191,9 @@ def test_quiet_input_warning_says_what_the_model_does(tiny, mt3_transcribe, tmp_
     assert (f"{tmp_path / 'at84.wav'}: the audio is nearly silent (peak -84 dBFS, at or below the -80 dBFS this model "
             "takes for a noise floor and does not normalise), so expect no notes") in text
     notes = {name: json.loads((tmp_path / "o" / f"{name}.notes.json").read_text()) for name in ("full", "at60", "at84")}
-    assert notes["full"] and notes["at60"] == notes["full"] and notes["at84"] == []
+    def without_confidence(rows):  # confidence is a float read off the decoder: equal notes, last digits may differ
+        return [{k: v for k, v in row.items() if k != "confidence"} for row in rows]
+
+    assert notes["full"] and without_confidence(notes["at60"]) == without_confidence(notes["full"])
+    assert all(abs(a["confidence"] - b["confidence"]) < 0.01 for a, b in zip(notes["at60"], notes["full"], strict=True))
+    assert notes["at84"] == []
