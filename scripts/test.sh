@@ -14,4 +14,4 @@ export TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 # tests/test_paths.py (gs:// on a GCS emulator) runs in a process of its own: once another test has imported
 # TensorFlow, etils.epath sends gs:// through TensorFlow's GCS client, which cannot be pointed at an emulator.
 .venv/bin/python -m pytest tests --ignore=tests/test_paths.py ${args[@]+"${args[@]}"}
-.venv/bin/python -m pytest tests/test_paths.py ${args[@]+"${args[@]}"}
+.venv/bin/python -m pytest tests/test_paths.py ${args[@]+"${args[@]}"} || [ $? -eq 5 ]  # 5: a -k/-m left none here
