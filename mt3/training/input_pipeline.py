@@ -200,17 +200,41 @@ def _words(*parts: int) -> list[int]:
     return [int(p) & 0xFFFFFFFF for p in parts]
 
 
+def _task_of_block(seed: int, probabilities: np.ndarray, block: int) -> int:
+    """The mixture's task of global block `block`: drawn from (seed, block) with the block probabilities."""
+    if len(probabilities) == 1:
+        return 0
+    return int(np.random.default_rng(_words(seed, 0x5EED, block)).choice(len(probabilities), p=probabilities))
+
+
+def _schedule(seed: int, probabilities: np.ndarray, position: IndexedPosition
+              ) -> Iterator[tuple[int, int, int, tuple[int, ...]]]:
+    """(global block, task, task block, task_blocks before it) from `position` on (a plain generator, holding no
+    stream: the input workers' feeder thread runs it)."""
+    counts = list(position.task_blocks)
+    block = position.block
+    while True:
+        task = _task_of_block(seed, probabilities, block)
+        before = tuple(counts)
+        counts[task] += 1
+        yield block, task, before[task], before
+        block += 1
+
+
 class IndexedStream:
     """Batches of model features from registered transcription tasks; `.position` is what a checkpoint stores.
 
-    Blocks are computed ahead by a thread pool (`workers`), in order; memory is bounded by `workers + 2` blocks.
+    Blocks are computed ahead, in order, by a thread pool (`workers`; memory bounded by `workers + 2` blocks), or with
+    `num_workers` > 0 by that many processes (`mt3.training.input_workers`; about 3 blocks per worker): the same
+    batches and positions either way, since a block is a pure function of (seed, task, epoch, block).
     """
 
     def __init__(self, tasks: Sequence[IndexedTask], *, split: str, task_feature_lengths: dict, batch_size: int,
                  seed: int, shard_id: int = 0, num_shards: int = 1, num_epochs: int | None = None,
                  block_tracks: int = 16, data_dir=None, position: IndexedPosition | None = None,
                  workers: int | None = None, mix_config=None, augment_config=None,
-                 target_length_multiple: int | None = None, shuffle: bool = True, frame_targets: bool = False):
+                 target_length_multiple: int | None = None, shuffle: bool = True, frame_targets: bool = False,
+                 num_workers: int = 0):
         if block_tracks < 1:
             raise ValueError(f"block_tracks must be >= 1, got {block_tracks}")
         if split != "train":  # eval targets keep same-pitch overlaps, as MT3's (only its training data is trimmed)
@@ -243,14 +267,14 @@ class IndexedStream:
         self._frame_targets = frame_targets  # piano rolls for the auxiliary encoder heads (mt3.data.frame_targets)
         self._closed = False
         self._workers = workers or max(1, min(4, os.cpu_count() or 1))
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        self.num_workers = num_workers  # > 0: blocks computed by that many processes instead of `workers` threads
         self._iterator = self._batches()
 
     # ----- pure functions of (seed, task, epoch, block) -----
     def _task_of_block(self, block: int) -> int:
-        if len(self.tasks) == 1:
-            return 0
-        return int(np.random.default_rng(_words(self.seed, 0x5EED, block)).choice(len(self.tasks),
-                                                                                   p=self.probabilities))
+        return _task_of_block(self.seed, self.probabilities, block)
 
     def block_records(self, task: int, task_block: int) -> tuple[int, list[tuple[str, int]]] | None:
         """(epoch, this block's records) of the task's `task_block`-th block; None past `num_epochs`."""
@@ -312,19 +336,15 @@ class IndexedStream:
     # ----- the stream -----
     def _schedule(self) -> Iterator[tuple[int, int, int, tuple[int, ...]]]:
         """(global block, task, task block, task_blocks before it) from the current position on."""
-        counts = list(self.position.task_blocks)
-        block = self.position.block
-        while True:
-            task = self._task_of_block(block)
-            before = tuple(counts)
-            counts[task] += 1
-            yield block, task, before[task], before
-            block += 1
+        return _schedule(self.seed, self.probabilities, self.position)
 
     def _examples(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], IndexedPosition, int]]:
         """Each example with the position after it and its task's index."""
         schedule = self._schedule()
         skip = self.position.offset
+        if self.num_workers:
+            yield from self._examples_from_processes(schedule, skip)
+            return
         # Not a `with` block: leaving the stream (a preemption) must not wait for blocks computed ahead.
         pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="mt3-data")
         pending: collections.deque = collections.deque()
@@ -342,6 +362,31 @@ class IndexedStream:
                 skip = 0
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _examples_from_processes(self, schedule, skip: int):
+        """`_examples` with blocks computed by `num_workers` processes (`mt3.training.input_workers`), same order."""
+        from mt3.training import input_workers
+
+        requests = ((item, (item[1], item[2])) for item in schedule)  # key: (block, task, task block, before)
+        self._process_map = input_workers.OrderedProcessMap(self.block_examples, requests, self.num_workers)
+        try:
+            for (block, task, _, before), examples in self._process_map:
+                if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
+                    return
+                for index in range(skip, len(examples)):
+                    yield examples[index], IndexedPosition(block, index + 1, before), task
+                skip = 0
+        finally:
+            self._process_map.close()
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the input workers (none with `num_workers` = 0 or before the first batch)."""
+        process_map = getattr(self, "_process_map", None)
+        return process_map.pids if process_map is not None else []
+
+    def __getstate__(self) -> dict:
+        """What a worker process needs to compute blocks: the stream's description, not its iterator or workers."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_iterator", "_process_map", "_drawn")}
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         examples = self._examples()
@@ -459,7 +504,7 @@ def make_batch_iterator(cfg, *, host_batch_size: int, shard_id: int, num_shards:
             position=IndexedPosition.from_json(state) if state is not None else None,
             mix_config=cfg.mix_config, augment_config=cfg.augment_config,
             target_length_multiple=cfg.target_length_multiple, shuffle=cfg.shuffle,
-            frame_targets=cfg.frame_targets and cfg.split == "train")
+            frame_targets=cfg.frame_targets and cfg.split == "train", num_workers=getattr(cfg, "num_workers", 0))
     if skip_batches and cfg.pipeline == "indexed":
         note(f"the checkpoint holds no input-pipeline state (written by the seqio pipeline): rebuilding that pipeline "
              f"and skipping {skip_batches} batches as before (this run keeps it; time grows with the step)")

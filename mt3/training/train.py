@@ -74,6 +74,9 @@ class DatasetConfig:
     target_length_multiple: int | None = None
     pipeline: str = "indexed"
     block_tracks: int = 16
+    # Processes computing the indexed sampler's blocks (`mt3.training.input_workers`); 0: a thread pool in this process.
+    # The batches are the same for any value (resume too); more processes use more of a host's cores.
+    num_workers: int = 0
     # What the training examples get beyond MT3's crops (gin/train.gin binds them; all off by default, as MT3):
     # audio mixes (`mixing.MixConfig`), augmentation (`augmentation.AugmentConfig`), and the frame-target rolls of the
     # auxiliary encoder heads, made when the model's AUX_FRAME_LOSS_WEIGHT is > 0 (`mt3.data.frame_targets`).
@@ -91,6 +94,8 @@ class DatasetConfig:
         if self.pipeline not in input_pipeline.PIPELINES:
             raise ValueError(f"DatasetConfig.pipeline must be one of {input_pipeline.PIPELINES}, "
                              f"got {self.pipeline!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"DatasetConfig.num_workers must be an int >= 0, got {self.num_workers!r}")
         if not isinstance(self.block_tracks, int) or self.block_tracks < 1:
             raise ValueError(f"DatasetConfig.block_tracks must be a positive int, got {self.block_tracks!r}")
         if self.source not in DATA_SOURCES:
