@@ -62,7 +62,23 @@ def test_learning_rate_schedules(schedule, step, expected):
     assert float(lr(step)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("schedule, step, expected", [
+    ("constant * linear_cooldown", 999, 1e-3),
+    ("constant * linear_cooldown", 1000 + 250, 1e-3 * 0.75),
+    ("constant * linear_cooldown", 1000 + 999, 1e-3 / 1000),
+    ("constant * linear_cooldown", 5000, 0.0),
+    ("constant * cosine_cooldown", 1000 + 500, 1e-3 * 0.5),
+    ("constant * cosine_cooldown", 1000 + 250, 1e-3 * 0.5 * (1 + np.cos(np.pi / 4))),
+    ("constant * cosine_cooldown", 5000, 0.0),
+])
+def test_cooldown_schedules_hold_then_fall_to_zero(schedule, step, expected):
+    lr = trainer.OptimizerConfig(schedule=schedule, cooldown_start=1000, cooldown_steps=1000).learning_rate_fn()
+    assert float(lr(step)) == pytest.approx(expected, rel=1e-4, abs=1e-12)
+
+
 def test_optimizer_config_validates():
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        trainer.OptimizerConfig(schedule="constant * linear_cooldown")
     with pytest.raises(ValueError, match="cosine"):
         trainer.OptimizerConfig(schedule="constant * cosine")
     with pytest.raises(ValueError, match="adafactor"):

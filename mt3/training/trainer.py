@@ -24,7 +24,8 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 LossFn = Callable[[Any, Batch, Array | None], tuple[Array, dict[str, Array]]]
 
-LR_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay")
+LR_FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay", "linear_cooldown",
+              "cosine_cooldown")
 OPTIMIZERS = ("adafactor", "adamw")
 # Metrics that add up over microbatches; 'accuracy' is re-weighted by num_tokens; anything else is averaged.
 SUMMED_METRICS = ("loss", "z_loss", "cross_ent_loss", "num_tokens", "aux_onset_loss", "aux_frame_loss")
@@ -40,6 +41,9 @@ class OptimizerConfig:
 
     schedule: T5X `create_learning_rate_scheduler` factors joined by '*', e.g. 'constant' (MT3),
     'constant * linear_warmup', 'constant * rsqrt_decay' (value base * 1/sqrt(max(step, warmup_steps))).
+    'linear_cooldown' / 'cosine_cooldown' (not in T5X; the "decay" tail of a warmup-stable-decay schedule): 1 until
+    `cooldown_start`, then down to 0 over `cooldown_steps` (linearly / as half a cosine), 0 after. A budgeted run
+    (a CPU run of N hours) ends on a cooled-down checkpoint instead of one taken at full learning rate.
     global_norm_clip: optional gradient clipping by global norm before the optimizer (off in MT3).
     """
 
@@ -49,6 +53,8 @@ class OptimizerConfig:
     warmup_steps: int = 1000
     decay_rate: float = 0.8
     step_offset: int = 0
+    cooldown_start: int = 0
+    cooldown_steps: int = 0
     factored: bool = True
     min_dim_size_to_factor: int = 128
     multiply_by_parameter_scale: bool = True
@@ -67,6 +73,9 @@ class OptimizerConfig:
             raise ValueError(f"unknown learning-rate factors {unknown} in {self.schedule!r}; allowed: {LR_FACTORS}")
         if self.base_learning_rate <= 0 or self.warmup_steps < 0:
             raise ValueError("base_learning_rate must be > 0 and warmup_steps >= 0")
+        if any(f.endswith("_cooldown") for f in self.factors) and (self.cooldown_steps <= 0 or self.cooldown_start < 0):
+            raise ValueError(f"schedule {self.schedule!r} needs cooldown_steps > 0 and cooldown_start >= 0 "
+                             f"(got {self.cooldown_steps}, {self.cooldown_start})")
 
     @property
     def factors(self) -> list[str]:
@@ -75,6 +84,7 @@ class OptimizerConfig:
     def learning_rate_fn(self) -> Callable[[Array | int], Array]:
         """step -> learning rate (jit-friendly), as T5X's factor-product scheduler."""
         factors, base, warmup = self.factors, self.base_learning_rate, max(self.warmup_steps, 1)
+        start, length = self.cooldown_start, max(self.cooldown_steps, 1)
 
         def schedule(step):
             step = jnp.asarray(step, jnp.float32)
@@ -88,6 +98,10 @@ class OptimizerConfig:
                     value = value / jnp.sqrt(jnp.maximum(step, warmup))
                 elif factor == "rsqrt_normalized_decay":
                     value = value * jnp.sqrt(warmup) / jnp.sqrt(jnp.maximum(step, warmup))
+                elif factor == "linear_cooldown":
+                    value = value * (1.0 - jnp.clip((step - start) / length, 0.0, 1.0))
+                elif factor == "cosine_cooldown":
+                    value = value * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip((step - start) / length, 0.0, 1.0)))
             return value
 
         return schedule
