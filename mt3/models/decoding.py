@@ -177,37 +177,44 @@ def _encode_and_init_cache(module, params: Any, encoder_inputs: Array, *, cache_
     return init_cache(module, params, encoded_BxSxE, cache_len)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "eos_id"), donate_argnames=("cache", "out_BxT", "logp_BxT"))
+@functools.partial(jax.jit, static_argnames=("module", "eos_id", "step_mask"),
+                   donate_argnames=("cache", "out_BxT", "logp_BxT"))
 def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Array, logp_BxT: Array, done_B: Array,
-                  allowed_BxV: Array, step: Array, min_live: Array, *, eos_id: int):
+                  allowed_BxV: Array, step: Array, min_live: Array, mask_state: Any = (), *, eos_id: int,
+                  step_mask: Any = None):
     """Greedy steps until every row is done, the cache (= out's length T) is full, or at most `min_live` rows are
     still running. `allowed_BxV` masks ids a row may emit (all True: plain greedy). `logp_BxT` receives each chosen
     id's log-probability under the (masked) softmax: read off the logits the argmax already has, so the ids are
-    exactly those of a loop without it."""
+    exactly those of a loop without it. `step_mask` (e.g. `event_mask.NoteStateMask`; None: none) adds a mask that
+    follows the emitted ids: `step_mask.allowed(mask_state)` before each step, `step_mask.update` after it."""
     batch, length = out_BxT.shape
     # cross-attention keys/values live in the cache, so the decoder never reads the encoder output again
     encoded_Bx1xE = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
 
     def cond(carry):
-        step, _, _, _, done_B, _ = carry
+        step, _, _, _, done_B, _, _ = carry
         live = jnp.sum(jnp.logical_not(done_B))
         return jnp.logical_and(step < length, jnp.logical_and(live > 0, live > min_live))
 
     def body(carry):
-        step, token_B, out_BxT, logp_BxT, done_B, cache = carry
+        step, token_B, out_BxT, logp_BxT, done_B, cache, mask_state = carry
         logits_Bx1xV, variables = module.apply({"params": params, "cache": cache}, encoded_Bx1xE, token_B[:, None],
                                                decoder_positions=jnp.full((batch, 1), step, jnp.int32),
                                                enable_dropout=False, decode=True, mutable=["cache"],
                                                method=module.decode)
         logits_BxV = jnp.where(allowed_BxV, logits_Bx1xV[:, 0], -jnp.inf)
+        if step_mask is not None:
+            logits_BxV = jnp.where(step_mask.allowed(mask_state), logits_BxV, -jnp.inf)
         next_B = jnp.where(done_B, PAD_ID, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
         out_BxT = jax.lax.dynamic_update_slice(out_BxT, next_B[:, None], (0, step))
         logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
         logp_B = jnp.where(done_B, 0.0, jnp.take_along_axis(logp_BxV, next_B[:, None], axis=-1)[:, 0])
         logp_BxT = jax.lax.dynamic_update_slice(logp_BxT, logp_B[:, None], (0, step))
-        return step + 1, next_B, out_BxT, logp_BxT, jnp.logical_or(done_B, next_B == eos_id), variables["cache"]
+        mask_state = mask_state if step_mask is None else step_mask.update(mask_state, next_B)
+        return (step + 1, next_B, out_BxT, logp_BxT, jnp.logical_or(done_B, next_B == eos_id), variables["cache"],
+                mask_state)
 
-    return jax.lax.while_loop(cond, body, (step, token_B, out_BxT, logp_BxT, done_B, cache))
+    return jax.lax.while_loop(cond, body, (step, token_B, out_BxT, logp_BxT, done_B, cache, mask_state))
 
 
 def _is_self_cache(path) -> bool:
@@ -233,14 +240,15 @@ def _take_rows(tree: Any, rows: Array) -> Any:
 
 def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_decode_len: int,
                              allowed: Array | None = None, first_len: int = FIRST_CACHE_LEN,
-                             eos_id: int = EOS_ID, return_log_probs: bool = False):
+                             eos_id: int = EOS_ID, return_log_probs: bool = False, step_mask: Any = None):
     """Greedy decoding, token for token `decode`'s, that drops finished rows and grows the KV cache on demand.
 
     Returns (ids int32 numpy [B, max_decode_len], decoder steps run), and with `return_log_probs` also float32
     [B, max_decode_len]: each chosen id's log-probability (0 after EOS) -- what per-note confidence is built from
     (`mt3.note_confidence`). `allowed` (bool [B, vocab_size]) restricts
     what each row may emit (a decoder logit mask; `mt3.program_consistency` builds it); None allows everything.
-    Host-driven between compiled chunks, so call it outside `jit`.
+    `step_mask` (`mt3.models.event_mask.NoteStateMask`; None: off) also masks by the note state each row's own
+    ids have built. Host-driven between compiled chunks, so call it outside `jit`.
     """
     _check_args(max_decode_len, 0.0, 0, None)
     batch = encoder_inputs.shape[0]
@@ -259,12 +267,13 @@ def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_
     logp_BxT = jnp.zeros((batch, length), jnp.float32)
     done_B = jnp.zeros((batch,), bool)
     step = jnp.zeros((), jnp.int32)
+    mask_state = () if step_mask is None else step_mask.init(batch)
     while True:
         slots = len(rows_B)
         min_live = slots // 2 if slots > 1 else 0
-        step, token_B, out_BxT, logp_BxT, done_B, cache = _greedy_chunk(
+        step, token_B, out_BxT, logp_BxT, done_B, cache, mask_state = _greedy_chunk(
             module, params, cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV, step,
-            jnp.asarray(min_live, jnp.int32), eos_id=eos_id)
+            jnp.asarray(min_live, jnp.int32), mask_state, eos_id=eos_id, step_mask=step_mask)
         steps_run, done_host_B = int(step), np.asarray(done_B)
         live = np.flatnonzero(~done_host_B & (rows_B >= 0))
         if len(live) == 0 or steps_run >= max_decode_len:
@@ -282,6 +291,6 @@ def greedy_decode_compacting(module, params: Any, encoder_inputs: Array, *, max_
             new_slots = next_power_of_two(len(live))
             filler = np.flatnonzero(done_host_B)[: new_slots - len(live)]  # done rows only emit PAD
             keep = np.concatenate([live, filler]).astype(np.int32)
-            cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV = _take_rows(
-                (cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV), jnp.asarray(keep))
+            cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV, mask_state = _take_rows(
+                (cache, token_B, out_BxT, logp_BxT, done_B, allowed_BxV, mask_state), jnp.asarray(keep))
             rows_B = np.concatenate([rows_B[live], np.full(len(filler), -1)])
