@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.data_pipeline [--data-dir data/prepared] [--pipeline indexed|seqio]
         [--batches 50] [--batch-size 32] [--variants base mix augment frames all] [--profile-blocks 2]
+        [--workers 0,1,2] [--warmup 5]
 
 Builds the training stream exactly as `mt3 train` does (`input_pipeline.make_batch_iterator` with a
 `train.DatasetConfig`): by default the indexed sampler (`mt3.training.input_pipeline`), with `--pipeline seqio` MT3's
@@ -9,9 +10,15 @@ seqio pipeline. Each variant turns one of the training-example options of `train
 them): `mix` = audio mixes across tracks (`mixing.MixConfig(max_examples_per_mix=2)`, the README's recipe), `augment` =
 gin/levers/augment.gin's settings, `frames` = the frame-target rolls of the auxiliary heads, `all` = all three.
 
-The table gives, per variant: examples/s (wall clock) and CPU milliseconds per example (this process's CPU time, all
-threads: the pipeline's thread pool, or tf.data's) over the first `--batches` batches from the stream's creation, and
-the seconds to the first batch. The profile (indexed sampler only: seqio runs inside TensorFlow's graph) computes
+The table gives, per worker count (`--workers`: `DatasetConfig.num_workers`, 0 = the in-process thread pool, N =
+N worker processes, `mt3.training.input_workers`; indexed sampler only) and variant: examples/s (wall clock) and CPU
+milliseconds per example (this process, all its threads, plus the worker processes, read from /proc) over `--batches`
+batches after `--warmup` batches (worker start-up excluded: the window is the steady state of a consumer that takes
+batches as fast as they come), the same CPU split into main process and workers, the seconds to the first batch, and
+the 1-minute load average. CPU per example hardly depends on the load, so a loaded machine's numbers still say what
+N dedicated cores would give: `projected` = min(N / worker CPU-s per example, 1 / main-process CPU-s per example)
+examples/s (0 workers: 1 / CPU-s per example), and the scaling table compares measured and projected N=1 -> N=2.
+The profile (indexed sampler only: seqio runs inside TensorFlow's graph) computes
 `--profile-blocks` blocks in this thread, with the sampler's own functions wrapped by timers, and splits each example's
 time into stages, exclusive of the stages nested inside them: read (shard bytes), decode (record -> audio +
 NoteSequence), frame (audio -> 128-sample frames), tokenize (NoteSequence -> events), crop (random crops and their
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -58,27 +66,60 @@ def variant_config(variant: str, *, task: str, data_dir: str, pipeline: str, bat
                                augment_config=augment, aux_frame_loss_weight=1.0 if "frames" in on else 0.0)
 
 
-def measure(cfg, *, batches: int) -> dict[str, float]:
-    """Examples/s and CPU ms per example of the first `batches` batches of `cfg`'s training stream, timed from the
-    stream's creation (its startup, as training sees it: shard header scans, tf.data tracing), and the seconds to its
-    first batch. Not from a warm stream: the indexed sampler computes blocks ahead in its pool, so a window opened
-    after a warm-up would count work done before it; use enough batches that startup is a small part."""
+def load_average() -> float:
+    """The 1-minute load average (NaN where /proc is absent): other work on the machine slows every number but CPU."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (/proc/PID/stat; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(cfg, *, batches: int, warmup: int = 0) -> dict[str, float]:
+    """Examples/s and CPU ms per example (this process and its input workers) of `batches` batches of `cfg`'s training
+    stream after `warmup` batches (0: timed from the stream's creation, its start-up included), and the seconds to its
+    first batch. The window starts while the consumer keeps taking batches as fast as they come, so the blocks computed
+    ahead are about as many at both ends (a window opened after a pause would count work done before it)."""
     from mt3.training import input_pipeline
 
-    wall, cpu = time.perf_counter(), time.process_time()
+    load = load_average()
+    start, main = time.perf_counter(), time.process_time()
     stream = input_pipeline.make_batch_iterator(cfg, host_batch_size=cfg.batch_size, shard_id=0, num_shards=1)
+    pids = getattr(stream, "worker_pids", lambda: [])
     try:
-        next(stream)
-        first = time.perf_counter() - wall
-        for _ in range(batches - 1):
+        wall, workers = start, 0.0
+        for index in range(warmup + batches):
+            if index == warmup and warmup:
+                wall, main, workers = time.perf_counter(), time.process_time(), sum(map(process_cpu_seconds, pids()))
             next(stream)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if index == 0:
+                first = time.perf_counter() - start
+        wall, main = time.perf_counter() - wall, time.process_time() - main
+        workers = sum(map(process_cpu_seconds, pids())) - workers
     finally:
         if hasattr(stream, "close"):
             stream.close()
     examples = batches * cfg.batch_size
-    return {"examples_per_s": examples / max(wall, 1e-9), "cpu_ms_per_example": 1000 * cpu / examples,
-            "first_batch_s": first}
+    return {"examples_per_s": examples / max(wall, 1e-9), "cpu_ms_per_example": 1000 * (main + workers) / examples,
+            "main_cpu_ms": 1000 * main / examples, "worker_cpu_ms": 1000 * workers / examples, "first_batch_s": first,
+            "load": (load + load_average()) / 2}
+
+
+def projected(num_workers: int, row: dict[str, float]) -> float:
+    """Examples/s on `num_workers` dedicated cores (plus the main process's), from CPU per example alone."""
+    if not num_workers:
+        return 1000 / max(row["cpu_ms_per_example"], 1e-9)
+    return min(num_workers * 1000 / max(row["worker_cpu_ms"], 1e-9), 1000 / max(row["main_cpu_ms"], 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,10 +240,24 @@ def profile(cfg, *, blocks: int) -> tuple[StageTimer, int]:
 # Tables
 # ---------------------------------------------------------------------------------------------------------------
 
-def throughput_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
-    lines = [f"{'variant':<10} {'examples/s':>11} {'cpu_ms/example':>15} {'first_batch_s':>14}"]
-    lines += [f"{name:<10} {r['examples_per_s']:11.1f} {r['cpu_ms_per_example']:15.2f} {r['first_batch_s']:14.2f}"
-              for name, r in rows]
+def throughput_table(rows: Sequence[tuple[str, int, dict[str, float]]]) -> str:
+    lines = [f"{'variant':<10} {'workers':>7} {'examples/s':>11} {'cpu_ms/example':>15} {'main_cpu_ms':>12} "
+             f"{'worker_cpu_ms':>14} {'projected':>10} {'first_batch_s':>14} {'load':>5}"]
+    lines += [f"{name:<10} {n:7d} {r['examples_per_s']:11.1f} {r['cpu_ms_per_example']:15.2f} {r['main_cpu_ms']:12.2f} "
+              f"{r['worker_cpu_ms']:14.2f} {projected(n, r):10.1f} {r['first_batch_s']:14.2f} {r['load']:5.2f}"
+              for name, n, r in rows]
+    return "\n".join(lines)
+
+
+def scaling_table(rows: Sequence[tuple[str, int, dict[str, float]]], low: int, high: int) -> str:
+    """Per variant, examples/s at `high` workers over `low` workers: measured (load-dependent) and projected."""
+    by = {(name, n): r for name, n, r in rows}
+    lines = [f"scaling {low} -> {high} workers", f"{'variant':<10} {'measured':>9} {'projected':>10}"]
+    for name in dict.fromkeys(name for name, _, _ in rows):
+        if (name, low) in by and (name, high) in by:
+            a, b = by[name, low], by[name, high]
+            lines.append(f"{name:<10} {b['examples_per_s'] / a['examples_per_s']:9.2f} "
+                         f"{projected(high, b) / projected(low, a):10.2f}")
     return "\n".join(lines)
 
 
@@ -230,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--targets-length", type=int, default=1024)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--max-examples-per-mix", type=int, default=2)
+    parser.add_argument("--workers", default="0",
+                        help="comma-separated input worker counts (DatasetConfig.num_workers; 0: in-process threads)")
+    parser.add_argument("--warmup", type=int, default=5, help="batches taken before the timed window")
     parser.add_argument("--profile-blocks", type=int, default=2,
                         help="blocks (of DatasetConfig.block_tracks records) profiled per variant; 0: no profile")
     args = parser.parse_args(argv)
@@ -246,9 +304,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  max_examples_per_mix=args.max_examples_per_mix) for v in args.variants}
     print(f"pipeline {args.pipeline}, task {args.task}, {args.data_dir}, batch {args.batch_size}, "
           f"lengths {lengths}, {os.cpu_count()} cores")
+    workers = [int(n) for n in args.workers.split(",")]
+    if args.pipeline != "indexed" and workers != [0]:
+        raise SystemExit("--workers applies to the indexed sampler (the seqio pipeline uses tf.data's threads)")
     measure(next(iter(configs.values())), batches=1)  # untimed: imports and the task registry, once per process
-    rows = [(v, measure(cfg, batches=max(args.batches, 1))) for v, cfg in configs.items()]
+    rows = [(v, n, measure(dataclasses.replace(cfg, num_workers=n), batches=max(args.batches, 1),
+                           warmup=max(args.warmup, 0))) for n in workers for v, cfg in configs.items()]
     print(throughput_table(rows))
+    if len(workers) > 1:
+        print("\n" + scaling_table(rows, min(workers), max(workers)))
     if args.pipeline != "indexed" or not args.profile_blocks:
         return
     for variant, cfg in configs.items():

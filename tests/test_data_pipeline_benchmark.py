@@ -27,11 +27,13 @@ def _tables(text: str) -> dict[str, dict[str, list[str]]]:
     tables: dict[str, dict[str, list[str]]] = {}
     title = None
     for line in text.splitlines():
-        if line.startswith("variant "):
+        if line.startswith("variant ") and title is None:
             title = ""
         elif line.startswith("profile: "):
             title = line.split(",")[0]
-        elif line.startswith("stage "):
+        elif line.startswith("scaling "):
+            title = "scaling"
+        elif line.startswith(("stage ", "variant ")):
             pass
         elif line.strip() and title is not None:
             name, *cells = line.split()
@@ -46,8 +48,10 @@ def test_main_prints_throughput_and_a_stage_profile_for_each_variant(prepared, c
     throughput = tables[""]
     assert list(throughput) == list(data_pipeline.VARIANTS)
     for cells in throughput.values():
-        rate, cpu_ms, first = map(float, cells)
-        assert all(math.isfinite(v) and v > 0 for v in (rate, cpu_ms, first))
+        workers, rate, cpu_ms, main_ms, worker_ms, projected, first, load = map(float, cells)
+        assert workers == 0 and worker_ms == 0 and main_ms == cpu_ms and projected == pytest.approx(1000 / cpu_ms,
+                                                                                                    rel=0.01)
+        assert all(math.isfinite(v) and v > 0 for v in (rate, cpu_ms, first, load))
     profiles = {}
     for variant in data_pipeline.VARIANTS:
         rows = tables[f"profile: {variant}"]
@@ -66,6 +70,20 @@ def test_main_prints_throughput_and_a_stage_profile_for_each_variant(prepared, c
     assert profiles["mix"]["mix"] > 0 and profiles["mix"]["crop"] == 0  # mixing makes its own crops
     assert profiles["frames"]["frame_targets"] > 0
     assert profiles["augment"]["augment"] > 10 * profiles["base"]["augment"]
+
+
+def test_workers_add_their_cpu_and_a_scaling_table(prepared, capsys):
+    data_pipeline.main(["--data-dir", str(prepared), "--batches", "2", "--batch-size", "4", "--warmup", "0",
+                        "--variants", "mix", "--workers", "0,1", "--profile-blocks", "0"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.split("\n\n")[0].splitlines()[2:]]  # after the header lines
+    assert [(r[0], r[1]) for r in rows] == [("mix", "0"), ("mix", "1")]
+    (_, _, _, cpu_ms, main_ms, worker_ms, projected, *_), = rows[1:]
+    # the blocks are computed in the worker process, and its CPU counted (warmup 0: from its start)
+    assert float(worker_ms) > 0 and float(cpu_ms) == pytest.approx(float(main_ms) + float(worker_ms), abs=0.02)
+    assert float(projected) == pytest.approx(min(1000 / float(worker_ms), 1000 / float(main_ms)), rel=0.01, abs=0.1)
+    scaling = _tables(out)["scaling"]
+    assert list(scaling) == ["mix"] and all(float(c) > 0 for c in scaling["mix"])
 
 
 def test_a_missing_data_dir_is_one_line(tmp_path):
