@@ -155,7 +155,7 @@ def score(args) -> dict[str, Any]:
     from benchmarks import compare_peers
     from mt3 import api
 
-    transcriber = api.load_model(args.checkpoint)
+    transcriber = api.load_model(args.checkpoint, gin_bindings=getattr(args, "gin_bindings", None) or ())
     rows = []
     for label, folder, db in _runs(args.sets):
         run_args = argparse.Namespace(data_dir=args.root / folder, split="test", max_tracks=args.max_tracks,
@@ -276,6 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--basic-pitch-python", default=None)
     parser.add_argument("--max-tracks", type=int, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--gin", dest="gin_bindings", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra gin binding of our model's inference, e.g. "
+                             "\"inference.InferenceConfig.decode_mask = 'note_state'\" (repeatable)")
     args = parser.parse_args(argv)
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = sorted(set(args.sets) - set(SETS))

@@ -59,6 +59,10 @@ class InferenceConfig:
     'model': the INPUT_PEAK_DB macro of the model's config.gin, i.e. the level its training audio had, else None).
     Why: a model sees a file's level through the log-mel, and ours train on mixes normalised to a -1 dBFS peak; a
     recording at -30 dB then reaches it as the same music, not as near-silence. Files below -80 dBFS stay as given.
+
+    decode_mask (greedy only; `mt3.models.event_mask`): 'note_state' masks, at every decoding step, the tokens the note
+    state of the segment so far makes invalid (a note-off of a pitch not sounding, a second tie, an onset of a
+    sounding pitch, ...); 'invalid' only what the note decoder would reject; 'none' (MT3's behaviour) masks nothing.
     """
 
     batch_size: int = 32
@@ -74,6 +78,7 @@ class InferenceConfig:
     programs_mode: str = "move"
     min_confidence: float = 0.0
     input_peak_db: float | str | None = "model"
+    decode_mask: str = "none"
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -104,6 +109,12 @@ class InferenceConfig:
         if self.programs_mode not in program_consistency.PROGRAMS_MODES:
             raise ValueError(f"InferenceConfig.programs_mode must be one of {program_consistency.PROGRAMS_MODES}, "
                              f"got {self.programs_mode!r}")
+        from mt3.models import event_mask
+
+        if self.decode_mask not in event_mask.MODES:
+            raise ValueError(f"InferenceConfig.decode_mask must be one of {event_mask.MODES}, got {self.decode_mask!r}")
+        if self.decode_mask != "none" and self.temperature > 0:
+            raise ValueError("InferenceConfig.decode_mask masks greedy decoding; set temperature = 0")
         if self.masks_decoder and self.temperature > 0:
             raise ValueError("InferenceConfig.programs (programs_mode 'mask') / two_pass_programs constrain greedy "
                              "decoding; set temperature = 0")
@@ -211,6 +222,13 @@ class InferenceModel:
 
         self._predict = jax.jit(predict)
         self._batches_run = 0
+        self._step_mask = None
+        if config.decode_mask != "none":
+            from mt3.models import event_mask
+
+            self._step_mask = event_mask.NoteStateMask.for_codec(
+                self.codec, net_config.vocab_size, include_ties=spec.include_ties, onsets_only=spec.onsets_only,
+                mode=config.decode_mask)
 
     # ----- properties -----
     @property
@@ -248,7 +266,7 @@ class InferenceModel:
                 "programs": None if self.config.programs is None else list(self.config.programs),
                 "two_pass_programs": self.config.two_pass_programs,
                 "reassign_programs": self.config.reassign_programs, "programs_mode": self.config.programs_mode,
-                "min_confidence": self.config.min_confidence}
+                "min_confidence": self.config.min_confidence, "decode_mask": self.config.decode_mask}
 
     # ----- segmenting -----
     def segment_audio(self, samples: np.ndarray) -> _Segments:
@@ -290,7 +308,7 @@ class InferenceModel:
         greedy = self.config.temperature == 0.0
         if allowed is not None and not greedy:
             raise ValueError("a token mask (allowed) needs greedy decoding (temperature 0)")
-        compact = greedy and (self.config.compact_decoding or allowed is not None)
+        compact = greedy and (self.config.compact_decoding or allowed is not None or self._step_mask is not None)
         padded = min(decoding.next_power_of_two(rows), self.batch_size) if compact else self.batch_size
         if rows < padded:
             frames = np.concatenate([frames, np.zeros((padded - rows, *frames.shape[1:]), np.float32)])
@@ -299,7 +317,7 @@ class InferenceModel:
         if compact:
             ids, steps, log_probs = decoding.greedy_decode_compacting(
                 self.model.module, self.params, frames, max_decode_len=self.config.max_decode_len, allowed=allowed,
-                return_log_probs=True)
+                return_log_probs=True, step_mask=self._step_mask)
             return ids[:rows], steps, log_probs[:rows]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), self._batches_run)
         self._batches_run += 1

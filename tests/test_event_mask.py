@@ -192,3 +192,34 @@ def test_decoding_with_the_mask_off_is_unchanged_and_on_emits_only_allowed_token
                                                   step_mask=mask)
     assert np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(masked))))
     assert not np.array_equal(masked, free)
+
+
+def test_inference_config_decode_mask_reaches_the_decoder():
+    """InferenceConfig.decode_mask (gin: inference.InferenceConfig.decode_mask; `mt3 transcribe --decode-mask`):
+    a bad value is one clear error, and a model decoding with it emits only tokens the mask allows."""
+    import argparse
+
+    from helpers import random_inference_model
+
+    from mt3 import inference
+    from mt3.commands import transcribe
+
+    with pytest.raises(ValueError, match="decode_mask must be one of"):
+        inference.InferenceConfig(decode_mask="strict")
+    with pytest.raises(ValueError, match="greedy"):
+        inference.InferenceConfig(decode_mask="note_state", temperature=0.5)
+    parser = argparse.ArgumentParser()
+    transcribe.add_arguments(parser)
+    args = parser.parse_args(["a.wav", "-o", "out", "--decode-mask", "note_state"])
+    assert transcribe.decode_mask_bindings(args) == ["inference.InferenceConfig.decode_mask = 'note_state'"]
+    assert transcribe.decode_mask_bindings(parser.parse_args(["a.wav", "-o", "out"])) == []
+
+    frames = np.random.default_rng(0).normal(size=(3, 256, 128)).astype(np.float32) * 0.1
+    free = random_inference_model(batch_size=4, max_decode_len=32)
+    masked = random_inference_model(batch_size=4, max_decode_len=32, decode_mask="note_state")
+    mask = mask_for(MT3_CODEC)
+    free_ids, _ = free.predict_batch(frames)
+    masked_ids, _ = masked.predict_batch(frames)
+    assert not np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(free_ids))))
+    assert np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(masked_ids))))
+    assert masked.describe()["decode_mask"] == "note_state"

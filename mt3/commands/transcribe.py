@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is the decoder's probability of its onset tokens (time, program, velocity, pitch: their "
                              "product); --json/--csv carry it per note. Precision at each threshold: "
                              "docs/confidence.md")
+    parser.add_argument("--decode-mask", choices=("none", "invalid", "note_state"), default="none",
+                        help="mask, at each decoding step, tokens the notes decoded so far make invalid: invalid = "
+                             "what the note decoder would reject (e.g. the end of a note that is not sounding); "
+                             "note_state = that, and no onset of a note already sounding (default none, as MT3). "
+                             "Measured: docs/recipe_study.md, 'Decoding that cannot emit invalid events'")
     add_consistency_arguments(parser)
     notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")
     notes.add_argument("--min-note-ms", type=float, default=0.0, metavar="MS",
@@ -91,7 +96,8 @@ def main(args: argparse.Namespace) -> int:
     failures = transcribe_files(
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
         gin_bindings=[*args.gin_bindings, *consistency_bindings(args),
-                      *confidence_bindings(args)], step=args.step, batch_size=args.batch_size,
+                      *confidence_bindings(args), *decode_mask_bindings(args)], step=args.step,
+        batch_size=args.batch_size,
         png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
         skip_existing=args.skip_existing, note_filter=note_filter(args), midi_qpm=args.midi_tempo,
         progress=not args.no_progress)
@@ -148,6 +154,12 @@ def confidence_bindings(args: argparse.Namespace) -> list[str]:
     if not 0.0 <= value < 1.0:
         raise InputError(None, f"--min-confidence must be in [0, 1), got {value:g}")
     return [f"inference.InferenceConfig.min_confidence = {value!r}"] if value else []
+
+
+def decode_mask_bindings(args: argparse.Namespace) -> list[str]:
+    """--decode-mask as a gin binding of inference.InferenceConfig (argparse has checked the choice)."""
+    value = getattr(args, "decode_mask", "none") or "none"
+    return [] if value == "none" else [f"inference.InferenceConfig.decode_mask = '{value}'"]
 
 
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:
