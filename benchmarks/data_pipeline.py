@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                            warmup=max(args.warmup, 0))) for n in workers for v, cfg in configs.items()]
     print(throughput_table(rows))
     if len(workers) > 1:
-        print("\n" + scaling_table(rows, min(workers), max(workers)))
+        low = 1 if 1 in workers and max(workers) > 1 else min(workers)  # processes: 1 -> N; else threads -> N
+        print("\n" + scaling_table(rows, low, max(workers)))
     if args.pipeline != "indexed" or not args.profile_blocks:
         return
     for variant, cfg in configs.items():
