@@ -75,6 +75,19 @@ def _wait_gone(pids, seconds: float = 10.0) -> bool:
     return False
 
 
+def test_results_come_back_in_request_order_and_a_finite_request_list_ends():
+    from mt3.training import input_workers
+
+    requests = ((k, (2, k, 1_000_003)) for k in range(40))  # pow(2, k, m): any picklable function
+    results = list(input_workers.OrderedProcessMap(pow, requests, 3, ahead=2))
+    assert results == [(k, pow(2, k, 1_000_003)) for k in range(40)]
+    failing = input_workers.OrderedProcessMap(divmod, iter([("ok", (7, 2)), ("zero", (1, 0))]), 2)
+    assert next(failing) == ("ok", (3, 1))
+    with pytest.raises(ZeroDivisionError, match="by zero") as raised:
+        next(failing)
+    assert "computing 'zero'" in raised.value.__notes__[-1]
+
+
 @pytest.mark.parametrize("mix", [False, True], ids=["crops", "mixes"])
 def test_two_workers_give_the_in_process_batches_and_positions(prepared, mix):
     mix_config = mixing.MixConfig(max_examples_per_mix=2) if mix else None

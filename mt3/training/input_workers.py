@@ -153,14 +153,21 @@ def _put(stop: threading.Event, ready: queue.Queue, item) -> bool:
 def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: list,
           requests: Iterator[tuple[Any, tuple]], ahead: int) -> None:
     """Sends requests round-robin, `ahead` per worker in flight, and reads the replies back in request order."""
-    n, sent, pending = len(conns), 0, []
+    n, sent, pending, exhausted = len(conns), 0, [], False
     try:
         while not stop.is_set():
-            while len(pending) < n * ahead:
-                key, args = next(requests)
+            while len(pending) < n * ahead and not exhausted:
+                try:
+                    key, args = next(requests)
+                except StopIteration:
+                    exhausted = True
+                    break
                 conns[sent % n].send(args)
                 pending.append((sent % n, key))
                 sent += 1
+            if not pending:
+                _put(stop, ready, ("end", None))
+                return
             worker, key = pending.pop(0)
             try:
                 reply = conns[worker].recv()
@@ -178,8 +185,6 @@ def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: lis
                 return
             if not _put(stop, ready, ("ok", (key, reply[1]))):
                 return
-    except StopIteration:
-        _put(stop, ready, ("end", None))
     except BaseException as e:  # noqa: BLE001 - the consumer re-raises it
         if not stop.is_set():
             _put(stop, ready, ("error", e))
