@@ -202,3 +202,28 @@ def test_compacting_greedy_log_probs_are_the_chosen_tokens_and_change_no_token(f
         end = (np.flatnonzero(ids[row] == eos)[:1].tolist() or [40])[0] + 1  # EOS included
         np.testing.assert_allclose(log_probs[row, :end], expected[row, :end], atol=1e-4)
         assert np.all(log_probs[row, end:] == 0.0) and np.all(log_probs[row, :end] <= 0.0)
+
+
+@pytest.mark.parametrize("first_len", [4, 16])
+def test_fast_decoders_equal_the_uncached_reference_on_mt3_shape_ratios(first_len):
+    """MT3's head layout at toy size (6 heads, head_dim = emb / 8, mlp = 2 x emb, 32 rows): the heads-first KV caches
+    change no token. The reference reruns the decoder on the whole prefix every step, so it shares no cache code with
+    the paths under test; rows end at many steps (rows dropped, cache grown)."""
+    config = tiny_config(vocab_size=128, emb_dim=48, num_heads=6, head_dim=8, mlp_dim=96, num_encoder_layers=2,
+                         num_decoder_layers=3)
+    module = network.Transformer(config)
+    params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(5))
+    enc = jnp.asarray(np.random.default_rng(6).normal(size=(32, 10, 24)), jnp.float32)
+    eos = _eos_with_spread_lengths(np.asarray(decoding.decode_uncached(module, params, enc, max_decode_len=40,
+                                                                       eos_id=-5)))
+    reference = np.asarray(decoding.decode_uncached(module, params, enc, max_decode_len=40, eos_id=eos))
+    lengths = [(np.flatnonzero(r == eos)[:1].tolist() or [40])[0] for r in reference]
+    assert len(set(lengths)) >= 4, lengths
+    np.testing.assert_array_equal(np.asarray(decoding.decode(module, params, enc, max_decode_len=40, eos_id=eos)),
+                                  reference)
+    ids, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=40, eos_id=eos, first_len=first_len)
+    np.testing.assert_array_equal(ids, reference)
+    encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
+    layer = decoding.init_cache(module, params, encoded, 40)["decoder"]["layers_0"]
+    assert layer["self_attention"]["cached_key"].shape == (32, 6, 40, 8)  # [B, H, T, D]: heads first
+    assert layer["encoder_decoder_attention"]["cross_key"].shape == (32, 6, 10, 8)  # [B, H, S, D]

@@ -223,12 +223,14 @@ def _is_self_cache(path) -> bool:
 
 @functools.partial(jax.jit, static_argnames=("length",))
 def _grow(cache: Any, out_BxT: Array, logp_BxT: Array, *, length: int) -> tuple[Any, Array, Array]:
-    """Self-attention caches [B, T, H, D], `out_BxT` and `logp_BxT` padded with zeros (never attended: masked by the
+    """Self-attention caches [B, H, T, D], `out_BxT` and `logp_BxT` padded with zeros (never attended: masked by the
     cache index) along T to `length`."""
-    def pad(x_BxTx_):
-        return jnp.pad(x_BxTx_, [(0, 0), (0, length - x_BxTx_.shape[1])] + [(0, 0)] * (x_BxTx_.ndim - 2))
+    def pad(x, axis=1):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, widths)
 
-    cache = jax.tree_util.tree_map_with_path(lambda p, x: pad(x) if _is_self_cache(p) else x, cache)
+    cache = jax.tree_util.tree_map_with_path(lambda p, x: pad(x, axis=2) if _is_self_cache(p) else x, cache)
     return cache, pad(out_BxT), pad(logp_BxT)
 
 

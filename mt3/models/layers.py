@@ -162,13 +162,15 @@ def make_causal_mask(length: int) -> Array:
 
 def dot_product_attention(query_BxQxHxD: Array, key_BxKxHxD: Array, value_BxKxHxD: Array, mask: Array | None, *,
                           dropout_rate: float, deterministic: bool, dropout_rng: Array | None,
-                          dtype: jnp.dtype) -> Array:
+                          dtype: jnp.dtype, heads_first_kv: bool = False) -> Array:
     """softmax(q k^T + bias) v -> [B, Q, H, D]; logits and softmax in float32. `mask` broadcasts to [B, H, Q, K].
 
     There is no 1/sqrt(D) factor here: T5 folds it into the query kernel init. Attention-probability dropout shares
-    its mask across the query axis (T5X `broadcast_dropout`).
+    its mask across the query axis (T5X `broadcast_dropout`). heads_first_kv: keys and values come as [B, H, K, D]
+    (the decode caches' layout, already what the batched matmuls read, so XLA copies nothing per step).
     """
-    logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", query_BxQxHxD, key_BxKxHxD, preferred_element_type=jnp.float32)
+    kv = "bhkd" if heads_first_kv else "bkhd"
+    logits_BxHxQxK = jnp.einsum(f"bqhd,{kv}->bhqk", query_BxQxHxD, key_BxKxHxD, preferred_element_type=jnp.float32)
     if mask is not None:
         logits_BxHxQxK = logits_BxHxQxK + jnp.where(mask, 0.0, MASK_BIAS).astype(jnp.float32)
     weights_BxHxQxK = jax.nn.softmax(logits_BxHxQxK, axis=-1)
@@ -178,19 +180,22 @@ def dot_product_attention(query_BxQxHxD: Array, key_BxKxHxD: Array, value_BxKxHx
         keep_BxHx1xK = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, keep_shape)
         weights_BxHxQxK = weights_BxHxQxK * keep_BxHx1xK / (1.0 - dropout_rate)
     weights_BxHxQxK = weights_BxHxQxK.astype(dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights_BxHxQxK, value_BxKxHxD.astype(dtype))
+    return jnp.einsum(f"bhqk,{kv}->bqhd", weights_BxHxQxK, value_BxKxHxD.astype(dtype))
 
 
 class MultiHeadDotProductAttention(nn.Module):
     """Bias-free multi-head attention with T5X parameter layout (query/key/value/out, 2-D kernels).
 
     `decode=True` switches to autoregressive mode and uses the 'cache' collection:
-    - self-attention (`is_cross_attention=False`): keys/values `[B, max_decode_length, H, D]` plus `cache_index`.
+    - self-attention (`is_cross_attention=False`): keys/values `[B, H, max_decode_length, D]` plus `cache_index`.
       When the cache does not exist yet, it is created (zeros) and the call runs uncached without writing, which is
       how `decoding.init_cache` builds it; later calls take one token, write it at `cache_index` and attend to
       positions <= cache_index.
     - cross-attention (`is_cross_attention=True`): the projected encoder keys/values are computed on the first
-      (cache-creating) call and reused afterwards, so the encoder output is projected once per decode.
+      (cache-creating) call and reused afterwards (as `[B, H, S, D]`), so the encoder output is projected once.
+    Both caches are heads-first: the batched matmuls of one decode step read them as they lie. The older
+    `[B, T, H, D]` layout made XLA:CPU transpose every cache (and copy the self-attention ones) on every step, ~0.8 GB
+    of memory traffic per step at MT3's size (docs/decoding_speed.md).
     """
 
     num_heads: int
@@ -214,8 +219,10 @@ class MultiHeadDotProductAttention(nn.Module):
         query_BxQxHxD = dense("query", query_init)(inputs_q)
         query_BxQxHxD = nn.with_logical_constraint(query_BxQxHxD, ("batch", "length", "heads", "kv"))
 
+        heads_first = False  # True: key/value below are [B, H, K, D] (the caches' layout)
         if decode and self.is_cross_attention:
             key_BxKxHxD, value_BxKxHxD = self._cached_cross_kv(dense, inputs_kv)
+            heads_first = True
         else:
             key_BxKxHxD = dense("key", self.kernel_init)(inputs_kv)
             value_BxKxHxD = dense("value", self.kernel_init)(inputs_kv)
@@ -224,56 +231,60 @@ class MultiHeadDotProductAttention(nn.Module):
 
         if decode and not self.is_cross_attention:
             # K becomes the cache length T
-            key_BxKxHxD, value_BxKxHxD, mask = self._update_self_cache(key_BxKxHxD, value_BxKxHxD, mask,
-                                                                       max_decode_length)
+            key_BxKxHxD, value_BxKxHxD, mask, heads_first = self._update_self_cache(key_BxKxHxD, value_BxKxHxD,
+                                                                                    mask, max_decode_length)
 
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out_BxQxHxD = dot_product_attention(query_BxQxHxD, key_BxKxHxD, value_BxKxHxD, mask,
                                             dropout_rate=self.dropout_rate, deterministic=deterministic,
-                                            dropout_rng=dropout_rng, dtype=self.dtype)
+                                            dropout_rng=dropout_rng, dtype=self.dtype, heads_first_kv=heads_first)
         out_BxQxE = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1), dtype=self.dtype,
                                  kernel_init=self.kernel_init, name="out")(out_BxQxHxD)
         return nn.with_logical_constraint(out_BxQxE, ("batch", "length", "embed"))
 
     def _cached_cross_kv(self, dense, inputs_kv_BxSxE: Array) -> tuple[Array, Array]:
-        """Encoder keys/values [B, S, H, D], projected on the cache-creating call and read from the cache after."""
+        """Encoder keys/values [B, H, S, D], projected (and laid out heads-first) on the cache-creating call and
+        read from the cache after."""
         if self.has_variable("cache", "cross_key"):
             return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
-        key_BxSxHxD = dense("key", self.kernel_init)(inputs_kv_BxSxE)
-        value_BxSxHxD = dense("value", self.kernel_init)(inputs_kv_BxSxE)
-        self.put_variable("cache", "cross_key", key_BxSxHxD)
-        self.put_variable("cache", "cross_value", value_BxSxHxD)
-        return key_BxSxHxD, value_BxSxHxD
+        key_BxHxSxD = dense("key", self.kernel_init)(inputs_kv_BxSxE).transpose(0, 2, 1, 3)
+        value_BxHxSxD = dense("value", self.kernel_init)(inputs_kv_BxSxE).transpose(0, 2, 1, 3)
+        self.put_variable("cache", "cross_key", key_BxHxSxD)
+        self.put_variable("cache", "cross_value", value_BxHxSxD)
+        return key_BxHxSxD, value_BxHxSxD
 
     def _update_self_cache(self, key_Bx1xHxD: Array, value_Bx1xHxD: Array, mask: Array | None,
-                           max_decode_length: int | None) -> tuple[Array, Array, Array | None]:
-        """Write this step's key/value at `cache_index`; return the whole cache [B, T, H, D] and a mask that hides
-        the slots not written yet. (On the cache-creating pass the inputs are [B, L, H, D] and pass through.)"""
+                           max_decode_length: int | None) -> tuple[Array, Array, Array | None, bool]:
+        """Write this step's key/value at `cache_index`; return the whole cache [B, H, T, D], a mask that hides
+        the slots not written yet and True (heads first). (On the cache-creating pass the inputs are [B, L, H, D]
+        and pass through, with False.)"""
         batch = key_Bx1xHxD.shape[0]
         if not self.has_variable("cache", "cached_key"):
             if max_decode_length is None:
                 raise ValueError("max_decode_length is required to create the decoder self-attention cache")
-            shape_BxTxHxD = (batch, max_decode_length, self.num_heads, self.head_dim)
-            self.variable("cache", "cached_key", jnp.zeros, shape_BxTxHxD, key_Bx1xHxD.dtype)
-            self.variable("cache", "cached_value", jnp.zeros, shape_BxTxHxD, value_Bx1xHxD.dtype)
+            shape_BxHxTxD = (batch, self.num_heads, max_decode_length, self.head_dim)
+            self.variable("cache", "cached_key", jnp.zeros, shape_BxHxTxD, key_Bx1xHxD.dtype)
+            self.variable("cache", "cached_value", jnp.zeros, shape_BxHxTxD, value_Bx1xHxD.dtype)
             self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-            return key_Bx1xHxD, value_Bx1xHxD, mask  # cache-creating pass: plain attention, nothing written
+            return key_Bx1xHxD, value_Bx1xHxD, mask, False  # cache-creating pass: plain attention, nothing written
         if key_Bx1xHxD.shape[1] != 1:
             raise ValueError(f"cached decoding takes one token per call, got length {key_Bx1xHxD.shape[1]}")
-        cache_key_BxTxHxD = self.variable("cache", "cached_key")
-        cache_value_BxTxHxD = self.variable("cache", "cached_value")
+        cache_key_BxHxTxD = self.variable("cache", "cached_key")
+        cache_value_BxHxTxD = self.variable("cache", "cached_value")
         cache_index = self.variable("cache", "cache_index")
         index = cache_index.value
-        cache_key_BxTxHxD.value = jax.lax.dynamic_update_slice(
-            cache_key_BxTxHxD.value, key_Bx1xHxD.astype(cache_key_BxTxHxD.value.dtype), (0, index, 0, 0))
-        cache_value_BxTxHxD.value = jax.lax.dynamic_update_slice(
-            cache_value_BxTxHxD.value, value_Bx1xHxD.astype(cache_value_BxTxHxD.value.dtype), (0, index, 0, 0))
+        cache_key_BxHxTxD.value = jax.lax.dynamic_update_slice(
+            cache_key_BxHxTxD.value, key_Bx1xHxD.transpose(0, 2, 1, 3).astype(cache_key_BxHxTxD.value.dtype),
+            (0, 0, index, 0))
+        cache_value_BxHxTxD.value = jax.lax.dynamic_update_slice(
+            cache_value_BxHxTxD.value, value_Bx1xHxD.transpose(0, 2, 1, 3).astype(cache_value_BxHxTxD.value.dtype),
+            (0, 0, index, 0))
         cache_index.value = index + 1
-        length = cache_key_BxTxHxD.value.shape[1]
+        length = cache_key_BxHxTxD.value.shape[2]
         step_mask_1x1x1xT = (jnp.arange(length) <= index)[None, None, None, :]
-        return cache_key_BxTxHxD.value, cache_value_BxTxHxD.value, combine_masks(step_mask_1x1x1xT, mask)
+        return (cache_key_BxHxTxD.value, cache_value_BxHxTxD.value, combine_masks(step_mask_1x1x1xT, mask), True)
 
 
 class MlpBlock(nn.Module):
