@@ -204,6 +204,8 @@ def test_a_run_on_gs_trains_resumes_exactly_and_evaluates(gcs, tmp_path, music21
     for a, b in zip(jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     listing = paths.listdir(resumed)
+    from mt3.training import run_records
+    assert [r["start_step"] for r in run_records.list_records(resumed)] == [0, 7]  # each start recorded in the bucket
     assert {"checkpoints", "config.gin", "operative_config.gin", "train"} <= set(listing), listing
     assert paths.listdir(paths.join(resumed, "train"))[0].startswith("events.out.tfevents")  # uploaded summaries
 

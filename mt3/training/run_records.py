@@ -221,10 +221,13 @@ class RunRecorder:
 
 
 def list_records(model_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run records of a model directory, oldest start first (local directories)."""
-    runs = Path(model_dir) / RUNS_SUBDIR
-    paths = sorted(runs.glob("*.json"), key=lambda p: tuple(int(x) for x in p.stem.split(".")))
-    return [json.loads(p.read_text()) for p in paths]
+    """The run records of a model directory (a local path or a URL such as gs://...), oldest start first."""
+    from mt3 import paths
+
+    runs = paths.join(model_dir, RUNS_SUBDIR)
+    names = sorted((n for n in paths.listdir(runs) if n.endswith(".json")),
+                   key=lambda n: tuple(int(x) for x in n[:-len(".json")].split(".")))
+    return [json.loads(paths.read_text(paths.join(runs, n))) for n in names]
 
 
 def from_gin(model_dir: str | os.PathLike, *, allow_config_change: bool = False) -> RunRecorder | None:
