@@ -223,3 +223,28 @@ def test_inference_config_decode_mask_reaches_the_decoder():
     assert not np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(free_ids))))
     assert np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(masked_ids))))
     assert masked.describe()["decode_mask"] == "note_state"
+
+
+def test_skip_mode_refuses_a_forbidden_pitch_without_choosing_another():
+    """'invalid_skip': the model's best id is the end of a note that is not sounding -> no pitch this step (the next
+    best allowed non-pitch wins), where 'invalid' would end the sounding note the model ranked second."""
+    pitch = ids(("pitch", 0))[0]
+    prefix = ids(("program", 40), ("pitch", 60), ("tie", 0), ("shift", 10), ("velocity", 0))
+    logits = np.zeros((1, vocabularies.num_embeddings(MT3_CODEC)), np.float32)
+    logits[0, pitch + 62] = 3.0  # not sounding: forbidden
+    logits[0, pitch + 60] = 2.0  # sounding: the hard mask's choice
+    logits[0, ids(("velocity", 1))[0]] = 1.0
+    results = {}
+    for mode in ("invalid", "invalid_skip"):
+        mask = mask_for(MT3_CODEC, mode=mode)
+        state = mask.init(1)
+        for token in prefix:
+            state = mask.update(state, jnp.asarray([token]))
+        results[mode] = int(jnp.argmax(mask.apply(state, jnp.asarray(logits))[0]))
+    assert results == {"invalid": pitch + 60, "invalid_skip": ids(("velocity", 1))[0]}
+    logits[0, pitch + 60] = 4.0  # an allowed best id: both modes keep it
+    mask = mask_for(MT3_CODEC, mode="invalid_skip")
+    state = mask.init(1)
+    for token in prefix:
+        state = mask.update(state, jnp.asarray([token]))
+    assert int(jnp.argmax(mask.apply(state, jnp.asarray(logits))[0])) == pitch + 60

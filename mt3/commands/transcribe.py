@@ -35,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is the decoder's probability of its onset tokens (time, program, velocity, pitch: their "
                              "product); --json/--csv carry it per note. Precision at each threshold: "
                              "docs/confidence.md")
-    parser.add_argument("--decode-mask", choices=("none", "invalid", "note_state"), default="none",
+    parser.add_argument("--decode-mask", choices=("none", "invalid", "invalid_skip", "note_state"), default="none",
                         help="mask, at each decoding step, tokens the notes decoded so far make invalid: invalid = "
                              "what the note decoder would reject (e.g. the end of a note that is not sounding); "
-                             "note_state = that, and no onset of a note already sounding (default none, as MT3). "
+                             "invalid_skip = the same, but a refused pitch is not replaced by another pitch; "
+                             "note_state = invalid, and no onset of a note already sounding (default none, as MT3). "
                              "Measured: docs/recipe_study.md, 'Decoding that cannot emit invalid events'")
     add_consistency_arguments(parser)
     notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")

@@ -186,7 +186,7 @@ def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Arra
     still running. `allowed_BxV` masks ids a row may emit (all True: plain greedy). `logp_BxT` receives each chosen
     id's log-probability under the (masked) softmax: read off the logits the argmax already has, so the ids are
     exactly those of a loop without it. `step_mask` (e.g. `event_mask.NoteStateMask`; None: none) adds a mask that
-    follows the emitted ids: `step_mask.allowed(mask_state)` before each step, `step_mask.update` after it."""
+    follows the emitted ids: `step_mask.apply(mask_state, logits)` before each argmax, `step_mask.update` after it."""
     batch, length = out_BxT.shape
     # cross-attention keys/values live in the cache, so the decoder never reads the encoder output again
     encoded_Bx1xE = jnp.zeros((batch, 1, module.config.emb_dim), module.config.activation_dtype)
@@ -204,7 +204,7 @@ def _greedy_chunk(module, params: Any, cache: Any, token_B: Array, out_BxT: Arra
                                                method=module.decode)
         logits_BxV = jnp.where(allowed_BxV, logits_Bx1xV[:, 0], -jnp.inf)
         if step_mask is not None:
-            logits_BxV = jnp.where(step_mask.allowed(mask_state), logits_BxV, -jnp.inf)
+            logits_BxV = step_mask.apply(mask_state, logits_BxV)
         next_B = jnp.where(done_B, PAD_ID, jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32))
         out_BxT = jax.lax.dynamic_update_slice(out_BxT, next_B[:, None], (0, step))
         logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)

@@ -20,12 +20,14 @@ left sounding is unknown. Hence
   offset under a known program may end them).
 Every sequence the encoder produces is allowed token by token (tests check this on real pieces), and EOS always is.
 
-Two levels (`MODES`):
+Levels (`MODES`):
 - 'invalid': forbids exactly what the decoder rejects whatever came before (the list above, within the segment);
 - 'note_state' (issue 27's lever): 'invalid' plus the encoder's grammar where the decoder is lenient -- no onset of a
   pitch its program is already sounding (the decoder would silently end the old note: targets never contain it,
   their offsets come first) and, in a tie section, nothing but program, pitch and `tie` (a velocity, drum or shift
   there would make the model's next onsets read as tie declarations).
+- 'invalid_skip': 'invalid', but where the model's own choice is a forbidden pitch, that step emits no pitch at all
+  (see `apply`) instead of the next-best pitch.
 Off ('none') in every preset: MT3's decoding is plain greedy.
 """
 
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 
 from mt3 import event_codec, vocabularies
 
-MODES = ("none", "invalid", "note_state")
+MODES = ("none", "invalid", "invalid_skip", "note_state")
 NUM_PITCHES = vocabularies.MAX_MIDI_PITCH + 1
 NUM_PROGRAMS = vocabularies.MAX_MIDI_PROGRAM + 1
 UNKNOWN_PROGRAM = NUM_PROGRAMS  # the slot of pitches started before this segment named a program
@@ -73,6 +75,7 @@ class NoteStateMask:
     include_ties: bool
     onsets_only: bool = False
     strict: bool = True  # 'note_state' (True) or 'invalid' (False)
+    skip: bool = False  # 'invalid_skip': a forbidden pitch choice bars every pitch that step (`apply`)
 
     @classmethod
     def for_codec(cls, codec: event_codec.Codec, vocab_size: int, *, include_ties: bool, onsets_only: bool = False,
@@ -87,7 +90,7 @@ class NoteStateMask:
         lo, hi = codec.event_type_range("velocity")
         return cls(vocab_size=int(vocab_size), num_classes=codec.num_classes, max_shift=codec.max_shift_steps,
                    num_velocities=hi - lo + 1, include_ties=bool(include_ties), onsets_only=bool(onsets_only),
-                   strict=mode == "note_state")
+                   strict=mode == "note_state", skip=mode == "invalid_skip")
 
     # id layout (codec index offsets + NUM_SPECIAL_TOKENS)
     @property
@@ -154,6 +157,22 @@ class NoteStateMask:
         return jnp.concatenate([special, shift_ok, pitch_ok, wide(velocity_ok, self.num_velocities),
                                 tie_ok[:, None], wide(program_ok, NUM_PROGRAMS), wide(drum_ok, NUM_PITCHES),
                                 jnp.zeros((batch, rest), bool)], axis=1)
+
+    def apply(self, state: MaskState, logits_BxV: jax.Array) -> jax.Array:
+        """The logits with every forbidden id at -inf: what the decoding loop calls before its argmax.
+
+        With `skip`, a row whose own best id is a forbidden pitch (e.g. the end of a note that is not sounding) gets
+        no pitch at all this step rather than the next-best pitch: a hard mask would turn a harmless skipped event
+        into a real one (ending or starting some *other* note), which the held-out sets show costs F1."""
+        allowed_BxV = self.allowed(state)
+        if self.skip:
+            best_B = jnp.argmax(logits_BxV, axis=-1)
+            is_pitch = (best_B >= self._pitch_id) & (best_B < self._pitch_id + NUM_PITCHES)
+            refused = is_pitch & jnp.logical_not(jnp.take_along_axis(allowed_BxV, best_B[:, None], axis=1)[:, 0])
+            ids_V = jnp.arange(self.vocab_size)
+            pitch_V = (ids_V >= self._pitch_id) & (ids_V < self._pitch_id + NUM_PITCHES)
+            allowed_BxV = allowed_BxV & jnp.logical_not(refused[:, None] & pitch_V[None, :])
+        return jnp.where(allowed_BxV, logits_BxV, -jnp.inf)
 
     def update(self, state: MaskState, ids_B: jax.Array) -> MaskState:
         """The state after each row emitted `ids_B` (EOS, PAD and ids outside the codec change nothing)."""
