@@ -180,3 +180,21 @@ def test_no_worker_outlives_a_main_process_that_fails_or_is_killed(prepared, end
     assert _wait_gone(pids, 10.0)
     if end == "exception":
         assert "the training step failed" in process.stderr.read()
+
+
+def test_gin_input_workers_reaches_the_train_stream_only():
+    import gin
+
+    from mt3 import gin_utils
+
+    try:
+        gin_utils.parse_gin_flags(["gin/local_tiny.gin"], ["INPUT_WORKERS=2", "MODEL_DIR='/tmp/unused'"],
+                                  finalize=False)
+        train_cfg = gin.query_parameter("train_script.train.train_dataset_cfg").scoped_configurable_fn()
+        eval_cfg = gin.query_parameter("train_script.train.train_eval_dataset_cfg").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    assert train_cfg.num_workers == 2 and eval_cfg.num_workers == 0  # periodic evals start no processes
+    assert train.DatasetConfig().num_workers == 0  # the default: the in-process thread pool, as before
+    with pytest.raises(ValueError, match="num_workers must be an int >= 0, got -1"):
+        train.DatasetConfig(num_workers=-1)
