@@ -41,11 +41,21 @@ def invalid_reasons(im, tokens, start_times) -> collections.Counter:
     spec = im.spec.encoding_spec
     reasons: collections.Counter = collections.Counter()
 
+    untied: set = set()  # notes this segment's tie token ended because its tie section did not name them
+
     def decode_event(state, time, event, codec):
+        if event.type == "tie" and state.is_tie_section:
+            untied.clear()
+            untied.update(k for k in state.active_pitches if k not in state.tied_pitches)
         try:
             spec.decode_event_fn(state, time, event, codec)
         except ValueError as err:
-            reasons[_kind(str(err))] += 1
+            kind = _kind(str(err))
+            if kind == "note-off for inactive" and (event.value, state.current_program) in untied:
+                kind += " (ended at this segment's start: not tied)"  # the model forgot the tie, not the note
+            elif kind == "note-off for inactive" and any(pitch == event.value for pitch, _ in state.active_pitches):
+                kind += " (sounding under another program)"  # the program hopped between onset and offset
+            reasons[kind] += 1
             raise
 
     def decode_tokens(state, toks, start_time, max_time):
