@@ -175,7 +175,7 @@ def _tiny_mt3_vocab_model():
                               num_decoder_layers=1, dropout_rate=0.0, input_depth=24, input_frontend="features")
     module = network.Transformer(config)
     params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(1))
-    enc = jnp.asarray(np.random.default_rng(2).normal(size=(5, 6, 24)), jnp.float32)
+    enc = jnp.asarray(np.random.default_rng(2).normal(size=(4, 6, 24)), jnp.float32)
     return module, params, enc
 
 
@@ -183,12 +183,12 @@ def test_decoding_with_the_mask_off_is_unchanged_and_on_emits_only_allowed_token
     """A random network over the MT3 vocabulary emits mostly nonsense: with the mask every token is allowed where it
     stands; without it (step_mask None) the ids equal `decode`'s token for token."""
     module, params, enc = _tiny_mt3_vocab_model()
-    reference = np.asarray(decoding.decode(module, params, enc, max_decode_len=48))
-    free, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=48, first_len=8)
+    reference = np.asarray(decoding.decode(module, params, enc, max_decode_len=32))
+    free, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=32, first_len=16)
     np.testing.assert_array_equal(free, reference)
     mask = mask_for(MT3_CODEC)
     assert not np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(free))))  # the mask has work to do
-    masked, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=48, first_len=8,
+    masked, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=32, first_len=16,
                                                   step_mask=mask)
     assert np.all(np.asarray(event_mask.allowed_along(mask, jnp.asarray(masked))))
     assert not np.array_equal(masked, free)
