@@ -23,6 +23,10 @@ github:ojas-chaturvedi/submission-test`, folder checkpoints/mt3/, then `mt3 impo
 Usage: .venv/bin/python benchmarks/inference.py [--configs tiny,small] [--seconds 60] [--max-decode-len 1024]
        [--batch-sizes 1,4,16] [--uncached-len 256] [--cache-batch 4] [--json]
        .venv/bin/python -m benchmarks.inference --mt3-size [--mt3-checkpoint models/mt3] [--seconds 60]
+           [--save-tokens before.npz | --check-tokens before.npz]
+
+Token check across code versions (issue 29): run the MT3-size case with --save-tokens on the old code, then with
+--check-tokens on the new one; it prints whether every segment's greedy tokens are equal and exits 1 if not.
 """
 
 from __future__ import annotations
@@ -179,10 +183,17 @@ def mt3_size_case(args) -> list[dict]:
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             with np.load(out) as z:
                 tokens[mode] = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
-    same = len(tokens["fixed"]) == len(tokens["compact"]) and all(
-        np.array_equal(a, b) for a, b in zip(tokens["fixed"], tokens["compact"], strict=True))
+    same = _same_tokens(tokens["fixed"], tokens["compact"])
+    if args.save_tokens:
+        np.savez(args.save_tokens, *tokens["compact"])
+    saved = None
+    if args.check_tokens:
+        with np.load(args.check_tokens) as z:
+            saved = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
     for row in rows:
         row["identical_tokens"] = same
+        if saved is not None:
+            row["same_as_saved"] = _same_tokens(saved, tokens[row["mode"]])
     head = f"{'decoder':<9}{'weights':>9}{'audio s':>9}{'tokens':>8}{'load s':>8}{'compile s':>11}{'wall s':>8}" \
            f"{'RTF':>7}{'RTF-cmp':>9}{'tok/s':>8}{'peak RSS MB':>13}{'same ids':>10}"
     print(f"\nMT3-size decoding, batch {args.mt3_batch}, {os.cpu_count()} CPU cores (RTF-cmp: without compile)\n")
@@ -193,7 +204,14 @@ def mt3_size_case(args) -> list[dict]:
         print(f"{r['mode']:<9}{weights:>9}{r['audio_s']:>9}{r['tokens']:>8}{r['load_s']:>8}{r['compile_s']:>11}"
               f"{r['wall_s']:>8}{r['rtf']:>7}{r['rtf_no_compile']:>9}{r['tokens_per_s']:>8}{r['peak_rss_mb']:>13}"
               f"{str(r['identical_tokens']):>10}")
+    if saved is not None:
+        verdicts = ", ".join(f"{r['mode']} {'equal' if r['same_as_saved'] else 'DIFFERENT'}" for r in rows)
+        print(f"\n--check-tokens {args.check_tokens}: {verdicts}")
     return rows
+
+
+def _same_tokens(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def print_tables(results: list[dict], args) -> None:
@@ -226,6 +244,11 @@ def main() -> int:
     parser.add_argument("--mt3-size", action="store_true", help="only the MT3-size before/after case")
     parser.add_argument("--mt3-checkpoint", default=None, help="MT3's imported model dir (default: random weights)")
     parser.add_argument("--mt3-batch", type=int, default=32, help="batch of the MT3-size case (MT3's infer batch)")
+    parser.add_argument("--save-tokens", default=None, metavar="NPZ",
+                        help="MT3-size case: write the decoded tokens (one array per segment) to NPZ")
+    parser.add_argument("--check-tokens", default=None, metavar="NPZ",
+                        help="MT3-size case: compare both decoders' tokens with NPZ from an earlier --save-tokens "
+                             "(e.g. written by the code before a speed change); exit 1 when any token differs")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # child process: one config, JSON out
     parser.add_argument("--only-mt3", default=None, help=argparse.SUPPRESS)  # child: one MT3-size decoder
     parser.add_argument("--tokens-out", default=None, help=argparse.SUPPRESS)
@@ -241,7 +264,7 @@ def main() -> int:
         rows = mt3_size_case(args)
         if args.json:
             print(json.dumps(rows, indent=1))
-        return 0
+        return 1 if any(r.get("same_as_saved") is False for r in rows) else 0
     results = []
     for name in args.configs.split(","):
         if name not in CONFIGS:
