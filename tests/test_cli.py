@@ -391,3 +391,20 @@ def test_tensorflow_start_up_lines_are_hidden_unless_verbose(tmp_path):
     assert quiet.stderr.startswith("mt3 data-stats: error: ") and "is not prepared" in quiet.stderr
     verbose = subprocess.run(argv + ["--verbose"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert verbose.returncode == 2 and verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_an_out_of_memory_step_is_one_line_naming_the_knobs():
+    """A real XLA:CPU out-of-memory error (a 1 TiB buffer) becomes one line with its size and the batch knobs;
+    other errors are left alone (mt3 train re-raises them)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mt3.commands import train as train_command
+
+    huge = jax.jit(lambda x: jnp.broadcast_to(x, (2**38,)) * 2.0)
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - XLA's own error type
+        huge(jnp.float32(1.0)).block_until_ready()
+    message = train_command.out_of_memory_message(caught.value)
+    assert message is not None and "1024.0 GiB" in message and "BATCH_SIZE" in message
+    assert "NUM_MICROBATCHES" in message and "\n" not in message
+    assert train_command.out_of_memory_message(ValueError("a bad shape")) is None

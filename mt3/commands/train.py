@@ -46,8 +46,31 @@ def main(args: argparse.Namespace) -> int:
                                       model_dir=args.model_dir)
     gin_utils.build_bound_references("train_script.train")  # bad values first: they are the user's last edit
     check_before_writing()
-    train.train_from_gin(flags, allow_config_change=args.allow_config_change)
+    try:
+        train.train_from_gin(flags, allow_config_change=args.allow_config_change)
+    except Exception as err:  # noqa: BLE001 - only an out-of-memory error is translated; the rest propagate as they are
+        message = out_of_memory_message(err)
+        if message is None:
+            raise
+        raise InputError(None, message) from err
     return 0
+
+
+def out_of_memory_message(err: BaseException) -> str | None:
+    """One line for XLA's out-of-memory error (otherwise a long traceback ending in 'Out of memory allocating N
+    bytes', repeated once per dispatch level), naming the knobs that size a step; None for any other error. Why here:
+    the usual cause is a recipe sized for an accelerator (gin/local.gin, gin/mt3.gin) started on a laptop."""
+    import re
+
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+        return None
+    found = re.search(r"allocating (\d+) bytes", text)
+    size = f" (XLA could not allocate {int(found.group(1)) / 2**30:.1f} GiB)" if found else ""
+    return (f"the training step ran out of device memory{size}: lower BATCH_SIZE, split each batch with "
+            "NUM_MICROBATCHES=K (same batch, 1/K of the activations), or shorten TASK_FEATURE_LENGTHS; "
+            "gin/local.gin and gin/mt3.gin are sized for accelerators, gin/local_cpu.gin and gin/local_tiny.gin "
+            "for a CPU")
 
 
 def check_before_writing() -> None:
