@@ -341,10 +341,20 @@ class IndexedStream:
     def _examples(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], IndexedPosition, int]]:
         """Each example with the position after it and its task's index."""
         schedule = self._schedule()
+        blocks = self._blocks_from_processes(schedule) if self.num_workers else self._blocks_from_threads(schedule)
         skip = self.position.offset
-        if self.num_workers:
-            yield from self._examples_from_processes(schedule, skip)
-            return
+        try:
+            for block, task, before, examples in blocks:
+                if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
+                    return
+                for index in range(skip, len(examples)):
+                    yield examples[index], IndexedPosition(block, index + 1, before), task
+                skip = 0
+        finally:
+            blocks.close()  # now, not at garbage collection: stops the threads' or processes' work ahead
+
+    def _blocks_from_threads(self, schedule) -> Iterator[tuple]:
+        """(block, task, before, examples) in schedule order, computed ahead by the in-process thread pool."""
         # Not a `with` block: leaving the stream (a preemption) must not wait for blocks computed ahead.
         pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="mt3-data")
         pending: collections.deque = collections.deque()
@@ -354,28 +364,19 @@ class IndexedStream:
                     block, task, task_block, before = next(schedule)
                     pending.append((block, task, before, pool.submit(self.block_examples, task, task_block)))
                 block, task, before, future = pending.popleft()
-                examples = future.result()
-                if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
-                    return
-                for index in range(skip, len(examples)):
-                    yield examples[index], IndexedPosition(block, index + 1, before), task
-                skip = 0
+                yield block, task, before, future.result()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _examples_from_processes(self, schedule, skip: int):
-        """`_examples` with blocks computed by `num_workers` processes (`mt3.training.input_workers`), same order."""
+    def _blocks_from_processes(self, schedule) -> Iterator[tuple]:
+        """The same, computed by `num_workers` processes (`mt3.training.input_workers`), same order."""
         from mt3.training import input_workers
 
         requests = ((item, (item[1], item[2])) for item in schedule)  # key: (block, task, task block, before)
         self._process_map = input_workers.OrderedProcessMap(self.block_examples, requests, self.num_workers)
         try:
             for (block, task, _, before), examples in self._process_map:
-                if examples is None:  # this task ran out of epochs: the stream ends, as seqio's would
-                    return
-                for index in range(skip, len(examples)):
-                    yield examples[index], IndexedPosition(block, index + 1, before), task
-                skip = 0
+                yield block, task, before, examples
         finally:
             self._process_map.close()
 
