@@ -176,7 +176,7 @@ def test_a_derived_value_equal_to_the_old_literal_is_no_change():
 
 
 def test_the_long_runs_checkpoint_resumes_under_its_current_recipe():
-    """The committed resume tarball's config.gin (an older mt3 wrote it) against scripts/train_local_cpu.sh's recipe
+    """The committed resume tarball's config.gin (written by the mt3 that started or resumed the run) against scripts/train_local_cpu.sh's recipe
     as parsed today: gin refactors (a derived NUM_EMBEDDINGS, new dataset fields) are no guarded change; a real
     vocabulary change still is."""
     import tarfile
@@ -197,6 +197,9 @@ def test_the_long_runs_checkpoint_resumes_under_its_current_recipe():
 
     try:
         assert guarded() == []
-        assert guarded("NUM_VELOCITY_BINS = 127") == ["NUM_EMBEDDINGS 1536 -> 1664", "NUM_VELOCITY_BINS 1 -> 127"]
+        # An older config.gin holds the literal 1536, which the new vocabulary's 1664 changes; one written since the
+        # refactor holds the same derived reference on both sides, and the velocity bins alone name the change.
+        embeddings = ["NUM_EMBEDDINGS 1536 -> 1664"] if "NUM_EMBEDDINGS = 1536" in old else []
+        assert guarded("NUM_VELOCITY_BINS = 127") == [*embeddings, "NUM_VELOCITY_BINS 1 -> 127"]
     finally:
         gin.clear_config()
