@@ -160,6 +160,27 @@ def test_compacting_greedy_equals_decode_token_for_token(first_len):
     assert steps == int(ref_steps)
 
 
+def test_cache_built_in_row_groups_equals_the_whole_batch_cache(monkeypatch):
+    """`_encode_and_init_cache` encodes a large batch ENCODE_ROWS rows at a time (peak memory): the cache has the
+    whole-batch layout (one scalar cache index), the values of encoding all rows at once, and the compacting decoder
+    on it gives `decode`'s ids."""
+    config = tiny_config(vocab_size=48, num_decoder_layers=2)
+    module = network.Transformer(config)
+    params = jax.jit(models.ContinuousInputsEncoderDecoderModel(module).init_params)(jax.random.PRNGKey(5))
+    enc = jnp.asarray(np.random.default_rng(6).normal(size=(12, 7, 24)), jnp.float32)  # a shape no other test uses
+    monkeypatch.setattr(decoding, "ENCODE_ROWS", 4)
+    grouped = decoding._encode_and_init_cache(module, params, enc, cache_len=5)
+    encoded = module.apply({"params": params}, enc, enable_dropout=False, method=module.encode)
+    whole = decoding.init_cache(module, params, encoded, 5)
+    assert jax.tree.structure(grouped) == jax.tree.structure(whole)
+    for a, b in zip(jax.tree.leaves(grouped), jax.tree.leaves(whole), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    reference = np.asarray(decoding.decode(module, params, enc, max_decode_len=20))
+    ids, _ = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=20, first_len=5)
+    np.testing.assert_array_equal(ids, reference)
+
+
 def test_compacting_greedy_stops_at_eos_and_respects_the_logit_mask(memorised_model):
     model, params, batch = memorised_model
     frames = batch["encoder_input_tokens"]

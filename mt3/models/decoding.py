@@ -171,10 +171,28 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+# Rows encoded at once when a batch's cache is built. Why: the encoder's activations for a whole batch are the
+# largest buffer inference allocates (XLA's temp for MT3's encoder at batch 32: 269 MB, beside a 302 MB cache), and
+# every row is encoded independently, so groups of 16 rows (one `lax.map` step each) need half that buffer at the
+# same speed. 16, not fewer: on XLA:CPU MT3's encoder gave bit-identical rows at batch 16 and 32 but not at 8
+# (cross K/V off by up to 7e-5; measured on 32 segments of a render, cause not traced), and greedy tokens must not
+# change (docs/decoding_speed.md, "Peak memory").
+ENCODE_ROWS = 16
+
+
 @functools.partial(jax.jit, static_argnames=("module", "cache_len"))
 def _encode_and_init_cache(module, params: Any, encoder_inputs: Array, *, cache_len: int) -> Any:
-    encoded_BxSxE = module.apply({"params": params}, encoder_inputs, enable_dropout=False, method=module.encode)
-    return init_cache(module, params, encoded_BxSxE, cache_len)
+    def encode_rows(inputs):
+        encoded_BxSxE = module.apply({"params": params}, inputs, enable_dropout=False, method=module.encode)
+        return init_cache(module, params, encoded_BxSxE, cache_len)
+
+    batch = encoder_inputs.shape[0]
+    if batch <= ENCODE_ROWS or batch % ENCODE_ROWS:
+        return encode_rows(encoder_inputs)
+    groups = encoder_inputs.reshape(batch // ENCODE_ROWS, ENCODE_ROWS, *encoder_inputs.shape[1:])
+    cache_G = jax.lax.map(encode_rows, groups)  # every leaf gains a leading group axis
+    # batched leaves [G, rows, ...] -> [B, ...]; the scalar cache index (equal in every group) -> one scalar
+    return jax.tree.map(lambda x: x[0] if x.ndim == 1 else x.reshape(batch, *x.shape[2:]), cache_G)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "eos_id", "step_mask"),
