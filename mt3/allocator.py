@@ -1,13 +1,17 @@
-"""glibc's malloc tuned for a long inference run: large buffers go back to the OS when freed.
+"""glibc's malloc for a long inference run: freed decoder buffers go back to the OS.
 
 Why: XLA:CPU allocates every device buffer (KV caches of 6-13 MB per layer at batch 32, encoder activations, the
 compacting decoder's gathered and grown caches) with plain malloc. glibc serves a request above its mmap threshold
 with its own mapping, unmapped on free, but raises that threshold to the size of each such block freed (up to
-32 MB), so after the first freed cache every later one comes from a thread's malloc arena instead, and freed arena
-memory mostly stays with the process. Transcribing a 10-minute file with MT3's weights peaked at 2.23 GB RSS (one
-process, 0.18 GB of live arrays); a fixed 1 MB threshold (which also stops the raising) brought it to 1.86 GB, for
-~5 s more system time (page faults) per 180 CPU-s (docs/decoding_speed.md, "Peak memory"). Set by `mt3 transcribe`
-for its own process, not on import: a library should not change its host's allocator.
+32 MB), so after the first freed cache every later one comes from a thread's malloc arena, and freed arena memory
+mostly stays with the process: a 10-minute file with MT3's weights peaked at 2.45 GB RSS with 0.18 GB of live
+arrays. Two remedies (docs/decoding_speed.md, "Peak memory"):
+- `release_free_memory` (`malloc_trim(0)`) after each decoded batch, when none of that batch's buffers is live:
+  no setting changes, so the library calls it (`InferenceModel.decode_segments`); alone it gave 1.84-1.87 GB on the
+  10-minute file but 2.03 GB on twelve 30-s files (every new batch shape adds compiled programs);
+- `release_large_buffers`, a fixed 1 MB mmap threshold, which maps and unmaps every large buffer: 1.63-1.68 GB, for
+  6-8 s more system time per 10-minute file (page faults). A process-wide setting, so only `mt3 transcribe` sets
+  it, for its own process, not on import: a library should not change its host's allocator.
 """
 
 from __future__ import annotations
@@ -32,3 +36,16 @@ def release_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+
+
+def release_free_memory() -> bool:
+    """Returns the free memory of glibc's heaps to the OS (`malloc_trim(0)`); True if any was released, False when
+    none was or off glibc. One heap walk (~ms) per call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return malloc_trim(0) == 1

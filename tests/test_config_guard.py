@@ -176,9 +176,9 @@ def test_a_derived_value_equal_to_the_old_literal_is_no_change():
 
 
 def test_the_long_runs_checkpoint_resumes_under_its_current_recipe():
-    """The committed resume tarball's config.gin (written by the mt3 that started or resumed the run) against scripts/train_local_cpu.sh's recipe
-    as parsed today: gin refactors (a derived NUM_EMBEDDINGS, new dataset fields) are no guarded change; a real
-    vocabulary change still is."""
+    """The committed resume tarball's config.gin (written by the mt3 that started or resumed the run) against
+    scripts/train_local_cpu.sh's recipe as parsed today: gin refactors (a derived NUM_EMBEDDINGS, new dataset
+    fields) are no guarded change; a real vocabulary change still is."""
     import tarfile
 
     import gin
