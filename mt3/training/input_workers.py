@@ -163,7 +163,12 @@ def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: lis
                 except StopIteration:
                     exhausted = True
                     break
-                conns[sent % n].send(args)
+                try:
+                    conns[sent % n].send(args)
+                except OSError:  # BrokenPipeError: the worker died before its reply to an earlier request was read
+                    if stop.is_set():
+                        return
+                    raise _worker_exited(processes[sent % n], key) from None
                 pending.append((sent % n, key))
                 sent += 1
             if not pending:
@@ -175,9 +180,7 @@ def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: lis
             except (EOFError, OSError):
                 if stop.is_set():
                     return
-                processes[worker].join(timeout=1.0)
-                raise RuntimeError(f"input worker {processes[worker].name} (pid {processes[worker].pid}) exited with "
-                                   f"code {processes[worker].exitcode} while computing {key!r}") from None
+                raise _worker_exited(processes[worker], key) from None
             if reply[0] == "error":
                 _, error, text = reply
                 error.add_note(f"(raised in input worker {processes[worker].name} computing {key!r})")
@@ -189,6 +192,13 @@ def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: lis
     except BaseException as e:  # noqa: BLE001 - the consumer re-raises it
         if not stop.is_set():
             _put(stop, ready, ("error", e))
+
+def _worker_exited(process, key) -> RuntimeError:
+    """The error a dead worker is reported as, whether its pipe broke on a send or on a read."""
+    process.join(timeout=5.0)  # it is gone (its pipe closed); reap it for its exit code
+    return RuntimeError(f"input worker {process.name} (pid {process.pid}) exited with code {process.exitcode} "
+                        f"while computing {key!r}")
+
 
 def _shutdown(stop: threading.Event, processes: list, conns: list) -> None:
     """Kills the workers and reaps them (holds no reference to the map, so a garbage-collected map can run it)."""
