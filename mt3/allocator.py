@@ -25,14 +25,22 @@ MMAP_THRESHOLD_BYTES = 1 << 20
 ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc's own variable: a user's value wins
 
 
+def glibc_function(name: str):
+    """`name` from the C library this process runs on, or None off Linux or where it is not glibc's (musl has
+    neither mallopt nor malloc_trim)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def release_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Makes glibc map (and unmap on free) every allocation of at least `threshold` bytes. Returns whether it was
-    set (False off Linux/glibc, or when the user set MALLOC_MMAP_THRESHOLD_ themselves)."""
-    if not sys.platform.startswith("linux") or ENV in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    set (False off glibc, or when the user set MALLOC_MMAP_THRESHOLD_ themselves)."""
+    mallopt = glibc_function("mallopt")
+    if mallopt is None or ENV in os.environ:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
@@ -41,11 +49,8 @@ def release_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 def release_free_memory() -> bool:
     """Returns the free memory of glibc's heaps to the OS (`malloc_trim(0)`); True if any was released, False when
     none was or off glibc. One heap walk (~ms) per call."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+    malloc_trim = glibc_function("malloc_trim")
+    if malloc_trim is None:
         return False
     malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     return malloc_trim(0) == 1

@@ -193,6 +193,7 @@ def _feed(stop: threading.Event, ready: queue.Queue, conns: list, processes: lis
         if not stop.is_set():
             _put(stop, ready, ("error", e))
 
+
 def _worker_exited(process, key) -> RuntimeError:
     """The error a dead worker is reported as, whether its pipe broke on a send or on a read."""
     process.join(timeout=5.0)  # it is gone (its pipe closed); reap it for its exit code
