@@ -53,9 +53,6 @@ class InferenceConfig:
 
     compact_decoding (greedy only): `decoding.greedy_decode_compacting`, the same tokens as the fixed-shape loop, but
     finished rows are dropped and the KV cache grows on demand (docs/instrument_consistency.md, "Decoding speed").
-    continuous_batching (with compact_decoding, when a job has more segments than a batch and no decode_mask):
-    `continuous_batching.greedy_decode_continuous`, the same tokens again, but a finished row's slot takes the next
-    segment, so batches stay full instead of ending in small, slow tails (docs/decoding_speed.md).
 
     Instrument consistency (`mt3.program_consistency`; greedy only; all off = MT3's behaviour): `programs` restricts
     every segment's program tokens to a user-given set; `two_pass_programs` decodes twice, the second time restricted
@@ -83,7 +80,6 @@ class InferenceConfig:
     top_k: int = 0
     seed: int = 0
     compact_decoding: bool = True
-    continuous_batching: bool = True
     programs: tuple[int, ...] | None = None
     two_pass_programs: bool = False
     min_program_share: float = 0.05
@@ -353,8 +349,6 @@ class InferenceModel:
         out: list[np.ndarray] = []
         total = len(frames)
         seconds = [self.segment_seconds] * total if seconds is None else list(seconds)
-        if self._continuous(total, allowed is not None):
-            return self._decode_continuous(frames, allowed, seconds, progress, desc, log_probs)
         with tqdm(total=round(sum(seconds), 1), desc=desc, unit="s", disable=not progress,
                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
                              "[{elapsed}<{remaining}, {rate_fmt}]") as bar:
@@ -368,41 +362,6 @@ class InferenceModel:
                     if log_probs is not None:
                         log_probs.append(None if scores is None else scores[i, :len(out[-1])])
                 bar.update(min(sum(seconds[start:start + self.batch_size]), bar.total - bar.n))
-        return out
-
-    def _continuous(self, segments: int, masked: bool) -> bool:
-        """Whether `decode_segments` decodes with continuous batching (see InferenceConfig)."""
-        from mt3.models import decoding
-
-        compact = self.config.compact_decoding or masked
-        return (self.config.continuous_batching and compact and self.config.temperature == 0.0
-                and self._step_mask is None and segments > self.batch_size
-                and self.batch_size % decoding.ENCODE_ROWS == 0)
-
-    def _decode_continuous(self, frames, allowed, seconds: list[float], progress: bool, desc: str,
-                           log_probs: list | None) -> list[np.ndarray]:
-        from tqdm import tqdm
-
-        from mt3.models import continuous_batching
-
-        inputs = np.stack([np.asarray(f, np.float32) for f in frames])
-        if inputs.shape[1:] != (self.input_frames, self.hop_width):
-            raise ValueError(f"decode_segments takes [{self.input_frames}, {self.hop_width}] frames per segment, "
-                             f"got {inputs.shape[1:]}")
-        with tqdm(total=round(sum(seconds), 1), desc=desc, unit="s", disable=not progress,
-                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
-                             "[{elapsed}<{remaining}, {rate_fmt}]") as bar:
-            def on_done(segments: np.ndarray) -> None:
-                allocator.release_free_memory()  # finished rows' buffers back to the OS (docs/decoding_speed.md)
-                bar.update(min(sum(seconds[i] for i in segments), bar.total - bar.n))
-
-            ids, scores = continuous_batching.greedy_decode_continuous(
-                self.model.module, self.params, inputs, batch_size=self.batch_size,
-                max_decode_len=self.config.max_decode_len, allowed=None if allowed is None else np.stack(allowed),
-                on_done=on_done)
-        out = [self.ids_to_tokens(row) for row in ids]
-        if log_probs is not None:
-            log_probs.extend(scores[i, :len(t)] for i, t in enumerate(out))
         return out
 
     def stitch(self, tokens: Sequence[np.ndarray], start_times: Sequence[float], audio_seconds: float,

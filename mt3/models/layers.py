@@ -275,15 +275,6 @@ class MultiHeadDotProductAttention(nn.Module):
         cache_value_BxHxTxD = self.variable("cache", "cached_value")
         cache_index = self.variable("cache", "cache_index")
         index = cache_index.value
-        length = cache_key_BxHxTxD.value.shape[2]
-        if index.ndim == 1:  # [B]: every row at its own position (continuous batching, `models.continuous_batching`)
-            rows_B = jnp.arange(batch)
-            for var, new_Bx1xHxD in ((cache_key_BxHxTxD, key_Bx1xHxD), (cache_value_BxHxTxD, value_Bx1xHxD)):
-                var.value = var.value.at[rows_B, :, index, :].set(new_Bx1xHxD[:, 0].astype(var.value.dtype),
-                                                                  mode="drop")  # rows past the cache: done rows
-            cache_index.value = index + 1
-            step_mask_Bx1x1xT = (jnp.arange(length)[None, :] <= index[:, None])[:, None, None, :]
-            return (cache_key_BxHxTxD.value, cache_value_BxHxTxD.value, combine_masks(step_mask_Bx1x1xT, mask), True)
         cache_key_BxHxTxD.value = jax.lax.dynamic_update_slice(
             cache_key_BxHxTxD.value, key_Bx1xHxD.transpose(0, 2, 1, 3).astype(cache_key_BxHxTxD.value.dtype),
             (0, 0, index, 0))
@@ -291,6 +282,7 @@ class MultiHeadDotProductAttention(nn.Module):
             cache_value_BxHxTxD.value, value_Bx1xHxD.transpose(0, 2, 1, 3).astype(cache_value_BxHxTxD.value.dtype),
             (0, 0, index, 0))
         cache_index.value = index + 1
+        length = cache_key_BxHxTxD.value.shape[2]
         step_mask_1x1x1xT = (jnp.arange(length) <= index)[None, None, None, :]
         return (cache_key_BxHxTxD.value, cache_value_BxHxTxD.value, combine_masks(step_mask_1x1x1xT, mask), True)
 
