@@ -171,7 +171,7 @@ def dot_product_attention(query_BxQxHxD: Array, key_BxKxHxD: Array, value_BxKxHx
     """
     if query_BxQxHxD.shape[1] > 1:
         # Whole sequences (encoder, teacher forcing): every operand heads-first, so both batched matmuls have their
-        # batch axes leading. With [B, Q, H, D] operands XLA:CPU ran them on one thread at ~18 GFLOP/s, 36 % of
+        # batch axes leading. With [B, Q, H, D] operands XLA:CPU ran them on one thread at ~15 GFLOP/s, 36 % of
         # MT3's encoder time for 8 % of its FLOPs; heads-first the same attention took 5.6x less wall time
         # (docs/decoding_speed.md, "The encoder's attention"). One decode step (Q = 1) keeps its layout.
         query_BxHxQxD = query_BxQxHxD.transpose(0, 2, 1, 3)

@@ -9,7 +9,8 @@ Three kinds (`DatasetConfig.pipeline` / `.source`):
   seeded order. The mixture's task for global block b is drawn from (seed, b) with the task rates. Everything is a pure
   function of (seed, task, epoch, block), so the position is (block, offset in block, blocks drawn per task): a few
   integers. A restart recomputes only the block it stopped in, so resume costs the same at step 10 and step 10^6.
-  Records are read by byte offset (a header scan of each shard, no data read), without TensorFlow.
+  Records are read by byte offset (a header scan of each shard, no data read), without TensorFlow
+  (`mt3.training.indexed_records`).
 - "seqio": MT3's seqio pipeline (`mt3.tasks.get_dataset`), deterministic for a seed; resume rebuilds it and skips the
   batches consumed (time grows with the step). Checkpoints written before the indexed sampler existed resume this way.
 - "synthetic": random batches, batch i a pure function of (seed, shard, i).
@@ -23,12 +24,17 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import struct
-import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
+
+from mt3.training.indexed_records import (
+    IndexedTask,
+    examples_per_track,
+    host_records,
+    indexed_tasks,
+    read_record,
+)
 
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 PIPELINES = ("indexed", "seqio")
@@ -67,109 +73,6 @@ def trim_target_padding(batch: dict[str, np.ndarray], multiple: int) -> dict[str
     length = min(targets.shape[1], max(multiple, -(-longest // multiple) * multiple))
     decoder = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights")
     return {k: (v[:, :length] if k in decoder else v) for k, v in batch.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading prepared records by index (no TensorFlow)
-# ---------------------------------------------------------------------------------------------------------------
-
-def record_offsets(path: str | os.PathLike) -> list[int]:
-    """Byte offsets of the records of one TFRecord shard, from their 12-byte headers (the data is seeked over)."""
-    from mt3 import paths
-    from mt3.errors import InputError
-
-    offsets, size = [], paths.getsize(path)
-    with paths.open_file(path, "rb") as f:  # a local file, or a URL (gs://...) read through fsspec
-        pos = 0
-        while pos < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise InputError(path, "truncated TFRecord file")
-            (length,) = struct.unpack("<Q", header[:8])
-            offsets.append(pos)
-            pos += 12 + length + 4
-            if pos > size:
-                raise InputError(path, "truncated TFRecord file")
-            f.seek(pos)
-    return offsets
-
-
-def read_record(path: str, offset: int):
-    """The `records.TrackRecord` stored at `offset` of a shard."""
-    from mt3 import paths
-    from mt3.data import records
-
-    with paths.open_file(path, "rb") as f:
-        f.seek(offset)
-        (length,) = struct.unpack("<Q", f.read(12)[:8])
-        data = f.read(length)
-    return records.parse_example_bytes(data)
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexedTask:
-    """One registered training task as the indexed sampler needs it (built by `indexed_tasks` from seqio's registry).
-
-    rate: the task's seqio mixing rate, a relative number of EXAMPLES (seqio's meaning, and MT3's temperature
-    rule's)."""
-
-    name: str
-    dataset_config: Any  # mt3.datasets.DatasetConfig
-    tokenize_config: Any  # mt3.data.track_examples.TokenizeConfig
-    rate: float = 1.0
-    skip_too_long: bool = False
-
-    @property
-    def salt(self) -> int:
-        return zlib.crc32(self.name.encode())
-
-
-def indexed_tasks(name: str, data_dir=None) -> list[IndexedTask]:
-    """The IndexedTasks of a registered task or mixture, rates as seqio computes them (`mt3.registry`); InputError in
-    one line, with the fix, for a name the indexed sampler cannot read."""
-    from mt3 import registry
-
-    return [IndexedTask(m.task, m.info.dataset_config, m.info.tokenize_config, rate=m.rate,
-                        skip_too_long=m.info.skip_too_long) for m in registry.training_members(name, data_dir=data_dir)]
-
-
-def examples_per_track(task: IndexedTask, split: str, data_dir=None) -> float:
-    """Mean training examples one record of the split yields: one crop per 2000-frame chunk (MT3's rule), counted
-    from the manifest's track durations (a block's size in examples, which turns per-example rates into block
-    probabilities)."""
-    import math
-
-    from mt3.data import records, track_examples
-
-    config = task.dataset_config
-    name = {"train": config.train_split, "eval": config.train_eval_split}.get(split, split)
-    spec = task.tokenize_config.spectrogram_config
-    tracks = records.read_manifest(config.path(data_dir), name).get("tracks") or []
-    chunks = [math.ceil(math.ceil(float(t["seconds"]) * spec.sample_rate / spec.hop_width)
-                        / track_examples.MAX_NUM_CACHED_FRAMES) for t in tracks if "seconds" in t]
-    return max(float(np.mean(chunks)), 1.0) if chunks else 1.0
-
-
-def host_records(task: IndexedTask, split: str, shard_id: int, num_shards: int, data_dir=None
-                 ) -> list[tuple[str, int]]:
-    """(shard path, byte offset) of this host's records of a task's split (split 'eval' = the train-eval split)."""
-    from mt3 import datasets
-    from mt3.data import records
-    from mt3.errors import InputError
-
-    config = task.dataset_config
-    name = {"train": config.train_split, "eval": config.train_eval_split}.get(split, split)
-    path = config.path(data_dir)
-    if not records.split_is_complete(path, name):
-        raise InputError(path, f"split {name!r} of dataset {config.name!r} is not prepared (no complete "
-                               f"{name}.manifest.json); run `mt3 prepare-data {config.converter} --root ... --out "
-                               f"{path}` or set ${datasets.DATA_DIR_ENV}")
-    datasets.check_program_mapping(config, name, data_dir)
-    located = [(shard, offset) for shard in records.shard_paths(path, name) for offset in record_offsets(shard)]
-    mine = located[shard_id::num_shards]
-    if not mine:
-        raise InputError(path, f"split {name!r} has {len(located)} records: too few for {num_shards} hosts")
-    return mine
 
 
 # ---------------------------------------------------------------------------------------------------------------
