@@ -186,10 +186,12 @@ def test_a_piece_keeps_its_split_across_corpus_sizes_and_seeds():
 
 
 def test_same_seed_same_corpus_any_worker_count_and_resume(built, tmp_path):
+    """Also: `--textures arranged=1` (the default mix) builds exactly the corpus built without the option."""
     root, seed = built
     before = _digest(root)
     other = tmp_path / "again"
-    corpus.build_corpus(other, minutes=MINUTES, seed=seed, workers=1, progress=False)
+    assert cli_main(["build-corpus", "--out", str(other), "--minutes", str(MINUTES), "--seed", str(seed),
+                     "--workers", "1", "--textures", "arranged=1", "--no-progress"]) == 0
     assert _digest(other) == before  # MIDI, metadata, corpus.json and audio, byte for byte
     # Resume: nothing to redo, nothing rewritten.
     mtimes = {p: p.stat().st_mtime_ns for p in other.rglob("*.flac")}

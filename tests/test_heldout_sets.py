@@ -3,11 +3,14 @@ Mozart piano sonata exposition (k545), parsed by music21 and rendered with MuseS
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
 from benchmarks import heldout_sets as hs
-from mt3.corpus import builder
+from mt3.corpus import builder, textures
 
 CHORALE = "bach/bwv1.6.mxl"
 SONATA = "mozart/k545/movement1_exposition.mxl"
@@ -39,83 +42,63 @@ def test_only_test_split_pieces(sources):
         hs.read_excerpt(train, 0.0, 8.0)  # refused before parsing
 
 
-def test_programs_follow_the_score(chorale, sonata):
-    assert [(p.name, p.program) for p in chorale.parts] == [
-        ("Horn 2", 60), ("Soprano", 53), ("Alto", 53), ("Tenor", 53), ("Bass", 53)]
-    assert not hs.is_keyboard_work(chorale)
-    # k545's two staves carry no program: one keyboard instrument -> piano
-    assert [(p.program, p.keyboard) for p in sonata.parts] == [(0, True)] and hs.is_keyboard_work(sonata)
-    assert 8.0 <= chorale.seconds <= 13.0 and chorale.bars[0] == 0.0
+def test_excerpts_are_the_textures_excerpts_at_least_min_seconds_long(sources, chorale, sonata):
+    from mt3.corpus import arrangement
 
-    ns = hs.plain_sequence(chorale)
-    by_part = {}
-    for n in ns.notes:
-        by_part.setdefault(n.instrument, set()).add(n.program)
-        assert not n.is_drum and n.velocity == hs.PLAIN_VELOCITY
-    assert by_part == {0: {60}, 1: {53}, 2: {53}, 3: {53}, 4: {53}}  # five parts, five MIDI channels
-    assert min(n.start_time for n in ns.notes) == pytest.approx(hs.LEAD_IN_SECONDS)
-    reduction = hs.plain_sequence(chorale, program=0)
-    assert {n.program for n in reduction.notes} == {0} and len(reduction.notes) == len(ns.notes)
+    same = textures.read_excerpt(sources[CHORALE], 0.0, 8.0)
+    assert [(p.program, p.notes.tolist()) for p in chorale.parts] == [(p.program, p.notes.tolist()) for p in same.parts]
+    assert [(p.program, p.keyboard) for p in sonata.parts] == [(0, True)] and hs.is_keyboard_work(sonata)
+    with pytest.raises(arrangement.SkipPiece, match="of music after"):  # k545's exposition is under 40 s
+        hs.read_excerpt(sources[SONATA], 30.0, 30.0)
+
+
+# Digests of the tracks below as benchmarks/heldout_sets.py made them before its score-to-texture functions moved to
+# mt3/corpus/textures.py (issue 27); the whole plans of all three sets were compared too (identical NoteSequences and
+# facts). A change here changes the held-out sets: rebuild them and re-measure both systems before updating these.
+PINNED = {
+    "plain/bach/bwv1.6.mxl": "677688afa58e823b",
+    "piano_dense/bach/bwv1.6.mxl#reduction": "a0dcdf034a6d19a6",
+    "piano_dense/mozart/k545/movement1_exposition.mxl@0s": "7e4b10932061b632",
+    "performance/mozart/k545/movement1_exposition.mxl": "218ba2c3f23fdf9d",
+    "performance/bach/bwv1.6.mxl": "464acf3741bcb032",
+}
+
+
+def _digest(track) -> str:
+    def notes(ns):
+        return [(n.instrument, n.program, n.pitch, n.velocity, round(n.start_time, 6), round(n.end_time, 6), n.is_drum)
+                for n in ns.notes]
+
+    def ccs(ns):
+        return [(c.instrument, c.program, c.control_number, c.control_value, round(c.time, 6))
+                for c in ns.control_changes]
+
+    blob = json.dumps([track.id, notes(track.rendered), ccs(track.rendered), notes(track.labels), ccs(track.labels),
+                       track.facts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def test_tracks_are_made_as_before(sources):
+    """Each set's per-track function (what `plan` calls) on a chorale and a keyboard work, at the sets' own lengths
+    and windows: the same NoteSequences (notes, pedal CCs, labels) and facts as before the move."""
+    chorale = hs.read_excerpt(sources[CHORALE])
+    sonata = hs.read_excerpt(sources[SONATA], *hs.PIANO_WINDOWS[0])
+    tracks = [hs.plain_track("chorale", chorale), hs.reduction_track(chorale), hs.keyboard_track(sonata),
+              hs.performance_track(0, sonata), hs.performance_track(5, chorale)]
+    assert {t.id: _digest(t) for t in tracks} == PINNED
+    assert tracks[3].rendered.control_changes and not tracks[4].rendered.control_changes  # pedal on the piano only
 
 
 def test_plain_render_is_peak_normalised(chorale):
     from benchmarks.heldout import PEAK_DB, render_sequence
     from mt3.corpus.rendering import SAMPLE_RATE
 
-    ns = hs.plain_sequence(chorale)
+    ns = textures.plain_sequence(chorale)
     audio = render_sequence(ns, hs.BANK, int((ns.total_time + 1.0) * SAMPLE_RATE))
     assert audio.dtype == np.float32 and len(audio) == int((ns.total_time + 1.0) * SAMPLE_RATE)
     assert np.abs(audio).max() == pytest.approx(10 ** (PEAK_DB / 20), rel=1e-4)
-    first = int(hs.LEAD_IN_SECONDS * SAMPLE_RATE)
+    first = int(textures.LEAD_IN_SECONDS * SAMPLE_RATE)
     assert np.abs(audio[: first // 2]).max() < 1e-3 < np.abs(audio[first: first + SAMPLE_RATE]).max()
-
-
-def _by_pitch(notes):
-    out = {}
-    for n in sorted(notes, key=lambda n: n.start_time):
-        out.setdefault((n.instrument, n.pitch), []).append(n)
-    return out
-
-
-def test_humanise_bounds_determinism_and_pedal(sonata):
-    rendered, labels, facts = hs.humanise(sonata, seed=3)
-    again, _, _ = hs.humanise(sonata, seed=3)
-    other, _, _ = hs.humanise(sonata, seed=4)
-    assert rendered == again and rendered != other
-
-    # timing: each onset is the rubato-warped written onset plus jitter of at most 3 sd (<= MAX_JITTER)
-    r = facts["rubato"]
-    warp = hs.Warp(tuple(r["amplitudes"]), tuple(r["periods"]), tuple(r["phases"]))
-    grid = np.linspace(0.0, sonata.seconds, 400)
-    speed = np.diff(warp(grid)) / np.diff(grid)
-    assert np.all(np.abs(np.log(speed)) <= hs.MAX_SPEED_LOG + 1e-3) and np.ptp(np.log(speed)) > 0.02
-    plain = hs.plain_sequence(sonata)
-    written, performed = _by_pitch(plain.notes), _by_pitch(rendered.notes)
-    assert written.keys() == performed.keys()
-    shifts, deviations = [], []
-    for key, notes in written.items():
-        assert len(notes) == len(performed[key])
-        for w, p in zip(notes, performed[key]):
-            expected = float(warp(w.start_time - hs.LEAD_IN_SECONDS)) + hs.LEAD_IN_SECONDS
-            deviations.append(abs(p.start_time - expected))
-            shifts.append(abs(p.start_time - w.start_time))
-    assert max(deviations) <= 3 * facts["jitter_sd"] + 1e-3 <= hs.MAX_JITTER + 1e-3
-    assert np.mean(deviations) > 0.002 and np.mean(shifts) > 0.01  # timings did change
-
-    velocities = np.array([n.velocity for n in rendered.notes])
-    assert hs.VELOCITY_RANGE[0] <= velocities.min() and velocities.max() <= hs.VELOCITY_RANGE[1]
-    assert velocities.std() > 4.0 and len(set(velocities)) > 10  # plain is a constant 80
-
-    # pedal: CC 64 in the rendered MIDI, applied to the labels' offsets (never shortening a note), then removed
-    assert facts["pedal_parts"] == [0] and {c.control_number for c in rendered.control_changes} == {64}
-    assert not labels.control_changes and len(labels.notes) == len(rendered.notes)
-    before, after = _by_pitch(rendered.notes), _by_pitch(labels.notes)
-    longer = 0
-    for key, notes in before.items():
-        for a, b in zip(notes, after[key]):
-            assert b.start_time == a.start_time and b.end_time >= a.end_time - 1e-9
-            longer += b.end_time > a.end_time + 0.05
-    assert longer > 0.5 * len(rendered.notes)
 
 
 def test_plan_rejects_unknown_set():

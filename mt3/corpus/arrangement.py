@@ -79,11 +79,13 @@ def program_name(program: int) -> str:
 
 
 def copy_instrument(inst):
-    """A fresh Instrument with copied notes: each MIDI file we write owns its objects (no shared mutation)."""
+    """A fresh Instrument with copied notes and control changes (a performance's sustain pedal): each MIDI file we
+    write owns its objects (no shared mutation)."""
     import pretty_midi
 
     new = pretty_midi.Instrument(program=inst.program, is_drum=inst.is_drum, name=inst.name)
     new.notes = [pretty_midi.Note(n.velocity, n.pitch, n.start, n.end) for n in inst.notes]
+    new.control_changes = [pretty_midi.ControlChange(c.number, c.value, c.time) for c in inst.control_changes]
     return new
 
 

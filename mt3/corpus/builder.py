@@ -12,8 +12,10 @@ two corpora built here ever put one piece in two splits (train on a big corpus, 
 
 Determinism: one `numpy.random.default_rng(seed)` orders the candidate pieces and draws every per-track choice (piece
 seed, target length, soundfont, drums) in the main process; each worker derives everything else from its piece seed,
-so the output does not depend on `--workers`. Planning runs in rounds: pieces are planned to cover what each split still
-lacks, built in parallel, and their exact lengths (integer samples) decide the next round.
+so the output does not depend on `--workers`. With `--textures`, each track's texture (`mt3.corpus.textures`: plain,
+piano reduction, performance) comes from a separate stream (`texture_mix`), so the draws above stay as they were.
+Planning runs in rounds: pieces are planned to cover what each split still lacks, built in parallel, and their exact
+lengths (integer samples) decide the next round.
 
 Layout: `OUT/{train,validation,test}/TrackNNNNN/{mix.flac, stems/Sxx.flac, MIDI/Sxx.mid, all_src.mid, metadata.yaml}`
 plus `OUT/corpus.json`. A track is built in `OUT/.TrackNNNNN.*` and renamed into place when complete, so a re-run
@@ -37,6 +39,7 @@ import numpy as np
 
 from mt3.converters.base import SPLIT_FRACTIONS, SPLITS, hash_split
 from mt3.corpus import arrangement as arr
+from mt3.corpus import texture_mix
 from mt3.corpus.rendering import (
     FLUIDSYNTH_GAIN,
     SAMPLE_RATE,
@@ -50,6 +53,7 @@ from mt3.corpus.rendering import (
     soundfont_path,
     write_flac,
 )
+from mt3.corpus.textures import texture_arrangement
 from mt3.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -155,6 +159,7 @@ class Job:
     soundfont: str
     drums: bool
     stem_soundfonts: tuple[str, ...] = ()  # non-empty: each stem draws its bank from these (timbre diversity)
+    texture: str | None = None  # textures.TEXTURES; None: arranged, in a corpus built without --textures (not recorded)
 
     def stem_fonts(self, num_stems: int) -> list[str]:
         """The bank of each stem: the track's one bank, or a per-stem draw from `stem_soundfonts` (seeded)."""
@@ -168,9 +173,13 @@ class Planner:
     """Plans tracks in rounds until every split holds its share (80/10/10 by duration) and at least one track."""
 
     def __init__(self, minutes: float, seed: int, catalog: list[Source] | None = None,
-                 soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS, per_stem: bool = False):
+                 soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS, per_stem: bool = False,
+                 textures: dict[str, float] | None = None):
         self.soundfonts, self.per_stem = tuple(soundfonts), per_stem
         self.rng = np.random.default_rng(seed)
+        # Texture draws come from their own stream, so the default corpus's draws above stay exactly as they were.
+        self.textures = None if texture_mix.is_default(textures) else textures
+        self.texture_rng = np.random.default_rng([seed, texture_mix.STREAM])
         order = weighted_order(build_catalog(cost_budget(minutes)) if catalog is None else catalog, self.rng)
         self.queues = {s: [src for src in order if piece_split(src) == s] for s in SPLITS}  # each a varied order
         self.cursors = dict.fromkeys(SPLITS, 0)
@@ -202,8 +211,10 @@ class Planner:
                 pool = self.soundfonts if self.per_stem else ()
                 if split == "test":
                     font, pool = TEST_SOUNDFONTS[0], ()
+                texture = texture_mix.draw(self.texture_rng, self.textures) if self.textures else None
+                drums = drums and texture in (None, "arranged")
                 jobs.append(Job(f"Track{self.next_number:05d}", split, source, seed, round(target, 3), font, drums,
-                                pool))
+                                pool, texture))
                 self.next_number += 1
                 deficit -= target
                 planned += 1
@@ -235,7 +246,7 @@ def _write_yaml(path: Path, obj) -> None:
 
 
 def track_metadata(job: Job, arrangement: arr.Arrangement, mix, stems_db: list[float | None]) -> dict:
-    """metadata.yaml with exactly Slakh2100's keys (values documented in datasets/local_corpus.md)."""
+    """metadata.yaml with Slakh2100's keys (values documented in datasets/local_corpus.md), plus `texture`."""
     fonts = job.stem_fonts(len(arrangement.instruments))
     uid = uuid.UUID(bytes=np.random.default_rng([job.seed, 7]).bytes(16), version=4)
     stems = {}
@@ -250,7 +261,7 @@ def track_metadata(job: Job, arrangement: arr.Arrangement, mix, stems_db: list[f
             "plugin_name": fonts[i],
             "program_num": 128 if inst.is_drum else int(inst.program),
         }
-    return {
+    meta = {
         "UUID": str(uid),
         "audio_dir": "stems",
         "lmd_midi_dir": job.source.key,
@@ -261,6 +272,9 @@ def track_metadata(job: Job, arrangement: arr.Arrangement, mix, stems_db: list[f
         "stems": stems,
         "target_peak": mix.target_peak,
     }
+    if job.texture is not None:  # one key beyond Slakh's, only in corpora built with --textures
+        meta["texture"] = job.texture
+    return meta
 
 
 def _summary(job: Job, track_dir: Path, status: str) -> dict:
@@ -271,14 +285,21 @@ def _summary(job: Job, track_dir: Path, status: str) -> dict:
     if meta.get("lmd_midi_dir") != job.source.key:
         raise InputError(track_dir, f"holds {meta.get('lmd_midi_dir')!r}, but this run plans {job.source.key!r} "
                                     "there: it was built with another --seed/--minutes; use a new --out")
+    if meta.get("texture") != job.texture:
+        raise InputError(track_dir, f"holds texture {meta.get('texture') or 'arranged'!r}, but this run plans "
+                                    f"{job.texture or 'arranged'!r} there: it was built with other --textures; use a "
+                                    "new --out")
     stems = meta["stems"]
-    return {
+    summary = {
         "id": job.track_id, "split": job.split, "source": job.source.key, "status": status,
         "samples": int(sf.info(str(track_dir / "mix.flac")).frames),
         "soundfont": "+".join(sorted({s["plugin_name"] for s in stems.values()})),
         "drums": any(s["is_drum"] for s in stems.values()),
         "programs": [int(s["program_num"]) for s in stems.values()],
     }
+    if job.texture is not None:
+        summary["texture"] = job.texture
+    return summary
 
 
 def build_track(job: Job, out_dir: str | os.PathLike) -> dict:
@@ -288,7 +309,11 @@ def build_track(job: Job, out_dir: str | os.PathLike) -> dict:
     if (final / "metadata.yaml").exists():
         return _summary(job, final, "existing")
     try:
-        arrangement = arr.arrange(job.source, seed=job.seed, target_seconds=job.target_seconds, drums=job.drums)
+        if job.texture in (None, "arranged"):
+            arrangement = arr.arrange(job.source, seed=job.seed, target_seconds=job.target_seconds, drums=job.drums)
+        else:
+            arrangement = texture_arrangement(job.source, job.texture, seed=job.seed,
+                                              target_seconds=job.target_seconds)
     except arr.SkipPiece as err:
         return {"id": job.track_id, "split": job.split, "source": job.source.key, "status": "skipped",
                 "reason": str(err)}
@@ -349,12 +374,16 @@ def _remove_stale_temp_dirs(out_dir: Path) -> None:
 
 def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, workers: int = 2,
                  progress: bool = True, soundfonts: tuple[str, ...] = TRAIN_SOUNDFONTS,
-                 per_stem_soundfonts: bool = False) -> dict:
+                 per_stem_soundfonts: bool = False, textures: dict[str, float] | None = None) -> dict:
     """Builds (or resumes) a local corpus of about `minutes` minutes of audio; returns what corpus.json holds.
 
     `soundfonts`: the banks of the train and validation splits (the test split always uses TEST_SOUNDFONTS); each track
     draws one, or with `per_stem_soundfonts` each stem draws its own, so one mix blends banks (timbre diversity).
+    `textures`: {texture: weight} (`texture_mix`), each track's texture drawn with these odds; None or `arranged`
+    alone: every track arranged, the corpus exactly as built without the option.
     """
+    textures = None if textures is None else texture_mix.normalise(textures)
+    textures = None if texture_mix.is_default(textures) else textures
     soundfonts = tuple(soundfonts)
     banned = [f for f in soundfonts if f in TEST_SOUNDFONTS or f.lower().startswith("musescore")]
     if banned or not soundfonts:
@@ -377,16 +406,19 @@ def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, w
         except ValueError:
             old = {}
         old_fonts = (tuple(old.get("soundfonts", TRAIN_SOUNDFONTS)), bool(old.get("per_stem_soundfonts", False)))
-        if (old.get("seed"), old.get("minutes")) != (seed, minutes) or old_fonts != (soundfonts, per_stem_soundfonts):
+        old_textures = old.get("textures")
+        if ((old.get("seed"), old.get("minutes")) != (seed, minutes) or old_fonts != (soundfonts, per_stem_soundfonts)
+                or old_textures != textures):
             raise InputError(out_dir, f"holds a corpus built with --seed {old.get('seed')} --minutes "
                                       f"{old.get('minutes')} --soundfonts {','.join(old_fonts[0])}"
-                                      f"{' --per-stem-soundfonts' if old_fonts[1] else ''}; to build another "
-                                      "--seed/--minutes/--soundfonts use a new --out")
+                                      f"{' --per-stem-soundfonts' if old_fonts[1] else ''} --textures "
+                                      f"{texture_mix.describe(old_textures or {'arranged': 1.0})}; to build another "
+                                      "--seed/--minutes/--soundfonts/--textures use a new --out")
     check_renderer(soundfonts + TEST_SOUNDFONTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(out_dir)
 
-    planner = Planner(minutes, seed, soundfonts=soundfonts, per_stem=per_stem_soundfonts)
+    planner = Planner(minutes, seed, soundfonts=soundfonts, per_stem=per_stem_soundfonts, textures=textures)
     tracks: list[dict] = []
     skipped: list[dict] = []
     pool = None
@@ -436,10 +468,12 @@ def build_corpus(out_dir: str | os.PathLike, *, minutes: float, seed: int = 0, w
             }
             for split in SPLITS
         },
-        "tracks": [{k: t[k] for k in ("id", "split", "source", "samples", "soundfont", "drums", "programs")}
-                   for t in tracks],
+        "tracks": [{k: t[k] for k in ("id", "split", "source", "samples", "soundfont", "drums", "programs", "texture")
+                    if k in t} for t in tracks],
         "skipped": skipped,
     }
+    if textures is not None:  # absent: every track arranged (the corpus as built before textures existed)
+        summary["textures"] = textures
     from mt3.data.records import atomic_write_json
 
     atomic_write_json(out_dir / "corpus.json", summary)

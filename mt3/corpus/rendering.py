@@ -122,6 +122,8 @@ def _shifted_copy(instrument, shift: float):
     for n in inst.notes:
         n.start += shift
         n.end += shift
+    for c in inst.control_changes:  # a sustain pedal moves with its stem
+        c.time += shift
     return inst
 
 
