@@ -18,6 +18,7 @@ setup(
         "mir_eval", "soundfile", "librosa", "soxr", "music21", "tqdm", "rich", "matplotlib", "pyyaml", "jams",
         "fastapi", "uvicorn", "python-multipart", "tensorboardX",
         "gcsfs",  # gs:// model dirs, data and checkpoints (mt3/paths.py)
+        "onnx", "onnxruntime",  # decoder_runtime = 'onnxruntime' (mt3/models/ort_decoder.py)
     ],
     # Accelerators: jax's own extras at the jax version pinned in requirements.txt (tests/test_setup.py checks that the
     # two agree and that both extras resolve); jax's metadata pins the matching jaxlib and jax-cuda12-plugin[with-cuda]

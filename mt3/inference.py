@@ -17,6 +17,7 @@ No TensorFlow and no seqio here (GPU hosts without TF run this); JAX/note_seq ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ MIDI_QPM = 120.0
 
 
 DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length
+DECODER_RUNTIMES = ("xla", "onnxruntime")  # InferenceConfig.decoder_runtime
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
@@ -72,6 +74,12 @@ class InferenceConfig:
     decode_mask (greedy only; `mt3.models.event_mask`): 'note_state' masks, at every decoding step, the tokens the note
     state of the segment so far makes invalid (a note-off of a pitch not sounding, a second tie, an onset of a
     sounding pitch, ...); 'invalid' only what the note decoder would reject; 'none' (MT3's behaviour) masks nothing.
+
+    decoder_runtime (greedy compacting decoding only): 'xla' (default) runs the decoder step compiled by XLA;
+    'onnxruntime' runs the same step as one ONNX graph (`mt3.models.ort_decoder`): ONNX Runtime's kernels take 2-3x
+    less CPU at the decoder's small batch rows, and its graph has symbolic shapes, so nothing is traced per (batch,
+    cache length). Same greedy rule; its float32 sums run in another order (logits within ~1e-6), so a token can
+    differ only where the two best logits are that close (docs/decoding_speed.md). The encoder stays in JAX.
     """
 
     batch_size: int = 32
@@ -88,6 +96,7 @@ class InferenceConfig:
     min_confidence: float = 0.0
     input_peak_db: float | str | None = "model"
     decode_mask: str = "none"
+    decoder_runtime: str = "xla"
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -124,6 +133,14 @@ class InferenceConfig:
             raise ValueError(f"InferenceConfig.decode_mask must be one of {event_mask.MODES}, got {self.decode_mask!r}")
         if self.decode_mask != "none" and self.temperature > 0:
             raise ValueError("InferenceConfig.decode_mask masks greedy decoding; set temperature = 0")
+        if self.decoder_runtime not in DECODER_RUNTIMES:
+            raise ValueError(f"InferenceConfig.decoder_runtime must be one of {DECODER_RUNTIMES}, got "
+                             f"{self.decoder_runtime!r}")
+        if self.decoder_runtime != "xla" and (self.temperature > 0 or not self.compact_decoding
+                                              or self.decode_mask != "none"):
+            raise ValueError(f"InferenceConfig.decoder_runtime = {self.decoder_runtime!r} runs greedy compacting "
+                             "decoding without a decode mask: set temperature = 0, compact_decoding = True, "
+                             "decode_mask = 'none'")
         if self.masks_decoder and self.temperature > 0:
             raise ValueError("InferenceConfig.programs (programs_mode 'mask') / two_pass_programs constrain greedy "
                              "decoding; set temperature = 0")
@@ -291,6 +308,14 @@ class InferenceModel:
                          audio_seconds=len(samples) / self.sample_rate)
 
     # ----- decoding -----
+    def _ort_decoder(self):
+        """The ONNX Runtime decoder of this model (decoder_runtime 'onnxruntime'), its session built on first use."""
+        if getattr(self, "_ort", None) is None:
+            from mt3.models import ort_decoder
+
+            self._ort = ort_decoder.OrtDecoder(self.model.module, self.params)
+        return self._ort
+
     def predict_batch(self, frames: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Decodes up to `batch_size` segments [b, L, hop]; returns (ids [b, max_decode_len], decoder steps run)."""
         ids, steps, _ = self.predict_batch_scored(frames, allowed)
@@ -324,9 +349,10 @@ class InferenceModel:
             if allowed is not None:
                 allowed = np.concatenate([allowed, np.ones((padded - rows, allowed.shape[1]), bool)])
         if compact:
-            ids, steps, log_probs = decoding.greedy_decode_compacting(
-                self.model.module, self.params, frames, max_decode_len=self.config.max_decode_len, allowed=allowed,
-                return_log_probs=True, step_mask=self._step_mask)
+            decode = (self._ort_decoder().greedy_decode_compacting if self.config.decoder_runtime == "onnxruntime"
+                      else functools.partial(decoding.greedy_decode_compacting, self.model.module, self.params))
+            ids, steps, log_probs = decode(frames, max_decode_len=self.config.max_decode_len, allowed=allowed,
+                                           return_log_probs=True, step_mask=self._step_mask)
             return ids[:rows], steps, log_probs[:rows]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), self._batches_run)
         self._batches_run += 1

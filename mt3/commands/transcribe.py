@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "invalid_skip = the same, but a refused pitch is not replaced by another pitch; "
                              "note_state = invalid, and no onset of a note already sounding (default none, as MT3). "
                              "Measured: docs/recipe_study.md, 'Decoding that cannot emit invalid events'")
+    parser.add_argument("--decoder-runtime", choices=("xla", "onnxruntime"), default="xla",
+                        help="where the greedy decoder's steps run: xla (default) or onnxruntime (the same step as "
+                             "one ONNX graph: less CPU per step, nothing traced per shape; float32 sums in another "
+                             "order. Measured: docs/decoding_speed.md)")
     add_consistency_arguments(parser)
     notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")
     notes.add_argument("--min-note-ms", type=float, default=0.0, metavar="MS",
@@ -100,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
     failures = transcribe_files(
         args.inputs, args.output_dir, checkpoint=args.checkpoint, gin_files=args.gin_file,
         gin_bindings=[*args.gin_bindings, *consistency_bindings(args),
-                      *confidence_bindings(args), *decode_mask_bindings(args)], step=args.step,
+                      *confidence_bindings(args), *decode_mask_bindings(args), *runtime_bindings(args)], step=args.step,
         batch_size=args.batch_size,
         png=args.png, notes_json=args.json, notes_csv=args.csv, sonify_wav=args.sonify, overwrite=args.overwrite,
         skip_existing=args.skip_existing, note_filter=note_filter(args), midi_qpm=args.midi_tempo,
@@ -164,6 +168,12 @@ def decode_mask_bindings(args: argparse.Namespace) -> list[str]:
     """--decode-mask as a gin binding of inference.InferenceConfig (argparse has checked the choice)."""
     value = getattr(args, "decode_mask", "none") or "none"
     return [] if value == "none" else [f"inference.InferenceConfig.decode_mask = '{value}'"]
+
+
+def runtime_bindings(args: argparse.Namespace) -> list[str]:
+    """--decoder-runtime as a gin binding of inference.InferenceConfig (argparse has checked the choice)."""
+    value = getattr(args, "decoder_runtime", "xla") or "xla"
+    return [] if value == "xla" else [f"inference.InferenceConfig.decoder_runtime = '{value}'"]
 
 
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:
