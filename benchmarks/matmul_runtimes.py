@@ -10,9 +10,9 @@ logits' vocabulary size aside). Attention, the KV caches and the loop are not in
 another runtime's matmul kernels are faster on this CPU.
 
 Each runtime prints one line: median wall ms and CPU ms per chain (process CPU time, all threads), GFLOP per wall
-second and per CPU second, and the largest error relative to a float64 NumPy chain. ONNX Runtime is not a dependency
-of mt3: run its side from an environment that has it (`pip install onnxruntime onnx numpy`); the script imports
-JAX only for `--runtime xla`.
+second and per CPU second, and the largest error relative to a float64 NumPy chain. ONNX Runtime is pinned in
+requirements.txt since `decoder_runtime = 'onnxruntime'` (this measurement is why); the script imports JAX only for
+`--runtime xla`, so its ORT side also runs where only onnxruntime, onnx and numpy are installed.
 
 Usage: python -m benchmarks.matmul_runtimes --runtime xla|ort [--rows 32] [--threads N] [--seconds 2]
 """
@@ -73,8 +73,8 @@ def ort_runner(w: dict, x: np.ndarray, threads: int):
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
-        raise SystemExit("ONNX Runtime is not installed here: pip install onnxruntime onnx numpy (not an mt3 "
-                         "dependency), then run this script from that environment") from None
+        raise SystemExit("ONNX Runtime is not installed here: pip install -r requirements.txt (or onnxruntime "
+                         "onnx numpy)") from None
     nodes, counter = [], [0]
 
     def node(op: str, *inputs: str) -> str:
