@@ -128,16 +128,18 @@ def test_greedy_compacting_gives_the_xla_decoders_tokens_on_real_audio(bundled, 
         assert not np.array_equal(ids, xla_free[0])  # the mask changed what was decoded
 
 
-def test_drop_in_function_builds_one_session_per_model(small):
+def test_one_session_decodes_every_batch(small):
     module, params, enc = small
-    first = ort_decoder.greedy_decode_compacting(module, params, enc, max_decode_len=12, first_len=4)
-    decoder = next(iter(ort_decoder._DECODERS.values()))
-    again = ort_decoder.greedy_decode_compacting(module, params, enc, max_decode_len=12, first_len=4)
-    assert next(iter(ort_decoder._DECODERS.values())) is decoder and len(ort_decoder._DECODERS) == 1
+    decoder = ort_decoder.OrtDecoder(module, params)
+    session = decoder.session
+    first = decoder.greedy_decode_compacting(enc, max_decode_len=12, first_len=4)
+    again = decoder.greedy_decode_compacting(enc[:3], max_decode_len=12, first_len=4)
+    assert decoder.session is session
     want = decoding.greedy_decode_compacting(module, params, enc, max_decode_len=12, first_len=4)
-    for got in (first, again):
-        np.testing.assert_array_equal(got[0], want[0])
-        assert got[1] == want[1]
+    want_3 = decoding.greedy_decode_compacting(module, params, enc[:3], max_decode_len=12, first_len=4)
+    for got, expected in ((first, want), (again, want_3)):
+        np.testing.assert_array_equal(got[0], expected[0])
+        assert got[1] == expected[1]
 
 
 def test_refuses_bfloat16_step_masks_and_bad_arguments(small):

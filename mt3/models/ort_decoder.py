@@ -375,20 +375,3 @@ def _store(result_BxT: np.ndarray, result_logp_BxT: np.ndarray, rows: _Rows, slo
     width = rows.out_BxT.shape[1]
     result_BxT[rows_B[slots], :width] = rows.out_BxT[slots]
     result_logp_BxT[rows_B[slots], :width] = rows.logp_BxT[slots]
-
-
-_DECODERS: dict = {}  # the last (module, params) -> OrtDecoder, so the function below builds a session once
-
-
-def greedy_decode_compacting(module, params: Any, encoder_inputs: Any, *, max_decode_len: int, allowed: Any = None,
-                             first_len: int = decoding.FIRST_CACHE_LEN, eos_id: int = decoding.EOS_ID,
-                             return_log_probs: bool = False, step_mask: Any = None, threads: int = 1):
-    """Drop-in for `decoding.greedy_decode_compacting` (same arguments and results) on ONNX Runtime; keeps the
-    session of the last (module, params) it was called with."""
-    key = (module, id(params), threads)
-    if key not in _DECODERS or _DECODERS[key].params is not params:
-        _DECODERS.clear()
-        _DECODERS[key] = OrtDecoder(module, params, threads=threads)
-    return _DECODERS[key].greedy_decode_compacting(
-        encoder_inputs, max_decode_len=max_decode_len, allowed=allowed, first_len=first_len, eos_id=eos_id,
-        return_log_probs=return_log_probs, step_mask=step_mask)
