@@ -27,7 +27,7 @@ Basic Pitch runs in its own virtualenv (default `.venv-basic-pitch`, created wit
 model once and answers one transcription request per line.
 
 Usage: .venv/bin/python -m benchmarks.compare_peers [--checkpoint DIR] [--max-tracks N] [--out FILE.md]
-       [--basic-pitch-python PATH] [--data-dir DIR] [--split test]
+       [--basic-pitch-python PATH] [--data-dir DIR] [--split test] [--gin BINDING]
 Writes FILE.md (the table) and FILE.json (per-track numbers), atomically; prints the table.
 """
 
@@ -205,7 +205,8 @@ def model_facts(transcriber) -> dict[str, Any]:
         name = meta.get("name", name)
     return {"name": name, "step": info.get("step"), "model_dir": str(model_dir), "num_params": info.get("num_params"),
             "batch_size": info.get("batch_size"), "emb_dim": info.get("emb_dim"),
-            "layers": f"{info.get('num_encoder_layers')}+{info.get('num_decoder_layers')}"}
+            "layers": f"{info.get('num_encoder_layers')}+{info.get('num_decoder_layers')}",
+            "decoder_runtime": transcriber.inference_model.decoder_runtime}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -259,7 +260,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"alternating per track, each loaded and warmed up on the first track first (load and compile time "
         f"excluded; warm-up: ours {report['warmup_seconds']['ours']:.1f} s, Basic Pitch "
         f"{report['warmup_seconds']['basic_pitch']:.1f} s). Ours: `Transcriber.transcribe(path)` (decoding batch "
-        f"{model['batch_size']}); Basic Pitch: `predict(path)`. Cores shared: 1-min load average "
+        f"{model['batch_size']}, decoder step in {model.get('decoder_runtime', 'xla')}); Basic Pitch: "
+        f"`predict(path)`. Cores shared: 1-min load average "
         f"{before['loadavg_1min']} before, {after['loadavg_1min']} after; other processes by CPU use over 2 s "
         f"before: {busiest(before)}; after: {busiest(after)}.",
         "",
@@ -297,7 +299,8 @@ def run(args) -> dict[str, Any]:
         bp_info = check_basic_pitch(bp_python)
         print(f"Basic Pitch {bp_info['basic_pitch']}: {bp_info['backend']} model {bp_info['model_path']} "
               f"({', '.join(bp_info['providers'])}), interpreter {bp_python}", flush=True)
-    transcriber = getattr(args, "transcriber", None) or load_model(args.checkpoint)
+    transcriber = getattr(args, "transcriber", None) or load_model(args.checkpoint,
+                                                                    gin_bindings=getattr(args, "gin", None) or ())
     model = model_facts(transcriber)
     im = transcriber.inference_model
     onsets_only = bool(im.spec.onsets_only)
@@ -401,6 +404,9 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-tracks", type=int, default=None, help="the first N tracks only (a quick run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown table; FILE.json beside it")
+    parser.add_argument("--gin", action="append", default=[], metavar="BINDING",
+                        help="a gin binding for our model, e.g. \"inference.InferenceConfig.decoder_runtime = 'xla'\""
+                             " (repeatable)")
     args = parser.parse_args(argv)
     if args.max_tracks is not None and args.max_tracks < 1:
         parser.error("--max-tracks must be >= 1")

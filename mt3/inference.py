@@ -42,7 +42,7 @@ MIDI_QPM = 120.0
 
 
 DEFAULT_MAX_DECODE_LEN = 1024  # MT3's, for a model whose config names no target length
-DECODER_RUNTIMES = ("xla", "onnxruntime")  # InferenceConfig.decoder_runtime
+DECODER_RUNTIMES = ("auto", "xla", "onnxruntime")  # InferenceConfig.decoder_runtime
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
@@ -75,11 +75,13 @@ class InferenceConfig:
     state of the segment so far makes invalid (a note-off of a pitch not sounding, a second tie, an onset of a
     sounding pitch, ...); 'invalid' only what the note decoder would reject; 'none' (MT3's behaviour) masks nothing.
 
-    decoder_runtime (greedy compacting decoding only): 'xla' (default) runs the decoder step compiled by XLA;
-    'onnxruntime' runs the same step as one ONNX graph (`mt3.models.ort_decoder`): ONNX Runtime's kernels take 2-3x
-    less CPU at the decoder's small batch rows, and its graph has symbolic shapes, so nothing is traced per (batch,
-    cache length). Same greedy rule; its float32 sums run in another order (logits within ~1e-6), so a token can
-    differ only where the two best logits are that close (docs/decoding_speed.md). The encoder stays in JAX.
+    decoder_runtime: 'onnxruntime' runs the greedy compacting decoder's step as one ONNX graph
+    (`mt3.models.ort_decoder`): ONNX Runtime's kernels take 2-3x less CPU at the decoder's small batch rows, and its
+    graph has symbolic shapes, so nothing is traced per (batch, cache length). Same greedy rule; its float32 sums run
+    in another order (logits within ~1e-6), so a token can differ only where the two best logits are that close
+    (docs/decoding_speed.md). The encoder stays in JAX. 'xla' runs the step compiled by XLA. 'auto' (default) takes
+    onnxruntime where it applies (greedy, compact, no decode_mask, a float32 model, JAX on the CPU, onnxruntime
+    installed; `InferenceModel.decoder_runtime` says which) and xla elsewhere (sampling, decode masks, accelerators).
     """
 
     batch_size: int = 32
@@ -96,7 +98,7 @@ class InferenceConfig:
     min_confidence: float = 0.0
     input_peak_db: float | str | None = "model"
     decode_mask: str = "none"
-    decoder_runtime: str = "xla"
+    decoder_runtime: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -136,7 +138,7 @@ class InferenceConfig:
         if self.decoder_runtime not in DECODER_RUNTIMES:
             raise ValueError(f"InferenceConfig.decoder_runtime must be one of {DECODER_RUNTIMES}, got "
                              f"{self.decoder_runtime!r}")
-        if self.decoder_runtime != "xla" and (self.temperature > 0 or not self.compact_decoding
+        if self.decoder_runtime == "onnxruntime" and (self.temperature > 0 or not self.compact_decoding
                                               or self.decode_mask != "none"):
             raise ValueError(f"InferenceConfig.decoder_runtime = {self.decoder_runtime!r} runs greedy compacting "
                              "decoding without a decode mask: set temperature = 0, compact_decoding = True, "
@@ -257,6 +259,19 @@ class InferenceModel:
                 mode=config.decode_mask)
 
     # ----- properties -----
+    @functools.cached_property
+    def decoder_runtime(self) -> str:
+        """'xla' or 'onnxruntime': what runs this model's greedy compacting decoder ('auto' resolved, see
+        InferenceConfig). Batches decoded by sampling or with a decode mask always run in XLA."""
+        config = self.config
+        if config.decoder_runtime != "auto":
+            return config.decoder_runtime
+        if config.temperature > 0 or not config.compact_decoding or config.decode_mask != "none":
+            return "xla"
+        from mt3.models import ort_decoder
+
+        return "xla" if ort_decoder.unusable_reason(self.model.module.config) else "onnxruntime"
+
     @property
     def batch_size(self) -> int:
         return self.config.batch_size
@@ -309,7 +324,7 @@ class InferenceModel:
 
     # ----- decoding -----
     def _ort_decoder(self):
-        """The ONNX Runtime decoder of this model (decoder_runtime 'onnxruntime'), its session built on first use."""
+        """The ONNX Runtime decoder of this model (`decoder_runtime` 'onnxruntime'), its session built on first use."""
         if getattr(self, "_ort", None) is None:
             from mt3.models import ort_decoder
 
@@ -349,7 +364,7 @@ class InferenceModel:
             if allowed is not None:
                 allowed = np.concatenate([allowed, np.ones((padded - rows, allowed.shape[1]), bool)])
         if compact:
-            decode = (self._ort_decoder().greedy_decode_compacting if self.config.decoder_runtime == "onnxruntime"
+            decode = (self._ort_decoder().greedy_decode_compacting if self.decoder_runtime == "onnxruntime"
                       else functools.partial(decoding.greedy_decode_compacting, self.model.module, self.params))
             ids, steps, log_probs = decode(frames, max_decode_len=self.config.max_decode_len, allowed=allowed,
                                            return_log_probs=True, step_mask=self._step_mask)

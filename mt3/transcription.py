@@ -312,7 +312,8 @@ def _transcribe_jobs(jobs, *, model, load, fail, tally: dict, note_filter, midi_
     if model is None:
         started = time.perf_counter()
         model = load()
-        _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s")
+        _report(f"mt3 transcribe: model loaded in {time.perf_counter() - started:.1f} s (decoder step: "
+                f"{model.decoder_runtime})")
     for item, _, samples in jobs:  # after loading: the line says whether this model normalises its input
         for line in audio.input_warnings(samples, model.sample_rate, model_loading.resolved_input_peak(model.config)):
             _report(f"mt3 transcribe: warning: {item.path}: {line}")  # `mt3 serve` returns the same lines

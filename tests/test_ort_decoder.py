@@ -191,3 +191,26 @@ def test_the_runtime_is_checked_where_it_is_configured():
     for bad in (dict(temperature=0.5), dict(compact_decoding=False), dict(decode_mask="invalid")):
         with pytest.raises(ValueError, match="runs greedy compacting decoding"):
             InferenceConfig(decoder_runtime="onnxruntime", **bad)
+
+
+def test_auto_takes_onnxruntime_where_it_applies_and_xla_elsewhere(bundled, monkeypatch):
+    """The default `decoder_runtime = 'auto'`: the bundled (float32) model on JAX's CPU decodes greedily with ONNX
+    Runtime; sampling, a decode mask, a bfloat16 model or a missing onnxruntime keep XLA."""
+    import dataclasses
+    import importlib.util
+
+    from mt3.inference import InferenceConfig, InferenceModel
+
+    im, _ = bundled
+    assert InferenceConfig().decoder_runtime == "auto" and im.decoder_runtime == "onnxruntime"
+    runtime = lambda **kw: InferenceModel(im.model, im.params, spec=im.spec,
+                                          config=dataclasses.replace(im.config, **kw)).decoder_runtime
+    assert runtime(temperature=0.5) == runtime(decode_mask="note_state") == runtime(compact_decoding=False) == "xla"
+    assert runtime(decoder_runtime="xla") == "xla"
+    assert "float32 only" in ort_decoder.unusable_reason(small_config(dtype="bfloat16"))
+    assert ort_decoder.unusable_reason(small_config()) is None
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else
+                        find_spec(name, *a))
+    assert "onnxruntime not installed" in ort_decoder.unusable_reason(small_config())
+    assert runtime() == "xla"

@@ -41,10 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "invalid_skip = the same, but a refused pitch is not replaced by another pitch; "
                              "note_state = invalid, and no onset of a note already sounding (default none, as MT3). "
                              "Measured: docs/recipe_study.md, 'Decoding that cannot emit invalid events'")
-    parser.add_argument("--decoder-runtime", choices=("xla", "onnxruntime"), default="xla",
-                        help="where the greedy decoder's steps run: xla (default) or onnxruntime (the same step as "
-                             "one ONNX graph: less CPU per step, nothing traced per shape; float32 sums in another "
-                             "order. Measured: docs/decoding_speed.md)")
+    parser.add_argument("--decoder-runtime", choices=("auto", "xla", "onnxruntime"), default="auto",
+                        help="where the greedy decoder's steps run: onnxruntime (the step as one ONNX graph: "
+                             "2-3x less CPU per step, nothing traced per shape; float32 sums in another order), xla, "
+                             "or auto (default: onnxruntime for greedy decoding on the CPU without --decode-mask, "
+                             "else xla). Measured: docs/decoding_speed.md")
     add_consistency_arguments(parser)
     notes = parser.add_argument_group("notes written (every output holds the same notes; drums are never filtered)")
     notes.add_argument("--min-note-ms", type=float, default=0.0, metavar="MS",
@@ -172,8 +173,8 @@ def decode_mask_bindings(args: argparse.Namespace) -> list[str]:
 
 def runtime_bindings(args: argparse.Namespace) -> list[str]:
     """--decoder-runtime as a gin binding of inference.InferenceConfig (argparse has checked the choice)."""
-    value = getattr(args, "decoder_runtime", "xla") or "xla"
-    return [] if value == "xla" else [f"inference.InferenceConfig.decoder_runtime = '{value}'"]
+    value = getattr(args, "decoder_runtime", "auto") or "auto"
+    return [] if value == "auto" else [f"inference.InferenceConfig.decoder_runtime = '{value}'"]
 
 
 def add_consistency_arguments(parser: argparse.ArgumentParser) -> None:

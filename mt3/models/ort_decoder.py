@@ -245,15 +245,36 @@ def _grow(rows: _Rows, length: int) -> _Rows:
                                logp_BxT=pad(rows.logp_BxT, 1))
 
 
-def greedy_pick(logits_BxV: np.ndarray, allowed_BxV: np.ndarray, done_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def greedy_pick(logits_BxV: np.ndarray, allowed_BxV: np.ndarray | None, done_B: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [B], their float32 log-probabilities [B]) as `decoding._greedy_chunk` picks them: argmax of the
-    allowed logits (first index on ties, as jnp.argmax), PAD and log-prob 0 for done rows, log_softmax in float32."""
-    masked_BxV = np.where(allowed_BxV, logits_BxV, np.float32(-np.inf)).astype(np.float32)
-    next_B = np.where(done_B, decoding.PAD_ID, masked_BxV.argmax(axis=-1)).astype(np.int32)
-    shifted_BxV = masked_BxV - masked_BxV.max(axis=-1, keepdims=True)
-    logsumexp_B = np.log(np.exp(shifted_BxV).sum(axis=-1))
-    chosen_B = np.take_along_axis(shifted_BxV, next_B[:, None], axis=-1)[:, 0] - logsumexp_B
-    return next_B, np.where(done_B, np.float32(0.0), chosen_B).astype(np.float32)
+    allowed logits (first index on ties, as jnp.argmax), PAD and log-prob 0 for done rows, log_softmax in float32.
+    allowed_BxV None: every id allowed (no masked copy of the logits per step)."""
+    masked_BxV = logits_BxV if allowed_BxV is None else np.where(allowed_BxV, logits_BxV, np.float32(-np.inf))
+    best_B = masked_BxV.argmax(axis=-1)
+    max_Bx1 = np.take_along_axis(masked_BxV, best_B[:, None], axis=-1)
+    # the argmax's own shifted logit is exactly 0, so its log-probability is -logsumexp of the shifted logits
+    logsumexp_B = np.log(np.exp(masked_BxV - max_Bx1).sum(axis=-1))
+    next_B = np.where(done_B, decoding.PAD_ID, best_B).astype(np.int32)
+    return next_B, np.where(done_B, np.float32(0.0), -logsumexp_B).astype(np.float32)
+
+
+def unusable_reason(net_config) -> str | None:
+    """Why this process should not decode `net_config`'s model with ONNX Runtime, or None when it can: the
+    `decoder_runtime = 'auto'` rule. The graph is float32 and runs on ONNX Runtime's CPU provider, so a bfloat16
+    model keeps XLA, and so does a JAX process on a GPU/TPU (its decoder step is on the accelerator already)."""
+    import importlib.util
+
+    import jax
+
+    if np.dtype(net_config.activation_dtype) != np.float32:
+        return f"the model computes in {net_config.dtype} (the ONNX graph is float32 only)"
+    if jax.default_backend() != "cpu":
+        return f"JAX runs on {jax.default_backend()} (ONNX Runtime would run the step on the CPU)"
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed (pip install onnx onnxruntime)"
+    return None
 
 
 def make_session(model: Any, threads: int = 1):
@@ -313,6 +334,7 @@ class OrtDecoder:
         step_arr = np.zeros((), np.int64)
         binding, logits_BxV, new_keys, new_values = self._bind(rows, step_arr)
         length = rows.out_BxT.shape[1]
+        allowed_BxV = None if rows.allowed_BxV.all() else rows.allowed_BxV
         while step < length:
             live = int(np.count_nonzero(~rows.done_B))
             if live == 0 or live <= min_live:
@@ -320,7 +342,7 @@ class OrtDecoder:
             step_arr[()] = step
             self.session.run_with_iobinding(binding)
             _write_slot(rows, new_keys, new_values, step)
-            next_B, logp_B = greedy_pick(logits_BxV, rows.allowed_BxV, rows.done_B)
+            next_B, logp_B = greedy_pick(logits_BxV, allowed_BxV, rows.done_B)
             rows.out_BxT[:, step], rows.logp_BxT[:, step] = next_B, logp_B
             rows.token_B[:] = next_B  # in place: the binding reads this buffer
             rows.done_B |= next_B == eos_id
