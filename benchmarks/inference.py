@@ -160,7 +160,9 @@ def run_mt3_size(mode: str, args) -> dict:
     wall = time.perf_counter() - started
     compile_s = compilation.compile_seconds() - compiled
     np.savez(args.tokens_out, *tokens)
-    return {"mode": mode, "weights": args.mt3_checkpoint or "random", "audio_s": round(result.audio_seconds, 1),
+    return {"mode": mode, "weights": args.mt3_checkpoint or "random",
+            "step_runtime": im.decoder_runtime if mode == "compact" else "xla",
+            "audio_s": round(result.audio_seconds, 1),
             "segments": result.num_segments, "tokens": result.decoded_tokens, "notes": len(result.ns.notes),
             "load_s": round(load_s, 1), "compile_s": round(compile_s, 1), "wall_s": round(wall, 1),
             "rtf": round(wall / result.audio_seconds, 3),
@@ -194,14 +196,15 @@ def mt3_size_case(args) -> list[dict]:
         row["identical_tokens"] = same
         if saved is not None:
             row["same_as_saved"] = _same_tokens(saved, tokens[row["mode"]])
-    head = f"{'decoder':<9}{'weights':>9}{'audio s':>9}{'tokens':>8}{'load s':>8}{'compile s':>11}{'wall s':>8}" \
-           f"{'RTF':>7}{'RTF-cmp':>9}{'tok/s':>8}{'peak RSS MB':>13}{'same ids':>10}"
+    head = f"{'decoder (step runtime)':<22}{'weights':>9}{'audio s':>9}{'tokens':>8}{'load s':>8}{'compile s':>11}" \
+           f"{'wall s':>8}{'RTF':>7}{'RTF-cmp':>9}{'tok/s':>8}{'peak RSS MB':>13}{'same ids':>10}"
     print(f"\nMT3-size decoding, batch {args.mt3_batch}, {os.cpu_count()} CPU cores (RTF-cmp: without compile)\n")
     print(head)
     print("-" * len(head))
     for r in rows:
         weights = "MT3" if r["weights"] != "random" else "random"
-        print(f"{r['mode']:<9}{weights:>9}{r['audio_s']:>9}{r['tokens']:>8}{r['load_s']:>8}{r['compile_s']:>11}"
+        mode = f"{r['mode']} ({r.get('step_runtime', 'xla')})"
+        print(f"{mode:<22}{weights:>9}{r['audio_s']:>9}{r['tokens']:>8}{r['load_s']:>8}{r['compile_s']:>11}"
               f"{r['wall_s']:>8}{r['rtf']:>7}{r['rtf_no_compile']:>9}{r['tokens_per_s']:>8}{r['peak_rss_mb']:>13}"
               f"{str(r['identical_tokens']):>10}")
     if saved is not None:
