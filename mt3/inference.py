@@ -259,10 +259,10 @@ class InferenceModel:
                 mode=config.decode_mask)
 
     # ----- properties -----
-    @functools.cached_property
+    @property
     def decoder_runtime(self) -> str:
         """'xla' or 'onnxruntime': what runs this model's greedy compacting decoder ('auto' resolved, see
-        InferenceConfig). Batches decoded by sampling or with a decode mask always run in XLA."""
+        InferenceConfig). Derived from `config` on every read, never cached: callers replace `config` on a copy."""
         config = self.config
         if config.decoder_runtime != "auto":
             return config.decoder_runtime
